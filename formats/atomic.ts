@@ -1,0 +1,45 @@
+/**
+ * Crash-safe output: every file edgellm writes goes to a temporary name beside the target and is
+ * renamed over it only once complete, so a failure never leaves a half-written output.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+/** A temporary path in the same directory as `target` (same filesystem, so rename is atomic). */
+export function tempPathFor(target: string): string {
+  const dir = path.dirname(target);
+  const rand = Math.random().toString(36).slice(2, 10);
+  return path.join(dir, `.${path.basename(target)}.${process.pid}.${rand}.tmp`);
+}
+
+/**
+ * Writes `target` atomically. `write` receives a temporary path to fill (sync or async); on success
+ * it is renamed to `target`, on any error it is removed and the error rethrown.
+ */
+export async function writeAtomic(target: string, write: (tmpPath: string) => void | Promise<void>): Promise<void> {
+  const tmp = tempPathFor(target);
+  try {
+    await write(tmp);
+    fs.renameSync(tmp, target);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
+/** Synchronous variant of {@link writeAtomic}. */
+export function writeAtomicSync(target: string, write: (tmpPath: string) => void): void {
+  const tmp = tempPathFor(target);
+  try {
+    write(tmp);
+    fs.renameSync(tmp, target);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
+/** Writes bytes to `target` atomically. */
+export function writeFileAtomicSync(target: string, data: Uint8Array | string): void {
+  writeAtomicSync(target, (tmp) => fs.writeFileSync(tmp, data));
+}

@@ -1,0 +1,111 @@
+/**
+ * The model IR shared by passes, compiler and runtime: a normalised {@link ModelConfig}, named weight
+ * tensors read lazily, and the quantization state. Every pass maps a Model to a new Model; the HAR
+ * is this object on disk.
+ *
+ * Weight naming follows HuggingFace (`model.layers.{i}.self_attn.q_proj.weight`, W: [out, in]).
+ * A weight-quantized linear replaces `<linear>.weight` by `<linear>.qweight` (U8, MatMulNBits
+ * packing [out, n_blocks, group_size/2], low nibble = even column) and `<linear>.scales`
+ * (F32 [out, n_blocks]); the zero point is the implicit 2^(bits-1) = 8 of symmetric quantization.
+ */
+import type { Tensor, DType } from './tensor.js';
+
+export type ModelFamily = 'llama' | 'qwen2' | 'mistral';
+
+/** HF config.json normalised once (see formats/hf.ts `normalizeConfig`). */
+export interface ModelConfig {
+  family: ModelFamily;
+  /** `model_type` as found in config.json */
+  modelType: string;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  /** maximum context (tokens) the RoPE tables are built for */
+  maxPositionEmbeddings: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  /** activation of the gated MLP; only 'silu' is supported */
+  hiddenAct: 'silu';
+  tieWordEmbeddings: boolean;
+  /** q/k/v projections carry biases (Qwen2) */
+  qkvBias: boolean;
+  /** o_proj carries a bias */
+  oBias: boolean;
+  /** gate/up/down carry biases */
+  mlpBias: boolean;
+  bosTokenId: number | null;
+  eosTokenIds: number[];
+}
+
+/** A weight whose bytes are read only when needed. */
+export interface LazyTensor {
+  dtype: DType;
+  shape: number[];
+  /** Reads the tensor (from disk or memory). @throws FormatError on unreadable bytes. */
+  load(): Tensor;
+}
+
+/** Static 8-bit asymmetric per-tensor quantization parameters: x ≈ (q − zeroPoint)·scale, q ∈ [0, 255]. */
+export interface QParams {
+  scale: number;
+  zeroPoint: number;
+}
+
+/** How a weight-quantized linear was quantized. */
+export interface LinearQuant {
+  bits: 4;
+  groupSize: number;
+  /** 'symmetric': zero point 2^(bits-1) */
+  scheme: 'symmetric';
+  /** the algorithm that chose the integers: 'rtn' | 'gptq' */
+  method: string;
+}
+
+/** Quantization state of a Model. Empty maps mean "fp32". */
+export interface QuantState {
+  /** linear name (e.g. `model.layers.0.self_attn.q_proj`) -> weight quantization */
+  linears: Record<string, LinearQuant>;
+  /** activation quantization point name (see src/ir/architectures.ts) -> static A8 params */
+  activations: Record<string, QParams>;
+  /** per layer: static KV8 params of the K and V caches (post-RoPE K) */
+  kvCache: { k: QParams; v: QParams }[];
+}
+
+/** A record of one pass that has run, kept in the HAR manifest. */
+export interface PassRecord {
+  name: string;
+  options: Record<string, unknown>;
+}
+
+export interface Model {
+  config: ModelConfig;
+  weights: Map<string, LazyTensor>;
+  quant: QuantState;
+  /** the passes applied so far, in order */
+  passes: PassRecord[];
+  /** tokenizer.json text and tokenizer_config.json / generation_config.json / chat template, if any */
+  tokenizer: TokenizerFiles;
+}
+
+/** The tokenizer files carried with a model from the HF directory to the HAR and the HEF. */
+export interface TokenizerFiles {
+  /** tokenizer.json contents (HuggingFace tokenizers format) */
+  tokenizerJson: string;
+  /** tokenizer_config.json contents, or null */
+  tokenizerConfigJson: string | null;
+  /** generation_config.json contents, or null */
+  generationConfigJson: string | null;
+}
+
+export function emptyQuantState(): QuantState {
+  return { linears: {}, activations: {}, kvCache: [] };
+}
+
+/** A LazyTensor over an in-memory tensor. */
+export function inMemory(t: Tensor): LazyTensor {
+  return { dtype: t.dtype, shape: t.shape, load: () => t };
+}
