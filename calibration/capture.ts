@@ -1,0 +1,65 @@
+/**
+ * Static A8/KV8 range calibration: runs the model as it will execute (quantized weights, float
+ * activations) on calibration windows through a capture graph (src/compiler/lower.ts `capture`),
+ * feeds every quantization point's activations to an observer, and returns the model with
+ * `quant.activations` and `quant.kvCache` filled in.
+ */
+import * as ort from 'onnxruntime-node';
+import type { Model, QParams } from '../src/ir/model.js';
+import { lowerModel, captureName, kvNames, kvPoints } from '../src/compiler/lower.js';
+import { activationPoints } from '../src/ir/architectures.js';
+import { CheckedSession } from '../src/runtime/session.js';
+import { OBSERVERS, type ObserverKind, type Observer } from './observers.js';
+import type { PassContext } from '../src/pipeline-context.js';
+
+export interface CalibrateOptions {
+  observer: ObserverKind;
+  /** quantize activations at linear inputs (A8) */
+  activations: boolean;
+  /** quantize the KV cache (KV8) */
+  kvCache: boolean;
+}
+
+export const meta = { name: 'calibrate', requires: [] as string[] };
+
+/**
+ * Calibrates static ranges on `windows` (token ids, each evaluated from position 0).
+ * @returns a new Model with the ranges; the input is not modified
+ */
+export async function calibrateRanges(model: Model, windows: number[][], opts: CalibrateOptions, ctx: PassContext): Promise<Model> {
+  const cfg = model.config;
+  const maxLen = Math.max(...windows.map((w) => w.length));
+  const g = lowerModel({ ...model, quant: { ...model.quant, activations: {}, kvCache: [] } }, {
+    seqLen: 'dynamic',
+    maxContext: Math.max(maxLen, 1),
+    capture: true,
+    name: 'calibration',
+  });
+  const session = await CheckedSession.create(g.encode(true), 'calibration graph');
+  const points = activationPoints(cfg);
+  const kvPts = Array.from({ length: cfg.numLayers }, (_, i) => kvPoints(i));
+  const all = [...points, ...kvPts.flatMap((p) => [p.k, p.v])];
+  const observers = new Map<string, Observer>(all.map((p) => [p, OBSERVERS[opts.observer]()]));
+  const bar = ctx.progress('calibrate', windows.length);
+  for (const w of windows) {
+    const feeds: Record<string, ort.Tensor> = { input_ids: new ort.Tensor('int64', BigInt64Array.from(w.map(BigInt)), [1, w.length]) };
+    for (let i = 0; i < cfg.numLayers; i++) {
+      const n = kvNames(i);
+      feeds[n.pastKey] = new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
+      feeds[n.pastValue] = new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
+    }
+    const res = await session.run(feeds, all.map(captureName));
+    for (const p of all) observers.get(p)!.observe(res[captureName(p)].data as Float32Array);
+    bar.tick();
+  }
+  bar.done();
+  await session.release();
+  const activations: Record<string, QParams> = {};
+  if (opts.activations) for (const p of points) activations[p] = observers.get(p)!.qparams();
+  const kvCache = opts.kvCache ? kvPts.map((p) => ({ k: observers.get(p.k)!.qparams(), v: observers.get(p.v)!.qparams() })) : [];
+  return {
+    ...model,
+    quant: { ...model.quant, activations, kvCache },
+    passes: [...model.passes, { name: meta.name, options: { ...opts, windows: windows.length } }],
+  };
+}

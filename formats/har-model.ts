@@ -1,0 +1,102 @@
+/**
+ * Model <-> HAR. The HAR (formats/har.ts, a verified tar) holds:
+ *
+ * | member                          | contents                                                      |
+ * | ------------------------------- | ------------------------------------------------------------- |
+ * | manifest.json                   | format version, edgellm version, sha256 of the source weights,|
+ * |                                 | normalised config, passes with options, quantization scheme   |
+ * | weights.safetensors             | every weight: float tensors, and qweight/scales of quantized  |
+ * |                                 | linears (MatMulNBits layout, see src/ir/model.ts)             |
+ * | ranges.json                     | static A8 activation ranges and per-layer KV8 ranges          |
+ * | tokenizer/tokenizer.json (+ tokenizer_config.json, generation_config.json when present) |
+ */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import { readHar, writeHar } from './har.js';
+import { encodeSafetensors, decodeSafetensors } from './safetensors.js';
+import { FormatError } from '../src/errors.js';
+import type { Model, QuantState, ModelConfig, PassRecord, LinearQuant } from '../src/ir/model.js';
+import { inMemory } from '../src/ir/model.js';
+import type { Tensor } from '../src/ir/tensor.js';
+import { quantSchemeOf } from '../src/compiler/compile.js';
+import { VERSION } from '../src/version.js';
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+export interface HarInfo {
+  modelName: string;
+  sourceSha256: string;
+}
+
+/** sha256 (hex) over a checkpoint's weight files, in name order. */
+export function sourceWeightsSha256(files: string[]): string {
+  const h = crypto.createHash('sha256');
+  for (const f of [...files].sort()) h.update(fs.readFileSync(f));
+  return h.digest('hex');
+}
+
+/** Writes `model` as a HAR at `path` (atomically). Materialises every weight. */
+export async function saveModelHar(path: string, model: Model, info: HarInfo): Promise<void> {
+  const tensors: [string, Tensor][] = [...model.weights].map(([n, t]) => [n, t.load()]);
+  const files = new Map<string, Uint8Array>();
+  files.set('weights.safetensors', encodeSafetensors(tensors, { producer: `edgellm ${VERSION}` }));
+  files.set('ranges.json', enc.encode(JSON.stringify({ activations: model.quant.activations, kvCache: model.quant.kvCache }, null, 1)));
+  files.set('tokenizer/tokenizer.json', enc.encode(model.tokenizer.tokenizerJson));
+  if (model.tokenizer.tokenizerConfigJson != null) files.set('tokenizer/tokenizer_config.json', enc.encode(model.tokenizer.tokenizerConfigJson));
+  if (model.tokenizer.generationConfigJson != null) files.set('tokenizer/generation_config.json', enc.encode(model.tokenizer.generationConfigJson));
+  const manifest = {
+    edgellmVersion: VERSION,
+    createdAt: new Date().toISOString(),
+    modelName: info.modelName,
+    sourceSha256: info.sourceSha256,
+    config: model.config,
+    passes: model.passes,
+    quantScheme: quantSchemeOf(model),
+    linears: model.quant.linears,
+  };
+  await writeHar(path, manifest, files);
+}
+
+/** A Model read back from a HAR, with the manifest's provenance. */
+export interface LoadedHar {
+  model: Model;
+  manifest: Record<string, unknown>;
+  info: HarInfo;
+}
+
+/**
+ * Reads a HAR (verified by formats/har.ts) into a Model held in memory.
+ * @throws FormatError for any corrupt or inconsistent member
+ */
+export async function loadModelHar(path: string): Promise<LoadedHar> {
+  const { manifest, files } = await readHar(path);
+  const need = (name: string): Uint8Array => {
+    const f = files.get(name);
+    if (!f) throw new FormatError(path, `member '${name}' is missing`);
+    return f;
+  };
+  const json = (name: string): Record<string, unknown> => {
+    try {
+      return JSON.parse(dec.decode(need(name)));
+    } catch (e) {
+      throw new FormatError(path, `member '${name}' is not valid JSON: ${(e as Error).message}`);
+    }
+  };
+  const { tensors } = decodeSafetensors(need('weights.safetensors'), `${path}:weights.safetensors`);
+  const ranges = json('ranges.json') as Pick<QuantState, 'activations' | 'kvCache'>;
+  const opt = (name: string) => (files.has(name) ? dec.decode(files.get(name)!) : null);
+  const model: Model = {
+    config: manifest.config as ModelConfig,
+    weights: new Map([...tensors].map(([n, t]) => [n, inMemory(t)])),
+    quant: { linears: (manifest.linears ?? {}) as Record<string, LinearQuant>, activations: ranges.activations ?? {}, kvCache: ranges.kvCache ?? [] },
+    passes: (manifest.passes ?? []) as PassRecord[],
+    tokenizer: {
+      tokenizerJson: dec.decode(need('tokenizer/tokenizer.json')),
+      tokenizerConfigJson: opt('tokenizer/tokenizer_config.json'),
+      generationConfigJson: opt('tokenizer/generation_config.json'),
+    },
+  };
+  if (!model.config || typeof model.config.hiddenSize !== 'number') throw new FormatError(path, 'manifest has no valid config');
+  return { model, manifest, info: { modelName: String(manifest.modelName ?? ''), sourceSha256: String(manifest.sourceSha256 ?? '') } };
+}

@@ -1,0 +1,107 @@
+/**
+ * Text <-> token ids through HuggingFace's Rust tokenizers (the `tokenizers` npm binding), plus
+ * special tokens and chat templates from tokenizer_config.json (rendered with @huggingface/jinja).
+ */
+import { Tokenizer as HfTokenizer } from 'tokenizers';
+import { Template } from '@huggingface/jinja';
+import { FormatError } from '../src/errors.js';
+import type { TokenizerFiles } from '../src/ir/model.js';
+
+export interface ChatMessage {
+  role: string;
+  content: string;
+}
+
+/** A loaded tokenizer. Token ids are plain numbers. */
+export class TextTokenizer {
+  private readonly tok: HfTokenizer;
+  private readonly config: Record<string, unknown>;
+  readonly bosToken: string | null;
+  readonly eosToken: string | null;
+  readonly bosTokenId: number | null;
+  readonly eosTokenId: number | null;
+  readonly addBosToken: boolean;
+
+  /** @throws FormatError when tokenizer.json or tokenizer_config.json cannot be parsed */
+  constructor(files: TokenizerFiles, label = 'tokenizer.json') {
+    try {
+      this.tok = HfTokenizer.fromString(files.tokenizerJson);
+    } catch (e) {
+      throw new FormatError(label, `cannot load tokenizer: ${(e as Error).message}`);
+    }
+    try {
+      this.config = files.tokenizerConfigJson ? JSON.parse(files.tokenizerConfigJson) : {};
+    } catch (e) {
+      throw new FormatError('tokenizer_config.json', `not valid JSON: ${(e as Error).message}`);
+    }
+    const tokenText = (v: unknown): string | null =>
+      typeof v === 'string' ? v : v && typeof v === 'object' && 'content' in v ? String((v as { content: unknown }).content) : null;
+    this.bosToken = tokenText(this.config.bos_token);
+    this.eosToken = tokenText(this.config.eos_token);
+    this.bosTokenId = this.bosToken != null ? this.tok.tokenToId(this.bosToken) : null;
+    this.eosTokenId = this.eosToken != null ? this.tok.tokenToId(this.eosToken) : null;
+    this.addBosToken = this.config.add_bos_token !== false;
+  }
+
+  /** Vocabulary size including added tokens. */
+  get vocabSize(): number {
+    return this.tok.getVocabSize(true);
+  }
+
+  /**
+   * Encodes text. With `addSpecialTokens` the tokenizer's post-processor runs (for Llama
+   * tokenizers that prepends BOS).
+   */
+  async encode(text: string, addSpecialTokens = true): Promise<number[]> {
+    const enc = await this.tok.encode(text, null, { addSpecialTokens });
+    return enc.getIds();
+  }
+
+  /** Decodes ids to text, skipping special tokens. */
+  async decode(ids: number[]): Promise<string> {
+    return this.tok.decode(ids, true);
+  }
+
+  /** The chat template from tokenizer_config.json, or null. */
+  get chatTemplate(): string | null {
+    const t = this.config.chat_template;
+    return typeof t === 'string' ? t : null;
+  }
+
+  /**
+   * Renders messages with the model's chat template (jinja).
+   * @throws FormatError when the model has no chat template or it fails to render
+   */
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt = true): string {
+    const tpl = this.chatTemplate;
+    if (!tpl) throw new FormatError('tokenizer_config.json', 'the model has no chat_template');
+    try {
+      return new Template(tpl).render({
+        messages,
+        add_generation_prompt: addGenerationPrompt,
+        bos_token: this.bosToken ?? '',
+        eos_token: this.eosToken ?? '',
+      });
+    } catch (e) {
+      throw new FormatError('tokenizer_config.json', `chat_template failed to render: ${(e as Error).message}`);
+    }
+  }
+}
+
+/**
+ * Streaming detokenizer: feed ids one at a time, get the newly completed text. Decodes the whole
+ * sequence and emits the new suffix, holding back text that ends in an incomplete UTF-8 sequence.
+ */
+export class StreamDecoder {
+  private ids: number[] = [];
+  private emitted = '';
+  constructor(private readonly tok: TextTokenizer) {}
+  async push(id: number): Promise<string> {
+    this.ids.push(id);
+    const text = await this.tok.decode(this.ids);
+    if (text.endsWith('\uFFFD')) return '';
+    const delta = text.startsWith(this.emitted) ? text.slice(this.emitted.length) : '';
+    this.emitted = text;
+    return delta;
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * Executable <-> HEF file. Sections:
+ *
+ * | section                   | kind      | contents                                               |
+ * | ------------------------- | --------- | ------------------------------------------------------ |
+ * | graph.prefill             | graph     | ONNX ModelProto, no initializers, `prefillLen` tokens  |
+ * | graph.decode              | graph     | ONNX ModelProto, no initializers, one token            |
+ * | weights                   | weights   | safetensors: the one weight copy both graphs read      |
+ * | tokenizer.json            | tokenizer | HuggingFace tokenizer                                  |
+ * | tokenizer_config.json, generation_config.json | json | when the source has them            |
+ *
+ * The header (formats/hef.proto HefHeader) carries the config, the quantization scheme, the KV-cache
+ * layout with per-layer KV8 parameters and both graphs' I/O tables.
+ */
+import { writeHef, openHef, type HefFile } from '../../formats/hef.js';
+import { encodeSafetensors, decodeSafetensors } from '../../formats/safetensors.js';
+import { FormatError } from '../errors.js';
+import type { Executable, GraphPart } from './compile.js';
+import type { ValueSpec, ElemType } from '../../formats/onnx.js';
+import { VERSION } from '../version.js';
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+const specOut = (v: ValueSpec) => ({ name: v.name, dtype: v.type, shape: v.shape.map(String) });
+const specIn = (v: { name: string; dtype: string; shape: string[] }): ValueSpec => ({
+  name: v.name,
+  type: v.dtype as ElemType,
+  shape: v.shape.map((d) => (/^\d+$/.test(d) ? Number(d) : d)),
+});
+
+/** Writes `exe` as a HEF (atomically). */
+export function writeExecutable(path: string, exe: Executable): void {
+  const sections = [
+    { name: 'graph.prefill', kind: 'graph', data: exe.prefill.onnx },
+    { name: 'graph.decode', kind: 'graph', data: exe.decode.onnx },
+    { name: 'weights', kind: 'weights', data: encodeSafetensors(exe.weights, { producer: `edgellm ${VERSION}` }) },
+    { name: 'tokenizer.json', kind: 'tokenizer', data: enc.encode(exe.tokenizer.tokenizerJson) },
+  ];
+  if (exe.tokenizer.tokenizerConfigJson != null) sections.push({ name: 'tokenizer_config.json', kind: 'json', data: enc.encode(exe.tokenizer.tokenizerConfigJson) });
+  if (exe.tokenizer.generationConfigJson != null) sections.push({ name: 'generation_config.json', kind: 'json', data: enc.encode(exe.tokenizer.generationConfigJson) });
+  const l = exe.kvLayout;
+  const graph = (g: GraphPart, section: string) => ({ section, seqLen: g.seqLen, inputs: g.inputs.map(specOut), outputs: g.outputs.map(specOut) });
+  writeHef(
+    path,
+    {
+      modelName: exe.modelName,
+      edgellmVersion: VERSION,
+      configJson: JSON.stringify(exe.config),
+      quant: exe.quant,
+      kvCache: { numLayers: l.numLayers, numKvHeads: l.numKvHeads, headDim: l.headDim, maxContext: l.maxContext, dtype: l.dtype, layers: l.layers },
+      prefill: graph(exe.prefill, 'graph.prefill'),
+      decode: graph(exe.decode, 'graph.decode'),
+      sourceSha256: exe.sourceSha256,
+      createdAt: new Date().toISOString(),
+    },
+    sections,
+  );
+}
+
+/**
+ * Reads a HEF into an Executable (every section it uses is checksum-verified on read).
+ * @throws FormatError for a corrupt or inconsistent file
+ */
+export function readExecutable(path: string): Executable {
+  const hef: HefFile = openHef(path);
+  try {
+    const h = hef.header;
+    const text = (name: string) => (hef.sections.has(name) ? dec.decode(hef.readSection(name)) : null);
+    const graph = (g: any): GraphPart => {
+      if (!g || !hef.sections.has(g.section)) throw new FormatError(path, `header names graph section '${g?.section}', which the file does not hold`);
+      return { onnx: hef.readSection(g.section), seqLen: g.seqLen, inputs: (g.inputs ?? []).map(specIn), outputs: (g.outputs ?? []).map(specIn) };
+    };
+    let config;
+    try {
+      config = JSON.parse(h.configJson);
+    } catch {
+      throw new FormatError(path, 'header config is not valid JSON');
+    }
+    const { tensors } = decodeSafetensors(hef.readSection('weights'), `${path}:weights`);
+    const tokenizerJson = text('tokenizer.json');
+    if (tokenizerJson == null) throw new FormatError(path, "section 'tokenizer.json' is missing");
+    const kv = h.kvCache;
+    return {
+      modelName: h.modelName,
+      config,
+      quant: h.quant,
+      kvLayout: {
+        numLayers: kv.numLayers,
+        numKvHeads: kv.numKvHeads,
+        headDim: kv.headDim,
+        maxContext: kv.maxContext,
+        dtype: kv.dtype,
+        layers: (kv.layers ?? []).map((x: any) => ({ k: { scale: x.k.scale, zeroPoint: x.k.zeroPoint }, v: { scale: x.v.scale, zeroPoint: x.v.zeroPoint } })),
+      },
+      prefill: graph(h.prefill),
+      decode: graph(h.decode),
+      weights: tensors,
+      tokenizer: { tokenizerJson, tokenizerConfigJson: text('tokenizer_config.json'), generationConfigJson: text('generation_config.json') },
+      sourceSha256: h.sourceSha256,
+    };
+  } finally {
+    hef.close();
+  }
+}

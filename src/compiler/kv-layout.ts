@@ -1,0 +1,36 @@
+/**
+ * KV-cache layout of an executable: per layer, K (after RoPE) and V of shape
+ * [batch=1, num_kv_heads, context, head_dim], held as uint8 with static per-tensor per-layer
+ * scale/zero point (KV8) or as float32.
+ */
+import type { Model, QParams } from '../ir/model.js';
+
+export interface KvLayout {
+  numLayers: number;
+  numKvHeads: number;
+  headDim: number;
+  /** capacity in tokens */
+  maxContext: number;
+  dtype: 'uint8' | 'float32';
+  /** per layer KV8 parameters (empty for float32) */
+  layers: { k: QParams; v: QParams }[];
+}
+
+/** The layout a model compiles to. */
+export function kvLayoutOf(model: Model, maxContext: number): KvLayout {
+  const c = model.config;
+  const quantized = model.quant.kvCache.length === c.numLayers;
+  return {
+    numLayers: c.numLayers,
+    numKvHeads: c.numKvHeads,
+    headDim: c.headDim,
+    maxContext,
+    dtype: quantized ? 'uint8' : 'float32',
+    layers: quantized ? model.quant.kvCache : [],
+  };
+}
+
+/** Bytes the KV cache takes at full context (K and V, all layers). */
+export function kvCacheBytes(l: KvLayout): number {
+  return 2 * l.numLayers * l.numKvHeads * l.headDim * l.maxContext * (l.dtype === 'uint8' ? 1 : 4);
+}

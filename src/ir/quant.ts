@@ -1,0 +1,147 @@
+/**
+ * The quantizer grids, shared by every path that produces integers (RTN, GPTQ, calibration), so all
+ * of them agree with the ONNX ops that execute them.
+ *
+ * - Weights: 4-bit symmetric, group-wise along the input dimension (GPTQ's `Quantizer` with
+ *   sym=True: scale = 2·max|w|/15, zero point 8, q = clamp(round(w/scale) + 8, 0, 15)), packed for
+ *   com.microsoft MatMulNBits (B: uint8 [N, n_blocks, block_size/2], element k of a block in the low
+ *   nibble when k is even; scales float [N·n_blocks]; default zero point 8).
+ * - Activations and KV cache: 8-bit asymmetric per-tensor (ONNX QuantizeLinear, uint8):
+ *   q = saturate(roundHalfEven(x/scale) + zeroPoint), x' = (q − zeroPoint)·scale.
+ */
+import type { QParams } from './model.js';
+import { ShapeMismatchError } from '../errors.js';
+
+/** Round half to even, as ONNX QuantizeLinear and torch.round do. */
+export function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  // Math.round rounds .5 up; fix the ties that land on an odd integer.
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+export const W4_MAXQ = 15;
+export const W4_ZERO = 8;
+
+/** Symmetric 4-bit scale of a group from its max |w| (GPTQ's convention; an all-zero group gets 2/15). */
+export function symmetricScale(absMax: number): number {
+  return absMax === 0 ? 2 / W4_MAXQ : (2 * absMax) / W4_MAXQ;
+}
+
+/** The 4-bit code of w on a grid with `scale` (zero point 8). */
+export function quantizeW4(w: number, scale: number): number {
+  const q = roundHalfEven(w / scale) + W4_ZERO;
+  return q < 0 ? 0 : q > W4_MAXQ ? W4_MAXQ : q;
+}
+
+/** Number of groups (MatMulNBits blocks) for `inFeatures` columns; the last one may be ragged. */
+export function numGroups(inFeatures: number, groupSize: number): number {
+  return Math.ceil(inFeatures / groupSize);
+}
+
+/** A 4-bit group-wise quantized matrix in MatMulNBits layout. */
+export interface PackedW4 {
+  /** uint8 [N, nBlocks, groupSize/2] */
+  qweight: Uint8Array;
+  /** float32 [N, nBlocks] */
+  scales: Float32Array;
+  outFeatures: number;
+  inFeatures: number;
+  groupSize: number;
+}
+
+/**
+ * Packs integer codes q (uint8 [N, K], values 0..15) into MatMulNBits blocks; the padding of a
+ * ragged last block gets code 8 (= 0.0).
+ */
+export function packW4(codes: Uint8Array, N: number, K: number, groupSize: number): Uint8Array {
+  if (codes.length !== N * K) throw new ShapeMismatchError(`packW4: codes has ${codes.length} elements, expected N·K = ${N}·${K}`);
+  if (groupSize % 2 !== 0) throw new ShapeMismatchError(`packW4: group size ${groupSize} must be even`);
+  const nb = numGroups(K, groupSize);
+  const blob = groupSize / 2;
+  const out = new Uint8Array(N * nb * blob).fill(W4_ZERO | (W4_ZERO << 4));
+  for (let n = 0; n < N; n++)
+    for (let k = 0; k < K; k++) {
+      const b = Math.floor(k / groupSize);
+      const j = k % groupSize;
+      const idx = (n * nb + b) * blob + (j >> 1);
+      const q = codes[n * K + k];
+      out[idx] = j & 1 ? (out[idx] & 0x0f) | (q << 4) : (out[idx] & 0xf0) | q;
+    }
+  return out;
+}
+
+/** Inverse of {@link packW4}: uint8 codes [N, K]. */
+export function unpackW4(qweight: Uint8Array, N: number, K: number, groupSize: number): Uint8Array {
+  const nb = numGroups(K, groupSize);
+  const blob = groupSize / 2;
+  if (qweight.length !== N * nb * blob)
+    throw new ShapeMismatchError(`unpackW4: qweight has ${qweight.length} bytes, expected N·n_blocks·group/2 = ${N}·${nb}·${blob}`);
+  const codes = new Uint8Array(N * K);
+  for (let n = 0; n < N; n++)
+    for (let k = 0; k < K; k++) {
+      const b = Math.floor(k / groupSize);
+      const j = k % groupSize;
+      const byte = qweight[(n * nb + b) * blob + (j >> 1)];
+      codes[n * K + k] = j & 1 ? byte >> 4 : byte & 0x0f;
+    }
+  return codes;
+}
+
+/** Dequantizes packed weights to float32 W [N, K]: w = (q − 8)·scale. */
+export function dequantizeW4(p: PackedW4): Float32Array {
+  const { outFeatures: N, inFeatures: K, groupSize } = p;
+  const codes = unpackW4(p.qweight, N, K, groupSize);
+  const nb = numGroups(K, groupSize);
+  const w = new Float32Array(N * K);
+  for (let n = 0; n < N; n++)
+    for (let k = 0; k < K; k++) w[n * K + k] = (codes[n * K + k] - W4_ZERO) * p.scales[n * nb + Math.floor(k / groupSize)];
+  return w;
+}
+
+/**
+ * Round-to-nearest 4-bit symmetric group-wise quantization of W [N, K] (float32, row-major).
+ * Each group of `groupSize` input columns of a row has its own scale; the last group of a row is
+ * ragged when K is not a multiple of groupSize.
+ */
+export function quantizeRtnW4(W: Float32Array, N: number, K: number, groupSize: number): PackedW4 {
+  if (W.length !== N * K) throw new ShapeMismatchError(`quantizeRtnW4: W has ${W.length} elements, shape [${N}, ${K}] needs ${N * K}`);
+  const nb = numGroups(K, groupSize);
+  const scales = new Float32Array(N * nb);
+  const codes = new Uint8Array(N * K);
+  for (let n = 0; n < N; n++)
+    for (let b = 0; b < nb; b++) {
+      const k0 = b * groupSize;
+      const k1 = Math.min(K, k0 + groupSize);
+      let m = 0;
+      for (let k = k0; k < k1; k++) m = Math.max(m, Math.abs(W[n * K + k]));
+      // Stored as float32: quantize with the float32 value so the graph sees the same grid.
+      const s = Math.fround(symmetricScale(m));
+      scales[n * nb + b] = s;
+      for (let k = k0; k < k1; k++) codes[n * K + k] = quantizeW4(W[n * K + k], s);
+    }
+  return { qweight: packW4(codes, N, K, groupSize), scales, outFeatures: N, inFeatures: K, groupSize };
+}
+
+/**
+ * Static uint8 asymmetric per-tensor parameters from an observed range. The range is widened to
+ * include 0 (so zero is exact, as ONNX quantization tools require).
+ */
+export function asymmetricQParams(min: number, max: number): QParams {
+  const lo = Math.min(0, min);
+  const hi = Math.max(0, max);
+  if (hi - lo === 0) return { scale: 1, zeroPoint: 0 };
+  const scale = Math.fround((hi - lo) / 255);
+  const zp = roundHalfEven(-lo / scale);
+  return { scale, zeroPoint: Math.max(0, Math.min(255, zp)) };
+}
+
+/** ONNX QuantizeLinear (uint8) of one value. */
+export function quantizeU8(x: number, p: QParams): number {
+  const q = roundHalfEven(Math.fround(x / p.scale)) + p.zeroPoint;
+  return q < 0 ? 0 : q > 255 ? 255 : q;
+}
+
+/** QuantizeLinear then DequantizeLinear of one value (fake quantization). */
+export function fakeQuantU8(x: number, p: QParams): number {
+  return (quantizeU8(x, p) - p.zeroPoint) * p.scale;
+}

@@ -1,0 +1,299 @@
+/**
+ * A plain TypeScript reference forward pass of a decoder-only LLM (HF LlamaForCausalLM,
+ * Qwen2ForCausalLM, MistralForCausalLM in fp32): the independent check for the ONNX lowering and
+ * for every pass that claims to leave the logits unchanged.
+ *
+ * Written to be read, not to be fast: one sequence, no KV cache, the whole prompt recomputed per
+ * call. Dot products accumulate in JS numbers (float64) and activations are kept in Float64Array;
+ * only the returned logits are rounded to float32.
+ *
+ * Per layer (x: the residual stream, [T, hidden]):
+ *   h = x + o_proj(attn(rmsnorm(x)·γ_in))
+ *   x = h + down_proj(silu(gate_proj(n)) · up_proj(n)),   n = rmsnorm(h)·γ_post
+ * with rmsnorm(x) = x / sqrt(mean(x²) + eps), RoPE in HF's rotate-half layout, GQA and a causal
+ * softmax scaled by 1/sqrt(head_dim). Then the final `model.norm` and lm_head (`lm_head.weight`,
+ * or the embedding when tied).
+ *
+ * Weight-quantized linears (model.quant.linears) are dequantized, w = (q − 8)·scale, which emulates
+ * "weights only" quantization. Activation and KV-cache quantization are ignored.
+ */
+import { EdgeLLMError, ShapeMismatchError, UsageError } from '../errors.js';
+import { layerLinears, layerNorms, lmHead, type LinearSpec } from './architectures.js';
+import type { Model, ModelConfig } from './model.js';
+import { toFloat32 } from './tensor.js';
+
+/**
+ * Reference logits of one sequence starting at position 0 (no KV cache).
+ * @param model any Model whose weights are fp (F32/F16/BF16) or 4-bit weight-quantized
+ * @param tokens token ids, each in [0, vocabSize)
+ * @returns logits, Float32Array [tokens.length, vocabSize] row-major
+ * @throws UsageError for an empty sequence or an out-of-range token id; ShapeMismatchError when a
+ *   weight's shape disagrees with the config; EdgeLLMError when a weight the config needs is missing
+ */
+export function referenceForward(model: Model, tokens: number[]): Float32Array {
+  return Float32Array.from(forward64(model, tokens));
+}
+
+/**
+ * Perplexity as the GPTQ paper computes it for one set of windows: each window is evaluated on its
+ * own (starting at position 0), and every next-token prediction inside a window counts, i.e. a
+ * window of T tokens gives T − 1 negative log-likelihoods.
+ * @param windows token-id windows (e.g. from `slidingWindows`)
+ * @returns meanNll: mean NLL in nats; ppl = exp(meanNll); count: number of predictions averaged
+ * @throws UsageError when the windows hold no prediction at all (every window shorter than 2);
+ *   otherwise as {@link referenceForward}
+ */
+export function referencePerplexity(model: Model, windows: number[][]): { meanNll: number; ppl: number; count: number } {
+  const V = model.config.vocabSize;
+  const weights = new WeightCache(model); // weights are read once for all windows
+  let sum = 0;
+  let count = 0;
+  for (const w of windows) {
+    if (w.length < 2) continue;
+    const logits = forward64(model, w, weights); // [T, V]
+    for (let t = 0; t + 1 < w.length; t++) {
+      const row = logits.subarray(t * V, (t + 1) * V);
+      sum += logSumExp(row) - row[w[t + 1]];
+      count++;
+    }
+  }
+  if (count === 0) throw new UsageError('referencePerplexity: no window has 2 or more tokens, so there is nothing to predict');
+  const meanNll = sum / count;
+  return { meanNll, ppl: Math.exp(meanNll), count };
+}
+
+/** The forward pass proper; logits as Float64Array [T, vocabSize]. */
+function forward64(model: Model, tokens: number[], weights = new WeightCache(model)): Float64Array {
+  const cfg = model.config;
+  const T = tokens.length;
+  const H = cfg.hiddenSize;
+  const V = cfg.vocabSize;
+  if (T === 0) throw new UsageError('referenceForward: the token sequence is empty');
+  for (let t = 0; t < T; t++)
+    if (!Number.isInteger(tokens[t]) || tokens[t] < 0 || tokens[t] >= V)
+      throw new UsageError(`referenceForward: token ${t} is ${tokens[t]}, outside the vocabulary [0, ${V})`);
+
+  if (cfg.numHeads % cfg.numKvHeads !== 0)
+    throw new ShapeMismatchError(`referenceForward: ${cfg.numHeads} query heads cannot be grouped over ${cfg.numKvHeads} KV heads`);
+
+  // embedding lookup. embed: [V, H]; x: [T, H]
+  const embed = weights.get('model.embed_tokens.weight', [V, H]);
+  const x = new Float64Array(T * H);
+  for (let t = 0; t < T; t++) for (let i = 0; i < H; i++) x[t * H + i] = embed[tokens[t] * H + i];
+
+  const rope = ropeTables(cfg, T);
+  for (let l = 0; l < cfg.numLayers; l++) {
+    const lin = Object.fromEntries(layerLinears(cfg, l).map((s) => [s.role, s])) as Record<LinearSpec['role'], LinearSpec>;
+    const norms = layerNorms(l);
+
+    // attention block
+    const a = rmsNorm(x, weights.get(norms.input, [H]), T, cfg.rmsNormEps); // a: [T, H]
+    const q = linear(weights, lin.q_proj, a, T); // q: [T, numHeads*headDim]
+    const k = linear(weights, lin.k_proj, a, T); // k: [T, numKvHeads*headDim]
+    const v = linear(weights, lin.v_proj, a, T); // v: [T, numKvHeads*headDim]
+    applyRope(q, T, cfg.numHeads, cfg.headDim, rope);
+    applyRope(k, T, cfg.numKvHeads, cfg.headDim, rope);
+    const attn = causalAttention(q, k, v, T, cfg); // attn: [T, numHeads*headDim]
+    const o = linear(weights, lin.o_proj, attn, T); // o: [T, H]
+    for (let i = 0; i < T * H; i++) x[i] += o[i];
+
+    // MLP block
+    const n = rmsNorm(x, weights.get(norms.postAttention, [H]), T, cfg.rmsNormEps); // n: [T, H]
+    const gate = linear(weights, lin.gate_proj, n, T); // gate: [T, intermediate]
+    const up = linear(weights, lin.up_proj, n, T); // up: [T, intermediate]
+    for (let i = 0; i < gate.length; i++) gate[i] = silu(gate[i]) * up[i];
+    const down = linear(weights, lin.down_proj, gate, T); // down: [T, H]
+    for (let i = 0; i < T * H; i++) x[i] += down[i];
+  }
+
+  const final = rmsNorm(x, weights.get('model.norm.weight', [H]), T, cfg.rmsNormEps); // final: [T, H]
+  const head = lmHead(cfg);
+  const untied = model.weights.has(`${head.name}.weight`) || model.quant.linears[head.name] !== undefined;
+  if (untied) return linear(weights, head, final, T); // logits: [T, V]
+  return matmulT(final, embed, T, H, V, null); // tied: logits = final · embedᵀ, [T, V]
+}
+
+/** Reads each weight once per referenceForward/referencePerplexity call and keeps it as float32. */
+class WeightCache {
+  private readonly cache = new Map<string, Float32Array>();
+  constructor(readonly model: Model) {}
+
+  /**
+   * The weight `name` as a flat Float32Array, checked against `shape` when given.
+   * @throws EdgeLLMError when missing; ShapeMismatchError when the shape differs
+   */
+  get(name: string, shape?: number[]): Float32Array {
+    const lazy = this.model.weights.get(name);
+    if (!lazy) throw new EdgeLLMError(`referenceForward: the model has no tensor '${name}'`);
+    if (shape && (lazy.shape.length !== shape.length || lazy.shape.some((d, i) => d !== shape[i])))
+      throw new ShapeMismatchError(`referenceForward: tensor '${name}' has shape [${lazy.shape}], the config implies [${shape}]`);
+    let data = this.cache.get(name);
+    if (!data) {
+      data = toFloat32(lazy.load());
+      this.cache.set(name, data);
+    }
+    return data;
+  }
+
+  /** The dequantized weight W: [out, in] of a 4-bit linear, computed once per call. */
+  dequantized(spec: LinearSpec, groupSize: number): Float32Array {
+    const key = `${spec.name}#dequantized`;
+    const cached = this.cache.get(key);
+    if (cached) return cached;
+    const w = dequantize4(spec, groupSize, this);
+    this.cache.set(key, w);
+    return w;
+  }
+}
+
+/**
+ * W: [out, in] of a 4-bit symmetric group-wise linear: qweight U8 [out, n_blocks, groupSize/2]
+ * (low nibble = even column of the block), scales F32 [out, n_blocks]; w = (q − 8)·scale. Columns
+ * ≥ in in the last block are padding and dropped.
+ */
+function dequantize4(spec: LinearSpec, groupSize: number, weights: WeightCache): Float32Array {
+  const out = spec.outFeatures;
+  const inF = spec.inFeatures;
+  if (!Number.isInteger(groupSize) || groupSize < 2 || groupSize % 2 !== 0)
+    throw new ShapeMismatchError(`referenceForward: ${spec.name} has group size ${groupSize}; 4-bit packing needs an even group size`);
+  const nBlocks = Math.ceil(inF / groupSize);
+  const bytesPerBlock = groupSize / 2;
+  const qweight = weights.get(`${spec.name}.qweight`, [out, nBlocks, bytesPerBlock]); // values 0..255
+  const scales = weights.get(`${spec.name}.scales`, [out, nBlocks]);
+  const w = new Float32Array(out * inF);
+  for (let o = 0; o < out; o++)
+    for (let b = 0; b < nBlocks; b++) {
+      const scale = scales[o * nBlocks + b];
+      for (let i = 0; i < bytesPerBlock; i++) {
+        const byte = qweight[(o * nBlocks + b) * bytesPerBlock + i];
+        const col = b * groupSize + 2 * i;
+        if (col < inF) w[o * inF + col] = ((byte & 0x0f) - 8) * scale;
+        if (col + 1 < inF) w[o * inF + col + 1] = ((byte >> 4) - 8) * scale;
+      }
+    }
+  return w;
+}
+
+/** y = x·Wᵀ (+ b) for one linear. x: [T, in] -> y: [T, out]. */
+function linear(weights: WeightCache, spec: LinearSpec, x: Float64Array, T: number): Float64Array {
+  const { inFeatures: inF, outFeatures: out } = spec;
+  if (x.length !== T * inF)
+    throw new ShapeMismatchError(`referenceForward: ${spec.name} reads ${inF} features, its input has ${x.length / T}`);
+  const q = weights.model.quant.linears[spec.name];
+  const W = q ? weights.dequantized(spec, q.groupSize) : weights.get(`${spec.name}.weight`, [out, inF]); // W: [out, in]
+  const b = spec.hasBias ? weights.get(`${spec.name}.bias`, [out]) : null; // b: [out]
+  return matmulT(x, W, T, inF, out, b);
+}
+
+/** y[t, o] = Σ_i x[t, i]·W[o, i] + b[o], accumulated in float64. x: [T, K], W: [N, K] -> y: [T, N]. */
+function matmulT(x: Float64Array, W: Float32Array, T: number, K: number, N: number, b: Float32Array | null): Float64Array {
+  const y = new Float64Array(T * N);
+  for (let t = 0; t < T; t++)
+    for (let o = 0; o < N; o++) {
+      let acc = b ? b[o] : 0;
+      for (let i = 0; i < K; i++) acc += x[t * K + i] * W[o * K + i];
+      y[t * N + o] = acc;
+    }
+  return y;
+}
+
+/** rmsnorm(x)·γ per row: x / sqrt(mean(x²) + eps) · γ. x: [T, H] -> [T, H]. */
+function rmsNorm(x: Float64Array, gamma: Float32Array, T: number, eps: number): Float64Array {
+  const H = gamma.length;
+  const y = new Float64Array(T * H);
+  for (let t = 0; t < T; t++) {
+    let ss = 0;
+    for (let i = 0; i < H; i++) ss += x[t * H + i] * x[t * H + i];
+    const inv = 1 / Math.sqrt(ss / H + eps);
+    for (let i = 0; i < H; i++) y[t * H + i] = x[t * H + i] * inv * gamma[i];
+  }
+  return y;
+}
+
+function silu(z: number): number {
+  return z / (1 + Math.exp(-z));
+}
+
+/** cos/sin of position·inv_freq[j], inv_freq[j] = θ^(−2j/head_dim), j < head_dim/2. Each [T, head_dim/2]. */
+function ropeTables(cfg: ModelConfig, T: number): { cos: Float64Array; sin: Float64Array; half: number } {
+  const half = cfg.headDim / 2;
+  if (!Number.isInteger(half)) throw new ShapeMismatchError(`referenceForward: RoPE needs an even head_dim, got ${cfg.headDim}`);
+  const cos = new Float64Array(T * half);
+  const sin = new Float64Array(T * half);
+  for (let j = 0; j < half; j++) {
+    const invFreq = Math.pow(cfg.ropeTheta, (-2 * j) / cfg.headDim);
+    for (let p = 0; p < T; p++) {
+      cos[p * half + j] = Math.cos(p * invFreq);
+      sin[p * half + j] = Math.sin(p * invFreq);
+    }
+  }
+  return { cos, sin, half };
+}
+
+/**
+ * RoPE in HF's rotate-half layout, in place: within each head the pairs are (j, j + head_dim/2),
+ * out_j = x_j·cos − x_{j+half}·sin and out_{j+half} = x_{j+half}·cos + x_j·sin.
+ * x: [T, nHeads*headDim].
+ */
+function applyRope(x: Float64Array, T: number, nHeads: number, headDim: number, rope: { cos: Float64Array; sin: Float64Array; half: number }): void {
+  const { cos, sin, half } = rope;
+  for (let p = 0; p < T; p++)
+    for (let h = 0; h < nHeads; h++) {
+      const base = p * nHeads * headDim + h * headDim;
+      for (let j = 0; j < half; j++) {
+        const c = cos[p * half + j];
+        const s = sin[p * half + j];
+        const x1 = x[base + j];
+        const x2 = x[base + j + half];
+        x[base + j] = x1 * c - x2 * s;
+        x[base + j + half] = x2 * c + x1 * s;
+      }
+    }
+}
+
+/**
+ * Causal scaled-dot-product attention with grouped KV heads: query head h reads KV head
+ * floor(h / (numHeads/numKvHeads)). q: [T, numHeads*headDim], k, v: [T, numKvHeads*headDim]
+ * -> [T, numHeads*headDim].
+ */
+function causalAttention(q: Float64Array, k: Float64Array, v: Float64Array, T: number, cfg: ModelConfig): Float64Array {
+  const { numHeads, numKvHeads, headDim: D } = cfg;
+  const group = numHeads / numKvHeads;
+  const scale = 1 / Math.sqrt(D);
+  const out = new Float64Array(T * numHeads * D);
+  const scores = new Float64Array(T); // scores: [T] of one (query position, head)
+  for (let h = 0; h < numHeads; h++) {
+    const g = Math.floor(h / group);
+    for (let t = 0; t < T; t++) {
+      const qOff = t * numHeads * D + h * D;
+      let max = -Infinity;
+      for (let s = 0; s <= t; s++) {
+        const kOff = s * numKvHeads * D + g * D;
+        let dot = 0;
+        for (let d = 0; d < D; d++) dot += q[qOff + d] * k[kOff + d];
+        scores[s] = dot * scale;
+        if (scores[s] > max) max = scores[s];
+      }
+      let denom = 0;
+      for (let s = 0; s <= t; s++) {
+        scores[s] = Math.exp(scores[s] - max);
+        denom += scores[s];
+      }
+      for (let s = 0; s <= t; s++) {
+        const p = scores[s] / denom;
+        const vOff = s * numKvHeads * D + g * D;
+        for (let d = 0; d < D; d++) out[qOff + d] += p * v[vOff + d];
+      }
+    }
+  }
+  return out;
+}
+
+/** log Σ exp(row), stable. */
+function logSumExp(row: Float64Array): number {
+  let max = -Infinity;
+  for (let i = 0; i < row.length; i++) if (row[i] > max) max = row[i];
+  let sum = 0;
+  for (let i = 0; i < row.length; i++) sum += Math.exp(row[i] - max);
+  return max + Math.log(sum);
+}

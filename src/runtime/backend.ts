@@ -1,0 +1,32 @@
+/**
+ * The runner's backend interface. The simulator backend (onnxruntime-node on CPU, simulator.ts)
+ * implements it; a device backend (HailoRT on a Hailo-10H) would implement the same contract:
+ * load an executable's prefill and decode graphs once, then run tokens against KV-cache contexts.
+ */
+
+/** An opaque KV-cache context: one conversation's state on the backend. */
+export interface KvContext {
+  /** tokens held in the cache */
+  readonly length: number;
+}
+
+export interface ExecutionBackend {
+  /** short name for logs, e.g. "simulator (onnxruntime-node, cpu)" */
+  readonly name: string;
+  /** static tokens per prefill call */
+  readonly prefillLen: number;
+  /** maximum context in tokens (KV-cache capacity) */
+  readonly maxContext: number;
+  readonly vocabSize: number;
+  /** A fresh, empty KV-cache context. */
+  newContext(): KvContext;
+  /**
+   * Appends `tokens` to the context and returns their logits, float32 [tokens.length, vocab] (or only
+   * the last row, [1, vocab], with `lastOnly`). One token runs the decode graph; more run the prefill
+   * graph in chunks of `prefillLen` (the last chunk padded).
+   * @throws EdgeLLMError when the context would exceed `maxContext`
+   */
+  forward(ctx: KvContext, tokens: number[], opts?: { lastOnly?: boolean }): Promise<Float32Array>;
+  /** Releases sessions and memory. */
+  dispose(): Promise<void>;
+}

@@ -1,0 +1,64 @@
+/**
+ * Next-token sampling: greedy (temperature 0), or temperature + top-k + top-p (nucleus, Holtzman
+ * et al. 2019) over a seeded PRNG, in the order llama.cpp and HF apply them: top-k, then
+ * softmax at temperature, then top-p.
+ */
+export interface SamplingOptions {
+  /** 0 = greedy */
+  temperature: number;
+  /** keep the k most likely tokens (0 = all) */
+  topK: number;
+  /** keep the smallest set whose probability mass ≥ p (1 = all) */
+  topP: number;
+}
+
+/** mulberry32: a small seeded PRNG returning floats in [0, 1). */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Index of the largest logit (the first one on ties). logits: float32 [vocab]. */
+export function argmax(logits: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+  return best;
+}
+
+/** Picks the next token from logits [vocab]. */
+export function sampleToken(logits: Float32Array, opts: SamplingOptions, rand: () => number): number {
+  if (opts.temperature <= 0) return argmax(logits);
+  let idx = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a]);
+  if (opts.topK > 0) idx = idx.slice(0, opts.topK);
+  const maxL = logits[idx[0]];
+  let probs = idx.map((i) => Math.exp((logits[i] - maxL) / opts.temperature));
+  let sum = probs.reduce((a, b) => a + b, 0);
+  probs = probs.map((p) => p / sum);
+  if (opts.topP < 1) {
+    let acc = 0;
+    let cut = probs.length;
+    for (let i = 0; i < probs.length; i++) {
+      acc += probs[i];
+      if (acc >= opts.topP) {
+        cut = i + 1;
+        break;
+      }
+    }
+    idx = idx.slice(0, cut);
+    probs = probs.slice(0, cut);
+    sum = probs.reduce((a, b) => a + b, 0);
+    probs = probs.map((p) => p / sum);
+  }
+  let r = rand();
+  for (let i = 0; i < probs.length; i++) {
+    r -= probs[i];
+    if (r <= 0) return idx[i];
+  }
+  return idx[idx.length - 1];
+}

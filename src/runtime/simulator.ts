@@ -1,0 +1,110 @@
+/**
+ * The simulator backend: runs an Executable's prefill and decode graphs with onnxruntime-node on
+ * the CPU. Both sessions are built from the executable's single weight store (ORT keeps its own
+ * prepacked copy per session). The KV cache lives in ORT tensors between calls.
+ */
+import * as ort from 'onnxruntime-node';
+import type { ExecutionBackend, KvContext } from './backend.js';
+import { CheckedSession, type SessionOptions } from './session.js';
+import type { Executable } from '../compiler/compile.js';
+import { kvNames } from '../compiler/lower.js';
+import { attachInitializers, decodeModel } from '../../formats/onnx.js';
+import { EdgeLLMError } from '../errors.js';
+
+interface SimContext extends KvContext {
+  length: number;
+  /** per layer [key, value], each [1, kv_heads, length, head_dim] */
+  kv: ort.Tensor[][];
+}
+
+export class SimulatorBackend implements ExecutionBackend {
+  readonly name = 'simulator (onnxruntime-node, cpu)';
+  private constructor(
+    private readonly exe: Executable,
+    private readonly prefill: CheckedSession,
+    private readonly decode: CheckedSession,
+  ) {}
+
+  /** Builds both sessions. @throws EdgeLLMError when onnxruntime rejects a graph */
+  static async load(exe: Executable, opts: SessionOptions = {}): Promise<SimulatorBackend> {
+    const build = (bytes: Uint8Array, label: string) =>
+      CheckedSession.create(attachInitializers(decodeModel(bytes, label), exe.weights, label), label, opts);
+    const prefill = await build(exe.prefill.onnx, 'graph.prefill');
+    const decode = await build(exe.decode.onnx, 'graph.decode');
+    return new SimulatorBackend(exe, prefill, decode);
+  }
+
+  get prefillLen(): number {
+    return this.exe.prefill.seqLen;
+  }
+  get maxContext(): number {
+    return this.exe.kvLayout.maxContext;
+  }
+  get vocabSize(): number {
+    return this.exe.config.vocabSize;
+  }
+
+  newContext(): KvContext {
+    const l = this.exe.kvLayout;
+    const empty = () =>
+      l.dtype === 'uint8'
+        ? new ort.Tensor('uint8', new Uint8Array(0), [1, l.numKvHeads, 0, l.headDim])
+        : new ort.Tensor('float32', new Float32Array(0), [1, l.numKvHeads, 0, l.headDim]);
+    const ctx: SimContext = { length: 0, kv: Array.from({ length: l.numLayers }, () => [empty(), empty()]) };
+    return ctx;
+  }
+
+  async forward(context: KvContext, tokens: number[], opts: { lastOnly?: boolean } = {}): Promise<Float32Array> {
+    const ctx = context as SimContext;
+    if (tokens.length === 0) throw new EdgeLLMError('forward: no tokens');
+    if (ctx.length + tokens.length > this.maxContext)
+      throw new EdgeLLMError(`context full: ${ctx.length} + ${tokens.length} tokens exceed the KV-cache capacity of ${this.maxContext}`);
+    const V = this.vocabSize;
+    if (tokens.length === 1) return this.step(this.decode, ctx, tokens, 1);
+    const rows = opts.lastOnly ? 1 : tokens.length;
+    const out = new Float32Array(rows * V);
+    for (let i = 0; i < tokens.length; i += this.prefillLen) {
+      const chunk = tokens.slice(i, i + this.prefillLen);
+      const logits = await this.step(this.prefill, ctx, chunk, this.prefillLen);
+      if (opts.lastOnly) {
+        if (i + chunk.length === tokens.length) out.set(logits.subarray((chunk.length - 1) * V, chunk.length * V));
+      } else out.set(logits.subarray(0, chunk.length * V), i * V);
+    }
+    return out;
+  }
+
+  /** Runs one graph call on `tokens` padded to `seqLen`; keeps only the real tokens' KV. */
+  private async step(session: CheckedSession, ctx: SimContext, tokens: number[], seqLen: number): Promise<Float32Array> {
+    const ids = new BigInt64Array(seqLen);
+    tokens.forEach((t, i) => (ids[i] = BigInt(t)));
+    const feeds: Record<string, ort.Tensor> = { input_ids: new ort.Tensor('int64', ids, [1, seqLen]) };
+    ctx.kv.forEach(([k, v], i) => {
+      const n = kvNames(i);
+      feeds[n.pastKey] = k;
+      feeds[n.pastValue] = v;
+    });
+    const res = await session.run(feeds);
+    const keep = ctx.length + tokens.length;
+    ctx.kv = ctx.kv.map((_, i) => {
+      const n = kvNames(i);
+      return [trimContext(res[n.presentKey], keep), trimContext(res[n.presentValue], keep)];
+    });
+    ctx.length = keep;
+    return res.logits.data as Float32Array;
+  }
+
+  async dispose(): Promise<void> {
+    await this.prefill.release();
+    await this.decode.release();
+  }
+}
+
+/** Keeps the first `keep` positions (axis 2) of a [1, heads, T, head_dim] cache tensor. */
+function trimContext(t: ort.Tensor, keep: number): ort.Tensor {
+  const [b, h, T, d] = t.dims;
+  if (T === keep) return t;
+  const src = t.data as Float32Array | Uint8Array;
+  const dst = new (src.constructor as Float32ArrayConstructor | Uint8ArrayConstructor)(b * h * keep * d);
+  for (let i = 0; i < b * h; i++) dst.set(src.subarray(i * T * d, i * T * d + keep * d), i * keep * d);
+  return new ort.Tensor(t.type as 'float32' | 'uint8', dst, [b, h, keep, d]);
+}
