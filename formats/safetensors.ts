@@ -1,0 +1,643 @@
+/**
+ * Safetensors reader and writer (https://github.com/huggingface/safetensors).
+ *
+ * Layout of a file:
+ *
+ *     [u64 little-endian N][N bytes of JSON header, space-padded][data buffer]
+ *     header = {"__metadata__": {str: str}, name: {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ..}
+ *
+ * `data_offsets` are relative to the start of the data buffer (byte 8 + N). The writer pads the header
+ * with spaces so that N, and with it the data buffer, is a multiple of 8 (as the reference library
+ * does), and lays tensors out contiguously in the order given. Dtypes come from the one
+ * {@link DTYPES} table; F16/BF16 data are Uint16Array raw bits. Data are little-endian, which is the
+ * host byte order on every platform Node supports in practice (x64, arm64).
+ *
+ * Reading is lazy: {@link SafetensorsFile.open} reads only the 8-byte length and the header,
+ * validates every entry, and {@link SafetensorsFile.read} reads one tensor's bytes at its offset.
+ * Every malformed file raises {@link FormatError} naming the file, the tensor and the numbers.
+ *
+ *     const ckpt = SafetensorsCheckpoint.open('models/qwen2-0.5b');   // model.safetensors or a sharded index
+ *     const w = ckpt.read('model.layers.0.self_attn.q_proj.weight');   // Tensor, W: [out, in]
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { EdgeLLMError, FormatError, ShapeMismatchError } from '../src/errors.js';
+import { DTYPES, isDType, numel } from '../src/ir/tensor.js';
+import type { DType, Tensor, TypedArray } from '../src/ir/tensor.js';
+import { tempPathFor } from './atomic.js';
+
+/** The reference library refuses headers larger than this (bytes); so do we. */
+export const MAX_HEADER_BYTES = 100_000_000;
+
+/** The header and the data buffer start at multiples of this (bytes). */
+const HEADER_ALIGN = 8;
+
+/** Largest single fs.readSync/writeSync request (Node caps one call at 2 GiB − 1). */
+const IO_CHUNK = 1 << 30;
+
+const METADATA_KEY = '__metadata__';
+const INDEX_FILE = 'model.safetensors.index.json';
+const SINGLE_FILE = 'model.safetensors';
+
+/** Where one tensor lives on disk. */
+export interface SafetensorsEntry {
+  name: string;
+  dtype: DType;
+  shape: number[];
+  /** path of the .safetensors file holding the tensor */
+  file: string;
+  /** absolute byte offset in file */
+  offset: number;
+  /** bytes of the tensor = numel(shape) × DTYPES[dtype].bytes */
+  byteLength: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header parsing (shared by the file reader and the in-memory decoder)
+// ---------------------------------------------------------------------------------------------
+
+interface ParsedHeader {
+  metadata: Record<string, string>;
+  /** entries in data order (ascending offset) */
+  entries: Map<string, SafetensorsEntry>;
+}
+
+/** Smallest multiple of `n` that is ≥ `x`. */
+function alignUp(x: number, n: number): number {
+  return Math.ceil(x / n) * n;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function isNonNegativeInt(v: unknown): v is number {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+}
+
+function describe(v: unknown): string {
+  const s = JSON.stringify(v);
+  return s === undefined ? String(v) : s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
+/**
+ * Validates the 8-byte length prefix against the file size and returns N as a number.
+ * @param prefix the first 8 bytes
+ * @param totalBytes size of the whole file (or in-memory buffer)
+ */
+function headerLength(prefix: Uint8Array, totalBytes: number, file: string): number {
+  const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true); // u64, may exceed 2^53
+  const available = BigInt(totalBytes - 8);
+  if (n > available)
+    throw new FormatError(file, `header length ${n} runs past end of file (${totalBytes} bytes, ${available} after the 8-byte length prefix)`);
+  if (n > BigInt(MAX_HEADER_BYTES)) throw new FormatError(file, `header length ${n} exceeds the limit of ${MAX_HEADER_BYTES} bytes`);
+  return Number(n);
+}
+
+/**
+ * Parses and validates a header.
+ * @param headerBytes the N header bytes (UTF-8 JSON, possibly space-padded)
+ * @param dataStart absolute offset of the data buffer (8 + N)
+ * @param dataLength bytes in the data buffer
+ * @throws FormatError naming `file` (and the tensor) for every violation
+ */
+function parseHeader(headerBytes: Uint8Array, dataStart: number, dataLength: number, file: string): ParsedHeader {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
+  } catch (e) {
+    throw new FormatError(file, `header (${headerBytes.length} bytes) is not valid UTF-8 JSON: ${(e as Error).message}`, { cause: e });
+  }
+  if (!isPlainObject(raw)) throw new FormatError(file, `header must be a JSON object, got ${describe(raw)}`);
+
+  let metadata: Record<string, string> = {};
+  const unsorted: SafetensorsEntry[] = [];
+  for (const [name, value] of Object.entries(raw)) {
+    if (name === METADATA_KEY) {
+      if (!isPlainObject(value)) throw new FormatError(file, `${METADATA_KEY} must be an object of strings, got ${describe(value)}`);
+      for (const [k, v] of Object.entries(value))
+        if (typeof v !== 'string') throw new FormatError(file, `${METADATA_KEY} must map strings to strings; key '${k}' has ${describe(v)}`);
+      metadata = Object.fromEntries(Object.entries(value)) as Record<string, string>;
+      continue;
+    }
+    const where = `tensor '${name}'`;
+    if (!isPlainObject(value)) throw new FormatError(file, `${where}: entry must be an object, got ${describe(value)}`);
+    const { dtype, shape, data_offsets: offsets } = value;
+    if (typeof dtype !== 'string' || !isDType(dtype))
+      throw new FormatError(file, `${where}: unknown dtype ${describe(dtype)} (known: ${Object.keys(DTYPES).join(', ')})`);
+    if (!Array.isArray(shape) || !shape.every(isNonNegativeInt))
+      throw new FormatError(file, `${where}: shape must be an array of non-negative integers, got ${describe(shape)}`);
+    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isNonNegativeInt) || offsets[0] > offsets[1])
+      throw new FormatError(file, `${where}: data_offsets must be [begin, end] with 0 ≤ begin ≤ end, got ${describe(offsets)}`);
+    const [begin, end] = offsets as [number, number];
+    if (end > dataLength)
+      throw new FormatError(file, `${where}: data_offsets [${begin}, ${end}] run past the end of the data buffer (${dataLength} bytes)`);
+    const need = numel(shape) * DTYPES[dtype].bytes;
+    if (end - begin !== need)
+      throw new FormatError(
+        file,
+        `${where}: data_offsets [${begin}, ${end}] span ${end - begin} bytes but shape [${shape.join(', ')}] × ${dtype} (${DTYPES[dtype].bytes} bytes) needs ${need}`,
+      );
+    unsorted.push({ name, dtype, shape: [...shape], file, offset: dataStart + begin, byteLength: need });
+  }
+
+  // Data order; then any tensor starting before its predecessor ends overlaps it. Empty tensors own no bytes.
+  const sorted = unsorted.sort((a, b) => a.offset - b.offset || a.byteLength - b.byteLength);
+  let prev: SafetensorsEntry | null = null;
+  for (const e of sorted) {
+    if (e.byteLength === 0) continue;
+    if (prev && e.offset < prev.offset + prev.byteLength) {
+      const rel = (x: SafetensorsEntry) => `[${x.offset - dataStart}, ${x.offset - dataStart + x.byteLength})`;
+      throw new FormatError(file, `tensors '${prev.name}' ${rel(prev)} and '${e.name}' ${rel(e)} overlap`);
+    }
+    prev = e;
+  }
+  return { metadata, entries: new Map(sorted.map((e) => [e.name, e])) };
+}
+
+/** A typed array of `dtype` over a fresh buffer holding exactly `bytes` (aligned: offset 0). */
+function typedArrayOf(dtype: DType, bytes: Uint8Array, count: number): TypedArray {
+  return new DTYPES[dtype].array(bytes.buffer, 0, count);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading files
+// ---------------------------------------------------------------------------------------------
+
+/** Reads exactly `length` bytes at `position` into `into` (at 0), or throws FormatError (truncated). */
+function readExactly(fd: number, into: Uint8Array, position: number, file: string, what: string): void {
+  let done = 0;
+  while (done < into.length) {
+    const got = fs.readSync(fd, into, done, Math.min(IO_CHUNK, into.length - done), position + done);
+    if (got === 0)
+      throw new FormatError(file, `unexpected end of file reading ${what}: got ${done} of ${into.length} bytes at offset ${position}`);
+    done += got;
+  }
+}
+
+function openForReading(file: string): { fd: number; size: number } {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (e) {
+    throw new FormatError(file, `cannot open: ${(e as Error).message}`, { cause: e });
+  }
+  const st = fs.fstatSync(fd);
+  if (!st.isFile()) {
+    fs.closeSync(fd);
+    throw new FormatError(file, 'not a regular file');
+  }
+  return { fd, size: st.size };
+}
+
+/**
+ * One .safetensors file, read lazily: opening reads only the length prefix and the header; each
+ * {@link read} reads one tensor's bytes.
+ */
+export class SafetensorsFile {
+  /** the file's `__metadata__` ({} when absent) */
+  readonly metadata: Record<string, string>;
+  /** tensors in data order (ascending offset) */
+  readonly entries: Map<string, SafetensorsEntry>;
+  private fd: number | null;
+
+  private constructor(
+    readonly path: string,
+    fd: number,
+    private readonly size: number,
+    header: ParsedHeader,
+  ) {
+    this.fd = fd;
+    this.metadata = header.metadata;
+    this.entries = header.entries;
+  }
+
+  /**
+   * Opens `file` and validates its header; reads 8 + N bytes, never the data.
+   * @throws FormatError when the file cannot be opened, is shorter than 8 bytes, its header length
+   *   runs past the end of file, the header is not a JSON object, or any entry has an unknown dtype,
+   *   a bad shape, data_offsets out of range, a byte length ≠ numel(shape) × dtype size, or overlaps
+   *   another tensor.
+   */
+  static open(file: string): SafetensorsFile {
+    const { fd, size } = openForReading(file);
+    try {
+      if (size < 8) throw new FormatError(file, `file is ${size} bytes, shorter than the 8-byte header length prefix`);
+      const prefix = new Uint8Array(8);
+      readExactly(fd, prefix, 0, file, 'the header length');
+      const n = headerLength(prefix, size, file);
+      const headerBytes = new Uint8Array(n);
+      readExactly(fd, headerBytes, 8, file, 'the header');
+      return new SafetensorsFile(file, fd, size, parseHeader(headerBytes, 8 + n, size - 8 - n, file));
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+  }
+
+  /**
+   * Reads one tensor: only its bytes, with one positioned read into a fresh (hence aligned) buffer.
+   * Reopens the file if {@link close} was called.
+   * @returns a Tensor whose data is the typed array of {@link DTYPES}[dtype] (F16/BF16: Uint16Array bits)
+   * @throws FormatError if `name` is not in the file, or the file was truncated or changed since opening
+   */
+  read(name: string): Tensor {
+    const e = this.entries.get(name);
+    if (!e) throw new FormatError(this.path, `no tensor '${name}' (the file has ${this.entries.size} tensors)`);
+    const bytes = new Uint8Array(e.byteLength);
+    readExactly(this.handle(), bytes, e.offset, this.path, `tensor '${name}'`);
+    return { dtype: e.dtype, shape: [...e.shape], data: typedArrayOf(e.dtype, bytes, e.byteLength / DTYPES[e.dtype].bytes) };
+  }
+
+  /** Closes the file descriptor; a later {@link read} reopens it. Idempotent. */
+  close(): void {
+    if (this.fd !== null) fs.closeSync(this.fd);
+    this.fd = null;
+  }
+
+  private handle(): number {
+    if (this.fd === null) {
+      const { fd, size } = openForReading(this.path);
+      if (size !== this.size) {
+        fs.closeSync(fd);
+        throw new FormatError(this.path, `changed on disk since its header was read (${this.size} bytes then, ${size} now)`);
+      }
+      this.fd = fd;
+    }
+    return this.fd;
+  }
+}
+
+function readJsonObject(file: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new FormatError(file, `cannot read: ${(e as Error).message}`, { cause: e });
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new FormatError(file, `not valid JSON: ${(e as Error).message}`, { cause: e });
+  }
+  if (!isPlainObject(v)) throw new FormatError(file, `must be a JSON object, got ${describe(v)}`);
+  return v;
+}
+
+/**
+ * A checkpoint: one .safetensors file, or shards listed by `model.safetensors.index.json`
+ * (`{"weight_map": {tensorName: shardFileName}}`, shard names relative to the index's directory).
+ */
+export class SafetensorsCheckpoint {
+  private constructor(
+    private readonly files: SafetensorsFile[],
+    /** tensor name -> the file holding it, in index (or data) order */
+    private readonly where: Map<string, SafetensorsFile>,
+    private readonly label: string,
+  ) {}
+
+  /**
+   * Opens a checkpoint and validates every header it uses (no tensor data is read).
+   * @param dirOrFile a directory (uses model.safetensors.index.json if present, else model.safetensors),
+   *   an index .json file, or a single .safetensors file
+   * @throws FormatError when nothing is found, the index is not JSON or has no weight_map object of
+   *   strings, a shard is missing, a tensor listed in the index is absent from its shard, or any
+   *   header is malformed (see {@link SafetensorsFile.open})
+   */
+  static open(dirOrFile: string): SafetensorsCheckpoint {
+    let file = dirOrFile;
+    if (fs.existsSync(dirOrFile) && fs.statSync(dirOrFile).isDirectory()) {
+      const index = path.join(dirOrFile, INDEX_FILE);
+      const single = path.join(dirOrFile, SINGLE_FILE);
+      if (fs.existsSync(index)) file = index;
+      else if (fs.existsSync(single)) file = single;
+      else throw new FormatError(dirOrFile, `no ${INDEX_FILE} or ${SINGLE_FILE} in this directory`);
+    } else if (!fs.existsSync(dirOrFile)) {
+      throw new FormatError(dirOrFile, 'does not exist');
+    }
+    if (file.endsWith('.json')) return SafetensorsCheckpoint.openIndex(file);
+    const f = SafetensorsFile.open(file);
+    return new SafetensorsCheckpoint([f], new Map([...f.entries.keys()].map((n) => [n, f])), file);
+  }
+
+  private static openIndex(indexFile: string): SafetensorsCheckpoint {
+    const index = readJsonObject(indexFile);
+    const map = index.weight_map;
+    if (!isPlainObject(map)) throw new FormatError(indexFile, `"weight_map" must be an object {tensor name: shard file}, got ${describe(map)}`);
+    const byShard = new Map<string, string[]>();
+    for (const [name, shard] of Object.entries(map)) {
+      if (typeof shard !== 'string' || shard === '')
+        throw new FormatError(indexFile, `weight_map['${name}'] must be a shard file name, got ${describe(shard)}`);
+      byShard.set(shard, [...(byShard.get(shard) ?? []), name]);
+    }
+    const files: SafetensorsFile[] = [];
+    const opened = new Map<string, SafetensorsFile>();
+    try {
+      for (const [shard, names] of byShard) {
+        const shardPath = path.join(path.dirname(indexFile), shard);
+        if (!fs.existsSync(shardPath))
+          throw new FormatError(indexFile, `shard '${shard}' (listed for ${names.length} tensors, e.g. '${names[0]}') does not exist at ${shardPath}`);
+        const f = SafetensorsFile.open(shardPath);
+        files.push(f);
+        opened.set(shard, f);
+        for (const name of names)
+          if (!f.entries.has(name))
+            throw new FormatError(shardPath, `tensor '${name}' is listed in ${indexFile} but not present in this shard`);
+      }
+    } catch (e) {
+      for (const f of files) f.close();
+      throw e;
+    }
+    const where = new Map(Object.entries(map).map(([name, shard]) => [name, opened.get(shard as string)!]));
+    return new SafetensorsCheckpoint(files, where, indexFile);
+  }
+
+  /** Tensor names, in index order (sharded) or data order (single file). */
+  names(): string[] {
+    return [...this.where.keys()];
+  }
+
+  /** @throws FormatError if the checkpoint has no tensor `name` */
+  entry(name: string): SafetensorsEntry {
+    const f = this.where.get(name);
+    if (!f) throw new FormatError(this.label, `no tensor '${name}' in this checkpoint (${this.where.size} tensors)`);
+    return f.entries.get(name)!;
+  }
+
+  /** Reads one tensor from its shard (see {@link SafetensorsFile.read}). @throws FormatError */
+  read(name: string): Tensor {
+    this.entry(name); // throws FormatError when missing
+    return this.where.get(name)!.read(name);
+  }
+
+  /** Closes all shard files (later reads reopen them). */
+  close(): void {
+    for (const f of this.files) f.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------------------------
+
+/** Declares one tensor of a file to be written. */
+export interface SafetensorsSpec {
+  name: string;
+  dtype: DType;
+  shape: number[];
+}
+
+interface Layout {
+  /** the 8-byte length prefix followed by the space-padded header JSON */
+  head: Uint8Array;
+  /** data_offsets of each spec, in spec order */
+  offsets: [number, number][];
+  dataLength: number;
+}
+
+/**
+ * Plans a file: data_offsets in the given order, the header JSON (metadata first, tensors in order;
+ * built by hand because JSON.stringify would move integer-like names first) padded with spaces to a
+ * multiple of 8 bytes.
+ * @throws EdgeLLMError for duplicate or reserved names, unknown dtypes, bad shapes or metadata
+ */
+function planLayout(specs: readonly SafetensorsSpec[], metadata: Record<string, string> | undefined, label: string): Layout {
+  const seen = new Set<string>();
+  const offsets: [number, number][] = [];
+  const parts: string[] = [];
+  if (metadata && Object.keys(metadata).length > 0) {
+    for (const [k, v] of Object.entries(metadata))
+      if (typeof v !== 'string') throw new EdgeLLMError(`${label}: metadata must map strings to strings; key '${k}' has ${describe(v)}`);
+    parts.push(`${JSON.stringify(METADATA_KEY)}:${JSON.stringify(metadata)}`);
+  }
+  let end = 0;
+  for (const { name, dtype, shape } of specs) {
+    if (typeof name !== 'string') throw new EdgeLLMError(`${label}: tensor name must be a string, got ${describe(name)}`);
+    if (name === METADATA_KEY) throw new EdgeLLMError(`${label}: '${METADATA_KEY}' is reserved and cannot name a tensor`);
+    if (seen.has(name)) throw new EdgeLLMError(`${label}: duplicated tensor name '${name}'`);
+    seen.add(name);
+    if (!isDType(dtype)) throw new EdgeLLMError(`${label}: tensor '${name}': unknown dtype ${describe(dtype)} (known: ${Object.keys(DTYPES).join(', ')})`);
+    if (!Array.isArray(shape) || !shape.every(isNonNegativeInt))
+      throw new EdgeLLMError(`${label}: tensor '${name}': shape must be an array of non-negative integers, got ${describe(shape)}`);
+    const begin = end;
+    end = begin + numel(shape) * DTYPES[dtype].bytes;
+    if (!Number.isSafeInteger(end)) throw new EdgeLLMError(`${label}: tensor '${name}': data end offset ${end} is not a safe integer`);
+    offsets.push([begin, end]);
+    parts.push(`${JSON.stringify(name)}:{"dtype":"${dtype}","shape":[${shape.join(',')}],"data_offsets":[${begin},${end}]}`);
+  }
+  const json = new TextEncoder().encode(`{${parts.join(',')}}`);
+  const n = alignUp(json.length, HEADER_ALIGN);
+  const head = new Uint8Array(8 + n).fill(0x20, 8 + json.length); // space padding
+  new DataView(head.buffer).setBigUint64(0, BigInt(n), true);
+  head.set(json, 8);
+  return { head, offsets, dataLength: end };
+}
+
+/** The raw bytes of `data`, after checking it fits a declared dtype and shape. */
+function tensorBytes(label: string, spec: SafetensorsSpec, data: TypedArray): Uint8Array {
+  const info = DTYPES[spec.dtype];
+  if (!(data instanceof info.array))
+    throw new ShapeMismatchError(`${label}: tensor '${spec.name}' is ${spec.dtype}, which needs a ${info.array.name}, got ${data?.constructor?.name}`);
+  const need = numel(spec.shape) * info.bytes;
+  if (data.byteLength !== need)
+    throw new ShapeMismatchError(
+      `${label}: tensor '${spec.name}' has ${data.byteLength} bytes (${data.length} elements) but shape [${spec.shape.join(', ')}] × ${spec.dtype} (${info.bytes} bytes) needs ${need}`,
+    );
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+/**
+ * Serialises tensors to safetensors bytes in memory, laid out in iteration order.
+ * @param metadata written as `__metadata__` (omitted when empty)
+ * @throws EdgeLLMError (duplicate names, unknown dtype, bad shape), ShapeMismatchError (data length
+ *   or typed-array kind does not match dtype × shape)
+ */
+export function encodeSafetensors(tensors: Iterable<[string, Tensor]>, metadata?: Record<string, string>): Uint8Array {
+  const list = [...tensors];
+  const specs = list.map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape }));
+  const label = '<in-memory safetensors>';
+  const { head, offsets, dataLength } = planLayout(specs, metadata, label);
+  const out = new Uint8Array(head.length + dataLength);
+  out.set(head, 0);
+  list.forEach(([, t], i) => out.set(tensorBytes(label, specs[i], t.data), head.length + offsets[i][0]));
+  return out;
+}
+
+/**
+ * Parses safetensors bytes held in memory, with the same validation as {@link SafetensorsFile.open}.
+ * Every tensor is copied into a fresh, aligned buffer (nothing aliases `bytes`).
+ * @param label the file name used in error messages
+ * @returns tensors in data order and the `__metadata__` ({} when absent)
+ * @throws FormatError naming `label`
+ */
+export function decodeSafetensors(bytes: Uint8Array, label: string): { tensors: Map<string, Tensor>; metadata: Record<string, string> } {
+  if (bytes.length < 8) throw new FormatError(label, `file is ${bytes.length} bytes, shorter than the 8-byte header length prefix`);
+  const n = headerLength(bytes.subarray(0, 8), bytes.length, label);
+  const { metadata, entries } = parseHeader(bytes.subarray(8, 8 + n), 8 + n, bytes.length - 8 - n, label);
+  const tensors = new Map<string, Tensor>();
+  for (const e of entries.values()) {
+    const copy = new Uint8Array(e.byteLength); // not bytes.slice: on a Buffer that aliases (and is unaligned)
+    copy.set(bytes.subarray(e.offset, e.offset + e.byteLength));
+    tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data: typedArrayOf(e.dtype, copy, e.byteLength / DTYPES[e.dtype].bytes) });
+  }
+  return { tensors, metadata };
+}
+
+/**
+ * Lifecycle of a {@link SafetensorsWriter}:
+ * NO_FILE → HEADER_WRITTEN → TENSOR_DATA (tensors in declared order) → DONE, or ABORTED from any state.
+ */
+export type SafetensorsWriterState = 'NO_FILE' | 'HEADER_WRITTEN' | 'TENSOR_DATA' | 'DONE' | 'ABORTED';
+
+/**
+ * Streaming writer for files larger than memory: the header is written up front from the declared
+ * specs, then each tensor's bytes in declared order; only one tensor need be in memory at a time.
+ * Output goes to a temporary file beside `path` and is renamed over it by {@link finish}, so a
+ * failure never leaves a partial file at `path`.
+ *
+ *     const w = new SafetensorsWriter('out.safetensors', [{ name: 'w', dtype: 'F32', shape: [2, 3] }]);
+ *     try { w.write('w', new Float32Array(6)); w.finish(); } catch (e) { w.abort(); throw e; }
+ */
+export class SafetensorsWriter {
+  private _state: SafetensorsWriterState = 'NO_FILE';
+  private readonly tmp: string;
+  private fd: number | null = null;
+  private readonly specs: SafetensorsSpec[];
+  private readonly index = new Map<string, number>();
+  private readonly offsets: [number, number][];
+  private readonly dataStart: number;
+  /** index of the next tensor to write */
+  private next = 0;
+
+  /**
+   * Validates the specs, creates the temporary file and writes the 8-byte length and the header.
+   * @param path final output path
+   * @param specs every tensor of the file, in the order they will be written
+   * @param metadata written as `__metadata__` (omitted when empty)
+   * @throws EdgeLLMError for duplicate or reserved names, unknown dtypes, bad shapes, or when the
+   *   temporary file cannot be written (nothing is left on disk then)
+   */
+  constructor(
+    readonly path: string,
+    specs: { name: string; dtype: DType; shape: number[] }[],
+    metadata?: Record<string, string>,
+  ) {
+    this.specs = specs.map((s) => ({ name: s.name, dtype: s.dtype, shape: [...s.shape] }));
+    const { head, offsets } = planLayout(this.specs, metadata, path);
+    this.specs.forEach((s, i) => this.index.set(s.name, i));
+    this.offsets = offsets;
+    this.dataStart = head.length;
+    this.tmp = tempPathFor(path);
+    try {
+      this.fd = fs.openSync(this.tmp, 'wx');
+      this.writeAt(head, 0);
+    } catch (e) {
+      this.abort();
+      throw new EdgeLLMError(`${path}: cannot write temporary file ${this.tmp}: ${(e as Error).message}`, { cause: e });
+    }
+    this._state = 'HEADER_WRITTEN';
+  }
+
+  /** Current lifecycle state. */
+  get state(): SafetensorsWriterState {
+    return this._state;
+  }
+
+  /**
+   * Writes the data of the next declared tensor.
+   * @param data typed array of DTYPES[dtype] (F16/BF16: Uint16Array bits) with numel(shape) elements
+   * @throws EdgeLLMError when the writer is finished or aborted, `name` is undeclared, already written
+   *   or not the next declared tensor (nothing is written then; the writer stays usable);
+   *   ShapeMismatchError when the byte length or array kind is wrong. An I/O error aborts the writer.
+   */
+  write(name: string, data: TypedArray): void {
+    if (this._state !== 'HEADER_WRITTEN' && this._state !== 'TENSOR_DATA')
+      throw new EdgeLLMError(`${this.path}: cannot write tensor '${name}': writer is ${this._state}`);
+    const i = this.index.get(name);
+    const n = this.specs.length;
+    if (i === undefined) throw new EdgeLLMError(`${this.path}: tensor '${name}' was not declared (the header lists ${n} tensors)`);
+    if (i < this.next) throw new EdgeLLMError(`${this.path}: duplicate write of tensor '${name}' (already written as #${i + 1} of ${n})`);
+    if (i > this.next)
+      throw new EdgeLLMError(
+        `${this.path}: tensor '${name}' (#${i + 1} of ${n}) written out of order; expected '${this.specs[this.next].name}' (#${this.next + 1}): tensors must be written in declared order`,
+      );
+    const bytes = tensorBytes(this.path, this.specs[i], data);
+    try {
+      this.writeAt(bytes, this.dataStart + this.offsets[i][0]);
+    } catch (e) {
+      this.abort();
+      throw new EdgeLLMError(`${this.path}: writing tensor '${name}' failed: ${(e as Error).message}`, { cause: e });
+    }
+    this.next++;
+    this._state = 'TENSOR_DATA';
+  }
+
+  /**
+   * Flushes the temporary file and renames it to `path`.
+   * @throws EdgeLLMError when declared tensors were not written (listing them) or the writer is not
+   *   open; an I/O error aborts the writer.
+   */
+  finish(): void {
+    if (this._state !== 'HEADER_WRITTEN' && this._state !== 'TENSOR_DATA') throw new EdgeLLMError(`${this.path}: cannot finish: writer is ${this._state}`);
+    if (this.next < this.specs.length) {
+      const missing = this.specs.slice(this.next).map((s) => `'${s.name}'`);
+      const shown = missing.length > 5 ? `${missing.slice(0, 5).join(', ')}, ...` : missing.join(', ');
+      throw new EdgeLLMError(`${this.path}: cannot finish: ${missing.length} of ${this.specs.length} declared tensors not written (${shown})`);
+    }
+    try {
+      fs.fsyncSync(this.fd!);
+      fs.closeSync(this.fd!);
+      this.fd = null;
+      fs.renameSync(this.tmp, this.path);
+    } catch (e) {
+      this.abort();
+      throw new EdgeLLMError(`${this.path}: cannot finish: ${(e as Error).message}`, { cause: e });
+    }
+    this._state = 'DONE';
+  }
+
+  /** Closes and removes the temporary file. No-op after {@link finish} (the output is kept). */
+  abort(): void {
+    if (this._state === 'DONE') return;
+    if (this.fd !== null) {
+      try {
+        fs.closeSync(this.fd);
+      } catch {
+        // already unusable; removing the file is what matters
+      }
+      this.fd = null;
+    }
+    fs.rmSync(this.tmp, { force: true });
+    this._state = 'ABORTED';
+  }
+
+  private writeAt(bytes: Uint8Array, position: number): void {
+    let done = 0;
+    while (done < bytes.length) done += fs.writeSync(this.fd!, bytes, done, Math.min(IO_CHUNK, bytes.length - done), position + done);
+  }
+}
+
+/**
+ * Writes tensors to `path` atomically (temporary file + rename), streaming one tensor at a time.
+ * @throws see {@link SafetensorsWriter}; on any error nothing is left at `path` or in the temp file
+ */
+export function writeSafetensors(
+  path: string,
+  tensors: Iterable<[string, Tensor]> | Map<string, Tensor>,
+  metadata?: Record<string, string>,
+): void {
+  const list = [...tensors];
+  const w = new SafetensorsWriter(
+    path,
+    list.map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })),
+    metadata,
+  );
+  try {
+    for (const [name, t] of list) w.write(name, t.data);
+    w.finish();
+  } catch (e) {
+    w.abort();
+    throw e;
+  }
+}

@@ -1,0 +1,545 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EdgeLLMError, FormatError, ShapeMismatchError } from '../../src/errors.js';
+import { DTYPES, numel } from '../../src/ir/tensor.js';
+import type { DType, Tensor, TypedArray } from '../../src/ir/tensor.js';
+import {
+  SafetensorsCheckpoint,
+  SafetensorsFile,
+  SafetensorsWriter,
+  decodeSafetensors,
+  encodeSafetensors,
+  writeSafetensors,
+} from '../../formats/safetensors.js';
+
+const STORIES = '/work/shared/models/stories260K/model.safetensors';
+const ALL_DTYPES = Object.keys(DTYPES) as DType[];
+
+let dir: string;
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-safetensors-'));
+});
+afterAll(() => {
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** A fresh sub-directory of the test directory. */
+function subdir(name: string): string {
+  const d = path.join(dir, name);
+  fs.mkdirSync(d, { recursive: true });
+  return d;
+}
+
+/** mulberry32: deterministic uint32 stream. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (t ^ (t >>> 14)) >>> 0;
+  };
+}
+
+/** Random data of `dtype` covering its range (raw bits for F16/BF16, negative and > 2^53 values for I64). */
+function randomTensor(dtype: DType, shape: number[], seed: number): Tensor {
+  const r = rng(seed);
+  const n = numel(shape);
+  const data = new DTYPES[dtype].array(n);
+  for (let i = 0; i < n; i++) {
+    const u = r();
+    switch (dtype) {
+      case 'F64':
+      case 'F32':
+        (data as Float64Array)[i] = (u / 2 ** 32 - 0.5) * 2 ** ((u % 40) - 20);
+        break;
+      case 'I64':
+        (data as BigInt64Array)[i] = BigInt.asIntN(64, (BigInt(u) << 32n) | BigInt(r()));
+        break;
+      case 'BOOL':
+        (data as Uint8Array)[i] = u & 1;
+        break;
+      default: // integer kinds and F16/BF16 bits: the typed array wraps u to its width
+        (data as Int32Array)[i] = u | 0;
+    }
+  }
+  return { dtype, shape, data };
+}
+
+function expectSameTensor(got: Tensor, want: Tensor): void {
+  expect(got.dtype).toBe(want.dtype);
+  expect(got.shape).toEqual(want.shape);
+  expect(got.data.constructor).toBe(want.data.constructor);
+  expect(got.data.length).toBe(want.data.length);
+  // compare raw bytes: exact for every dtype (NaN bit patterns included)
+  expect(Buffer.from(got.data.buffer, got.data.byteOffset, got.data.byteLength).equals(Buffer.from(want.data.buffer, want.data.byteOffset, want.data.byteLength))).toBe(true);
+}
+
+/** Builds a safetensors file by hand (independent of the encoder): u64 N, header text as given, data. */
+function rawSafetensors(header: string | object, data: Uint8Array = new Uint8Array(0), headerLength?: bigint): Buffer {
+  const text = Buffer.from(typeof header === 'string' ? header : JSON.stringify(header), 'utf8');
+  const prefix = Buffer.alloc(8);
+  prefix.writeBigUInt64LE(headerLength ?? BigInt(text.length));
+  return Buffer.concat([prefix, text, data]);
+}
+
+/** Parses a header by hand: N and the JSON object. */
+function parseByHand(bytes: Buffer): { n: number; header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }> } {
+  const n = Number(bytes.readBigUInt64LE(0));
+  return { n, header: JSON.parse(bytes.subarray(8, 8 + n).toString('utf8')) };
+}
+
+/** Asserts `fn` throws a FormatError whose message names `file` and matches every pattern. */
+function expectFormatError(fn: () => unknown, file: string, ...patterns: RegExp[]): void {
+  let err: unknown;
+  try {
+    fn();
+  } catch (e) {
+    err = e;
+  }
+  expect(err, 'expected a FormatError').toBeInstanceOf(FormatError);
+  const msg = (err as Error).message;
+  expect(msg).toContain(file);
+  for (const p of patterns) expect(msg).toMatch(p);
+}
+
+describe('safetensors round trip', () => {
+  it.each(ALL_DTYPES)('writes and reads back %s tensors (matrix, scalar, empty)', (dtype) => {
+    const d = subdir(`rt-${dtype}`);
+    const file = path.join(d, 'x.safetensors');
+    const tensors: [string, Tensor][] = [
+      ['matrix', randomTensor(dtype, [7, 5], 1)],
+      ['scalar', randomTensor(dtype, [], 2)],
+      ['empty', randomTensor(dtype, [0, 4], 3)],
+      ['vector', randomTensor(dtype, [13], 4)],
+    ];
+    writeSafetensors(file, tensors, { dtype });
+    const f = SafetensorsFile.open(file);
+    try {
+      expect(f.metadata).toEqual({ dtype });
+      expect([...f.entries.keys()]).toEqual(tensors.map(([n]) => n));
+      for (const [name, t] of tensors) expectSameTensor(f.read(name), t);
+      // the tensor's typed array is aligned and owns its buffer
+      expect(f.read('matrix').data.byteOffset).toBe(0);
+    } finally {
+      f.close();
+    }
+    expect(fs.readdirSync(d)).toEqual(['x.safetensors']); // no temp file left
+  });
+
+  it('encode -> decode -> encode is byte-identical, and the file writer writes the same bytes', () => {
+    const tensors: [string, Tensor][] = ALL_DTYPES.map((dt, i) => [`t.${dt}`, randomTensor(dt, [3, i + 1], 100 + i)]);
+    const meta = { format: 'pt', note: 'ünïcode ✓' };
+    const a = encodeSafetensors(tensors, meta);
+    const { tensors: back, metadata } = decodeSafetensors(a, 'mem');
+    expect(metadata).toEqual(meta);
+    expect([...back.keys()]).toEqual(tensors.map(([n]) => n));
+    for (const [name, t] of tensors) expectSameTensor(back.get(name)!, t);
+    const b = encodeSafetensors(back, metadata);
+    expect(Buffer.from(b).equals(Buffer.from(a))).toBe(true);
+
+    const file = path.join(subdir('rt-all'), 'all.safetensors');
+    writeSafetensors(file, new Map(tensors), meta);
+    expect(fs.readFileSync(file).equals(Buffer.from(a))).toBe(true);
+  });
+
+  it('pads the header with spaces to a multiple of 8 and lays tensors out in the given order', () => {
+    // integer-like names would be reordered by JSON.stringify of an object; the layout must not be
+    const names = ['zeta', '10', '2', 'alpha'];
+    for (let extra = 0; extra < 8; extra++) {
+      const tensors: [string, Tensor][] = names.map((n, i) => [n + 'x'.repeat(extra * (i === 0 ? 1 : 0)), randomTensor('F32', [i + 1], i)]);
+      const bytes = Buffer.from(encodeSafetensors(tensors));
+      const { n, header } = parseByHand(bytes);
+      expect(n % 8).toBe(0);
+      const text = bytes.subarray(8, 8 + n).toString('utf8');
+      expect(text.trimEnd().endsWith('}')).toBe(true);
+      expect(/^ *$/.test(text.slice(text.trimEnd().length))).toBe(true);
+      expect(n - text.trimEnd().length).toBeLessThan(8);
+      let end = 0;
+      for (const [name, t] of tensors) {
+        expect(header[name].data_offsets).toEqual([end, end + t.data.byteLength]);
+        end += t.data.byteLength;
+      }
+      expect(bytes.length).toBe(8 + n + end);
+    }
+  });
+
+  it('reads files from other writers: unpadded header, unaligned data, trailing bytes', () => {
+    const file = path.join(subdir('foreign'), 'foreign.safetensors');
+    const w = randomTensor('F32', [2, 3], 7);
+    const h = randomTensor('F16', [3], 8);
+    const data = Buffer.concat([Buffer.from(h.data.buffer), Buffer.from(w.data.buffer), Buffer.from([9, 9, 9])]);
+    // header length 111 (not a multiple of 8): the F32 data start at an odd absolute offset
+    const header = JSON.stringify({ h: { dtype: 'F16', shape: [3], data_offsets: [0, 6] }, w: { dtype: 'F32', shape: [2, 3], data_offsets: [6, 30] } }) + ' ';
+    const bytes = rawSafetensors(header, data);
+    expect((8 + header.length + 6) % 2).toBe(1);
+    fs.writeFileSync(file, bytes);
+    const f = SafetensorsFile.open(file);
+    expectSameTensor(f.read('w'), w);
+    expectSameTensor(f.read('h'), h);
+    f.close();
+    expectSameTensor(f.read('w'), w); // reopens after close
+    f.close();
+    expectSameTensor(decodeSafetensors(bytes, 'foreign').tensors.get('w')!, w);
+  });
+});
+
+describe('real checkpoint: stories260K', () => {
+  it('reads model.embed_tokens.weight as F32 [512, 64] and agrees with a hand-parsed header', () => {
+    const bytes = fs.readFileSync(STORIES);
+    const { n, header } = parseByHand(bytes);
+    const f = SafetensorsFile.open(STORIES);
+    try {
+      const handNames = Object.keys(header).filter((k) => k !== '__metadata__');
+      expect([...f.entries.keys()].sort()).toEqual([...handNames].sort());
+      expect(f.metadata).toEqual(header.__metadata__ ?? {});
+      for (const name of handNames) {
+        const e = f.entries.get(name)!;
+        expect(e.dtype).toBe(header[name].dtype);
+        expect(e.shape).toEqual(header[name].shape);
+        expect(e.offset).toBe(8 + n + header[name].data_offsets[0]);
+        expect(e.byteLength).toBe(header[name].data_offsets[1] - header[name].data_offsets[0]);
+        expect(e.file).toBe(STORIES);
+      }
+
+      const emb = f.read('model.embed_tokens.weight');
+      expect(emb.dtype).toBe('F32');
+      expect(emb.shape).toEqual([512, 64]);
+      const data = emb.data as Float32Array;
+      expect(data).toBeInstanceOf(Float32Array);
+      expect(data.every(Number.isFinite)).toBe(true);
+      expect(data.some((x) => x !== 0)).toBe(true);
+      // decode the same bytes by hand with a DataView
+      const begin = 8 + n + header['model.embed_tokens.weight'].data_offsets[0];
+      const view = new DataView(bytes.buffer, bytes.byteOffset + begin, 512 * 64 * 4);
+      for (let i = 0; i < 512 * 64; i++) expect(data[i]).toBe(view.getFloat32(i * 4, true));
+    } finally {
+      f.close();
+    }
+  });
+
+  it('SafetensorsCheckpoint on the directory and decodeSafetensors agree with the file reader', () => {
+    const ckpt = SafetensorsCheckpoint.open(path.dirname(STORIES));
+    const { tensors } = decodeSafetensors(fs.readFileSync(STORIES), STORIES);
+    try {
+      expect(ckpt.names().sort()).toEqual([...tensors.keys()].sort());
+      expect(ckpt.names().length).toBeGreaterThan(10);
+      for (const name of ckpt.names()) expectSameTensor(ckpt.read(name), tensors.get(name)!);
+      expectFormatError(() => ckpt.entry('nope'), STORIES, /no tensor 'nope'/);
+    } finally {
+      ckpt.close();
+    }
+  });
+});
+
+describe('lazy reading', () => {
+  it('reads one tensor without touching the bytes of the others', () => {
+    const file = path.join(subdir('lazy'), 'lazy.safetensors');
+    const a = randomTensor('F32', [16, 4], 11);
+    const b = randomTensor('F32', [16, 4], 12);
+    const c = randomTensor('I64', [9], 13);
+    writeSafetensors(file, [['a', a], ['b', b], ['c', c]]);
+    const f = SafetensorsFile.open(file);
+    try {
+      // overwrite b's bytes on disk after opening
+      const e = f.entries.get('b')!;
+      const fd = fs.openSync(file, 'r+');
+      fs.writeSync(fd, Buffer.alloc(e.byteLength, 0xff), 0, e.byteLength, e.offset);
+      fs.closeSync(fd);
+      expectSameTensor(f.read('a'), a);
+      expectSameTensor(f.read('c'), c);
+      // the corruption is real: b now reads as NaNs
+      expect(Array.from(f.read('b').data as Float32Array).every(Number.isNaN)).toBe(true);
+    } finally {
+      f.close();
+    }
+  });
+
+  it('reports a file truncated after opening, naming the tensor', () => {
+    const file = path.join(subdir('trunc'), 'trunc.safetensors');
+    writeSafetensors(file, [['a', randomTensor('F32', [4], 1)], ['b', randomTensor('F32', [1000], 2)]]);
+    const f = SafetensorsFile.open(file);
+    try {
+      fs.truncateSync(file, fs.statSync(file).size - 100);
+      expectSameTensor(f.read('a'), decodeSafetensors(encodeSafetensors([['a', randomTensor('F32', [4], 1)]]), 'x').tensors.get('a')!);
+      expectFormatError(() => f.read('b'), file, /tensor 'b'/, /end of file/);
+    } finally {
+      f.close();
+    }
+  });
+});
+
+describe('sharded checkpoint', () => {
+  function writeSharded(d: string): Map<string, Tensor> {
+    const all = new Map<string, Tensor>([
+      ['model.embed_tokens.weight', randomTensor('BF16', [10, 4], 21)],
+      ['model.layers.0.mlp.up_proj.weight', randomTensor('F32', [6, 4], 22)],
+      ['model.norm.weight', randomTensor('F16', [4], 23)],
+    ]);
+    const names = [...all.keys()];
+    writeSafetensors(path.join(d, 'model-00001-of-00002.safetensors'), names.slice(0, 2).map((n) => [n, all.get(n)!]), { format: 'pt' });
+    writeSafetensors(path.join(d, 'model-00002-of-00002.safetensors'), [[names[2], all.get(names[2])!]], { format: 'pt' });
+    const weightMap = { [names[2]]: 'model-00002-of-00002.safetensors', [names[0]]: 'model-00001-of-00002.safetensors', [names[1]]: 'model-00001-of-00002.safetensors' };
+    fs.writeFileSync(path.join(d, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: 1 }, weight_map: weightMap }));
+    return all;
+  }
+
+  it('reads 2 shards + index back, through the directory or the index file', () => {
+    const d = subdir('sharded');
+    const all = writeSharded(d);
+    for (const target of [d, path.join(d, 'model.safetensors.index.json')]) {
+      const ckpt = SafetensorsCheckpoint.open(target);
+      try {
+        expect(ckpt.names()).toEqual(['model.norm.weight', 'model.embed_tokens.weight', 'model.layers.0.mlp.up_proj.weight']);
+        expect(ckpt.entry('model.norm.weight').file).toBe(path.join(d, 'model-00002-of-00002.safetensors'));
+        expect(ckpt.entry('model.embed_tokens.weight').file).toBe(path.join(d, 'model-00001-of-00002.safetensors'));
+        for (const [name, t] of all) expectSameTensor(ckpt.read(name), t);
+        expectFormatError(() => ckpt.read('lm_head.weight'), 'model.safetensors.index.json', /no tensor 'lm_head.weight'/);
+      } finally {
+        ckpt.close();
+      }
+    }
+  });
+
+  it('prefers the index over model.safetensors in a directory, and opens a single file too', () => {
+    const d = subdir('both');
+    writeSharded(d);
+    writeSafetensors(path.join(d, 'model.safetensors'), [['other', randomTensor('F32', [1], 1)]]);
+    const viaDir = SafetensorsCheckpoint.open(d);
+    expect(viaDir.names()).toHaveLength(3);
+    viaDir.close();
+    const single = SafetensorsCheckpoint.open(path.join(d, 'model.safetensors'));
+    expect(single.names()).toEqual(['other']);
+    single.close();
+  });
+
+  it('index not JSON -> FormatError naming the index', () => {
+    const d = subdir('bad-index');
+    writeSharded(d);
+    const index = path.join(d, 'model.safetensors.index.json');
+    fs.writeFileSync(index, '{"weight_map": ');
+    expectFormatError(() => SafetensorsCheckpoint.open(d), index, /not valid JSON/);
+    fs.writeFileSync(index, '{"weight_map": [1]}');
+    expectFormatError(() => SafetensorsCheckpoint.open(d), index, /weight_map/);
+  });
+
+  it('missing shard -> FormatError naming the index and the shard', () => {
+    const d = subdir('missing-shard');
+    writeSharded(d);
+    fs.rmSync(path.join(d, 'model-00002-of-00002.safetensors'));
+    expectFormatError(() => SafetensorsCheckpoint.open(d), 'model.safetensors.index.json', /model-00002-of-00002\.safetensors/, /does not exist/, /model\.norm\.weight/);
+  });
+
+  it('tensor listed in the index but absent from its shard -> FormatError naming the shard and tensor', () => {
+    const d = subdir('absent-tensor');
+    writeSharded(d);
+    const index = path.join(d, 'model.safetensors.index.json');
+    const j = JSON.parse(fs.readFileSync(index, 'utf8'));
+    j.weight_map['lm_head.weight'] = 'model-00002-of-00002.safetensors';
+    fs.writeFileSync(index, JSON.stringify(j));
+    expectFormatError(() => SafetensorsCheckpoint.open(d), path.join(d, 'model-00002-of-00002.safetensors'), /'lm_head.weight'/, /not present/);
+  });
+
+  it('a directory with neither file, or a missing path -> FormatError', () => {
+    const d = subdir('empty-dir');
+    expectFormatError(() => SafetensorsCheckpoint.open(d), d, /model\.safetensors/);
+    expectFormatError(() => SafetensorsCheckpoint.open(path.join(d, 'nope.safetensors')), 'nope.safetensors', /does not exist/);
+  });
+});
+
+describe('bad files -> FormatError naming the file', () => {
+  const f32x4 = new Uint8Array(16);
+  const cases: { name: string; bytes: () => Buffer; patterns: RegExp[] }[] = [
+    { name: 'shorter than 8 bytes', bytes: () => Buffer.from([1, 2, 3, 4, 5]), patterns: [/5 bytes/, /shorter than the 8-byte/] },
+    { name: 'empty file', bytes: () => Buffer.alloc(0), patterns: [/0 bytes/] },
+    {
+      name: 'header length past end of file',
+      bytes: () => rawSafetensors('{}', new Uint8Array(0), 1000n),
+      patterns: [/header length 1000/, /past end of file \(10 bytes/],
+    },
+    {
+      name: 'header length near 2^64 (u64 read as BigInt)',
+      bytes: () => rawSafetensors('{}', new Uint8Array(0), 2n ** 64n - 1n),
+      patterns: [/18446744073709551615/, /past end of file/],
+    },
+    { name: 'header not JSON', bytes: () => rawSafetensors('{"a": {'), patterns: [/not valid UTF-8 JSON/] },
+    { name: 'header JSON but not an object', bytes: () => rawSafetensors('[1, 2]'), patterns: [/must be a JSON object/, /\[1,2\]/] },
+    { name: 'header null', bytes: () => rawSafetensors('null'), patterns: [/must be a JSON object/] },
+    {
+      name: 'unknown dtype',
+      bytes: () => rawSafetensors({ w: { dtype: 'F8_E4M3', shape: [4], data_offsets: [0, 4] } }, new Uint8Array(4)),
+      patterns: [/tensor 'w'/, /unknown dtype "F8_E4M3"/],
+    },
+    {
+      name: 'negative shape entry',
+      bytes: () => rawSafetensors({ w: { dtype: 'F32', shape: [-1, 4], data_offsets: [0, 16] } }, f32x4),
+      patterns: [/tensor 'w'/, /shape must be an array of non-negative integers/, /\[-1,4\]/],
+    },
+    {
+      name: 'fractional shape entry',
+      bytes: () => rawSafetensors({ w: { dtype: 'F32', shape: [1.5], data_offsets: [0, 4] } }, f32x4),
+      patterns: [/tensor 'w'/, /shape must be/],
+    },
+    {
+      name: 'shape not an array',
+      bytes: () => rawSafetensors({ w: { dtype: 'F32', shape: '4', data_offsets: [0, 16] } }, f32x4),
+      patterns: [/tensor 'w'/, /shape must be/],
+    },
+    {
+      name: 'data_offsets past end of data',
+      bytes: () => rawSafetensors({ w: { dtype: 'F32', shape: [250], data_offsets: [0, 1000] } }, f32x4),
+      patterns: [/tensor 'w'/, /\[0, 1000\]/, /past the end of the data buffer \(16 bytes\)/],
+    },
+    {
+      name: 'data_offsets reversed',
+      bytes: () => rawSafetensors({ w: { dtype: 'F32', shape: [0], data_offsets: [8, 4] } }, f32x4),
+      patterns: [/tensor 'w'/, /data_offsets must be/],
+    },
+    {
+      name: 'overlapping tensors',
+      bytes: () =>
+        rawSafetensors(
+          { a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'F32', shape: [2], data_offsets: [4, 12] } },
+          f32x4,
+        ),
+      patterns: [/'a' \[0, 8\)/, /'b' \[4, 12\)/, /overlap/],
+    },
+    {
+      name: 'tensor nested inside another',
+      bytes: () =>
+        rawSafetensors(
+          { big: { dtype: 'F32', shape: [4], data_offsets: [0, 16] }, small: { dtype: 'U8', shape: [2], data_offsets: [4, 6] }, last: { dtype: 'U8', shape: [2], data_offsets: [8, 10] } },
+          f32x4,
+        ),
+      patterns: [/'big'/, /'small'/, /overlap/],
+    },
+    {
+      name: 'byte length != numel x dtype size',
+      bytes: () => rawSafetensors({ w: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }, f32x4),
+      patterns: [/tensor 'w'/, /span 8 bytes/, /shape \[3\] × F32 \(4 bytes\) needs 12/],
+    },
+    {
+      name: 'metadata not strings',
+      bytes: () => rawSafetensors({ __metadata__: { n: 3 } }),
+      patterns: [/__metadata__/, /'n'/],
+    },
+  ];
+
+  it.each(cases)('$name (file reader and in-memory decoder)', ({ name, bytes, patterns }) => {
+    const file = path.join(subdir('bad'), `${name.replace(/[^a-z0-9]+/gi, '_')}.safetensors`);
+    const b = bytes();
+    fs.writeFileSync(file, b);
+    expectFormatError(() => SafetensorsFile.open(file), file, ...patterns);
+    expectFormatError(() => SafetensorsCheckpoint.open(file), file, ...patterns);
+    expectFormatError(() => decodeSafetensors(b, 'label.safetensors'), 'label.safetensors', ...patterns);
+  });
+
+  it('the hand-built good file the bad cases derive from does read', () => {
+    const data = new Float32Array([1, 2, 3, 4]);
+    const bytes = rawSafetensors({ w: { dtype: 'F32', shape: [2, 2], data_offsets: [0, 16] } }, new Uint8Array(data.buffer));
+    expect(Array.from(decodeSafetensors(bytes, 'ok').tensors.get('w')!.data as Float32Array)).toEqual([1, 2, 3, 4]);
+  });
+});
+
+describe('SafetensorsWriter', () => {
+  const specs = [
+    { name: 'a', dtype: 'F32' as DType, shape: [2, 3] },
+    { name: 'b', dtype: 'I8' as DType, shape: [5] },
+  ];
+  const a = randomTensor('F32', [2, 3], 31);
+  const b = randomTensor('I8', [5], 32);
+
+  function expectThrows(fn: () => unknown, kind: new (...args: never[]) => Error, ...patterns: RegExp[]): void {
+    let err: unknown;
+    try {
+      fn();
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(kind);
+    for (const p of patterns) expect((err as Error).message).toMatch(p);
+  }
+
+  it('goes HEADER_WRITTEN -> TENSOR_DATA -> DONE and writes a file the reader accepts', () => {
+    const d = subdir('writer-ok');
+    const out = path.join(d, 'o.safetensors');
+    const w = new SafetensorsWriter(out, specs, { k: 'v' });
+    expect(w.state).toBe('HEADER_WRITTEN');
+    expect(fs.existsSync(out)).toBe(false); // only the temp file exists until finish
+    w.write('a', a.data);
+    expect(w.state).toBe('TENSOR_DATA');
+    w.write('b', b.data);
+    w.finish();
+    expect(w.state).toBe('DONE');
+    expect(fs.readdirSync(d)).toEqual(['o.safetensors']);
+    expect(fs.readFileSync(out).equals(Buffer.from(encodeSafetensors([['a', a], ['b', b]], { k: 'v' })))).toBe(true);
+    expectThrows(() => w.write('a', a.data), EdgeLLMError, /writer is DONE/);
+    expectThrows(() => w.finish(), EdgeLLMError, /writer is DONE/);
+    w.abort(); // no-op after finish: the output stays
+    expect(fs.existsSync(out)).toBe(true);
+  });
+
+  it('rejects an out-of-order write and stays usable', () => {
+    const d = subdir('writer-order');
+    const out = path.join(d, 'o.safetensors');
+    const w = new SafetensorsWriter(out, specs);
+    expectThrows(() => w.write('b', b.data), EdgeLLMError, /'b' \(#2 of 2\) written out of order/, /expected 'a' \(#1\)/);
+    w.write('a', a.data);
+    w.write('b', b.data);
+    w.finish();
+    const f = SafetensorsFile.open(out);
+    expectSameTensor(f.read('a'), a);
+    expectSameTensor(f.read('b'), b);
+    f.close();
+  });
+
+  it('rejects a duplicate write and an undeclared name', () => {
+    const w = new SafetensorsWriter(path.join(subdir('writer-dup'), 'o.safetensors'), specs);
+    w.write('a', a.data);
+    expectThrows(() => w.write('a', a.data), EdgeLLMError, /duplicate write of tensor 'a'/);
+    expectThrows(() => w.write('zzz', a.data), EdgeLLMError, /'zzz' was not declared/);
+    w.abort();
+  });
+
+  it('rejects duplicate names in the specs before creating any file', () => {
+    const d = subdir('writer-dupspec');
+    expectThrows(() => new SafetensorsWriter(path.join(d, 'o.safetensors'), [specs[0], specs[1], specs[0]]), EdgeLLMError, /duplicated tensor name 'a'/);
+    expectThrows(() => writeSafetensors(path.join(d, 'o.safetensors'), [['x', a], ['x', a]]), EdgeLLMError, /duplicated tensor name 'x'/);
+    expectThrows(() => new SafetensorsWriter(path.join(d, 'o.safetensors'), [{ name: '__metadata__', dtype: 'F32', shape: [1] }]), EdgeLLMError, /reserved/);
+    expect(fs.readdirSync(d)).toEqual([]);
+  });
+
+  it('rejects wrong byte length and wrong array kind', () => {
+    const w = new SafetensorsWriter(path.join(subdir('writer-len'), 'o.safetensors'), specs);
+    expectThrows(() => w.write('a', new Float32Array(5)), ShapeMismatchError, /tensor 'a' has 20 bytes \(5 elements\)/, /shape \[2, 3\] × F32 \(4 bytes\) needs 24/);
+    expectThrows(() => w.write('a', new Int32Array(6)), ShapeMismatchError, /needs a Float32Array, got Int32Array/);
+    expect(w.state).toBe('HEADER_WRITTEN');
+    w.abort();
+  });
+
+  it('finish with tensors missing throws and names them; abort leaves no output and no temp file', () => {
+    const d = subdir('writer-abort');
+    const out = path.join(d, 'o.safetensors');
+    const w = new SafetensorsWriter(out, specs);
+    w.write('a', a.data);
+    expect(fs.readdirSync(d)).toHaveLength(1); // the temp file
+    expectThrows(() => w.finish(), EdgeLLMError, /1 of 2 declared tensors not written \('b'\)/);
+    w.abort();
+    expect(w.state).toBe('ABORTED');
+    expect(fs.readdirSync(d)).toEqual([]);
+    expectThrows(() => w.write('b', b.data as TypedArray), EdgeLLMError, /writer is ABORTED/);
+  });
+
+  it('writeSafetensors is atomic: a failed write leaves an existing file untouched and no temp file', () => {
+    const d = subdir('writer-atomic');
+    const out = path.join(d, 'o.safetensors');
+    writeSafetensors(out, [['a', a]]);
+    const before = fs.readFileSync(out);
+    expectThrows(() => writeSafetensors(out, [['a', a], ['b', { dtype: 'I8', shape: [6], data: new Int8Array(5) }]]), ShapeMismatchError, /tensor 'b'/);
+    expect(fs.readFileSync(out).equals(before)).toBe(true);
+    expect(fs.readdirSync(d)).toEqual(['o.safetensors']);
+  });
+});
