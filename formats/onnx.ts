@@ -25,7 +25,8 @@ export type AttrValue = number | string | number[] | { float: number } | { float
 export interface ValueSpec {
   name: string;
   type: ElemType;
-  shape: Dim[];
+  /** null: rank and dims unknown */
+  shape: Dim[] | null;
 }
 
 /** Default opsets: ai.onnx 17 and com.microsoft 1 (MatMulNBits). */
@@ -87,7 +88,7 @@ export class GraphBuilder {
   }
 
   /** Declares `value` (an existing value name) as a graph output under its own name. */
-  output(name: string, type: ElemType, shape: Dim[]): void {
+  output(name: string, type: ElemType, shape: Dim[] | null): void {
     this.outputs.push({ name, type, shape });
   }
 
@@ -167,7 +168,7 @@ export class GraphBuilder {
       type: {
         tensorType: {
           elemType: ELEM[v.type],
-          shape: { dim: v.shape.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) },
+          shape: v.shape ? { dim: v.shape.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) } : null,
         },
       },
     });

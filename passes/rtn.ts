@@ -18,7 +18,7 @@ import type { PassContext } from '../src/pipeline-context.js';
 export interface RtnOptions {
   /** input columns per scale (MatMulNBits block size: a power of two ≥ 16) */
   groupSize: number;
-  /** also quantize lm_head (default true) */
+  /** also quantize lm_head (default false, as in the GPTQ reference code, which keeps the head in float) */
   quantizeLmHead: boolean;
 }
 

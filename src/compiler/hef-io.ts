@@ -22,7 +22,7 @@ import { VERSION } from '../version.js';
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-const specOut = (v: ValueSpec) => ({ name: v.name, dtype: v.type, shape: v.shape.map(String) });
+const specOut = (v: ValueSpec) => ({ name: v.name, dtype: v.type, shape: (v.shape ?? []).map(String) });
 const specIn = (v: { name: string; dtype: string; shape: string[] }): ValueSpec => ({
   name: v.name,
   type: v.dtype as ElemType,

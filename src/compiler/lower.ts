@@ -158,7 +158,7 @@ export function lowerModel(model: Model, opts: LowerOptions): GraphBuilder {
   const capture = (x: string, point: string) => {
     if (!opts.capture) return;
     g.node('Identity', [x], { name: `/capture/${point}`, outputNames: [captureName(point)] });
-    g.output(captureName(point), 'float32', []);
+    g.output(captureName(point), 'float32', null);
   };
   /** static A8 fake-quantization at an activation point */
   const actPoint = (x: string, layer: number, input: LinearInput): string => {

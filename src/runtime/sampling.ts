@@ -3,6 +3,10 @@
  * et al. 2019) over a seeded PRNG, in the order llama.cpp and HF apply them: top-k, then
  * softmax at temperature, then top-p.
  */
+import { mulberry32 } from '../../calibration/sampler.js';
+
+export { mulberry32 };
+
 export interface SamplingOptions {
   /** 0 = greedy */
   temperature: number;
@@ -10,18 +14,6 @@ export interface SamplingOptions {
   topK: number;
   /** keep the smallest set whose probability mass ≥ p (1 = all) */
   topP: number;
-}
-
-/** mulberry32: a small seeded PRNG returning floats in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Index of the largest logit (the first one on ties). logits: float32 [vocab]. */

@@ -23,6 +23,7 @@ export class CheckedSession {
         graphOptimizationLevel: 'all',
         intraOpNumThreads: opts.threads ?? 0,
         executionMode: 'sequential',
+        logSeverityLevel: 3,
       });
       return new CheckedSession(s, label);
     } catch (e) {
