@@ -109,18 +109,25 @@ export async function writeHar(path: string, manifest: Record<string, unknown>, 
   await writeAtomic(path, (tmp) => packMembers(tmp, members));
 }
 
-/** Streams `members` as a deterministic tar into `target` (tar's Pack, fed in-memory entries). */
+/**
+ * Builds `members` as a deterministic tar (tar's Pack, fed in-memory entries) and writes it to
+ * `target`. The archive is collected in memory: piping Pack into a file stream stalls once an entry
+ * exceeds the stream's buffer (seen with a ~1 MB member).
+ */
 function packMembers(target: string, members: Array<[string, Uint8Array]>): Promise<void> {
   return new Promise((resolve, reject) => {
     const pack = new Pack({ portable: true, mtime: EPOCH, strict: true });
-    const out = fs.createWriteStream(target);
-    pack.on('error', (e: unknown) => {
-      out.destroy();
-      reject(e);
+    const chunks: Buffer[] = [];
+    pack.on('error', (e: unknown) => reject(e));
+    pack.on('data', (c: Buffer) => chunks.push(Buffer.from(c)));
+    pack.on('end', () => {
+      try {
+        fs.writeFileSync(target, Buffer.concat(chunks));
+        resolve();
+      } catch (e) {
+        reject(e);
+      }
     });
-    out.on('error', reject);
-    out.on('close', () => resolve());
-    pack.pipe(out);
     for (const [name, data] of members) {
       const header = new Header({ path: name, type: 'File', size: data.byteLength, mode: 0o644, mtime: EPOCH });
       const entry = new ReadEntry(header);
