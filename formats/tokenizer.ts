@@ -95,7 +95,18 @@ export class TextTokenizer {
 export class StreamDecoder {
   private ids: number[] = [];
   private emitted = '';
-  constructor(private readonly tok: TextTokenizer) {}
+  private constructor(private readonly tok: TextTokenizer) {}
+
+  /**
+   * A decoder whose text continues `context` (e.g. the prompt ids), so the first generated token keeps
+   * its leading space; {@link push} returns only the new text.
+   */
+  static async create(tok: TextTokenizer, context: number[] = []): Promise<StreamDecoder> {
+    const d = new StreamDecoder(tok);
+    d.ids = [...context];
+    d.emitted = context.length ? await tok.decode(context) : '';
+    return d;
+  }
   async push(id: number): Promise<string> {
     this.ids.push(id);
     const text = await this.tok.decode(this.ids);

@@ -161,7 +161,8 @@ export function buildProgram(): Command {
       const tok = new TextTokenizer(exe.tokenizer);
       const prompt = await tok.encode(o.prompt, true);
       if (prompt.length === 0) throw new UsageError('the prompt encodes to no tokens and the tokenizer adds no BOS');
-      const stream = new StreamDecoder(tok);
+      const stream = await StreamDecoder.create(tok, prompt);
+      if (!o.json) process.stdout.write(await tok.decode(prompt));
       const res = await generate(
         backend,
         prompt,

@@ -73,15 +73,9 @@ export function ropeTables(headDim: number, theta: number, maxContext: number): 
   return { cos, sin };
 }
 
-function transpose2d(w: Float32Array, rows: number, cols: number): Float32Array {
-  const t = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) t[c * rows + r] = w[r * cols + c];
-  return t;
-}
-
 /**
  * Builds the graph of `model` with `opts`. Weights become the builder's initializers, named after
- * the model's tensors (`<linear>.weight_t` float [in, out], or `.qweight`/`.scales` for MatMulNBits).
+ * the model's tensors (`<linear>.weight` float [out, in], or `.qweight`/`.scales` for MatMulNBits).
  * @throws UnsupportedModelError when the head dimension is odd (RoPE needs pairs)
  */
 export function lowerModel(model: Model, opts: LowerOptions): GraphBuilder {
@@ -186,13 +180,13 @@ export function lowerModel(model: Model, opts: LowerOptions): GraphBuilder {
         attrs: { K: spec.inFeatures, N: spec.outFeatures, bits: lq.bits, block_size: lq.groupSize },
       });
     } else {
+      // Float weights stay [out, in] under their own names (a tied lm_head reads the embedding
+      // table itself): Gemm with transB on the flattened tokens, y = x·Wᵀ.
       const wname = spec.role === 'lm_head' && !model.weights.has('lm_head.weight') ? 'model.embed_tokens.weight' : `${spec.name}.weight`;
-      g.weight(`${spec.name}.weight_t`, () => ({
-        dtype: 'F32',
-        shape: [spec.inFeatures, spec.outFeatures],
-        data: transpose2d(toFloat32(load(wname)), spec.outFeatures, spec.inFeatures),
-      }));
-      y = g.node('MatMul', [x, `${spec.name}.weight_t`], { name: `${path}/MatMul` });
+      g.weight(wname, () => f32(wname));
+      const flat = reshape(x, [-1, spec.inFeatures], `${path}/Flatten`);
+      const gemm = g.node('Gemm', [flat, wname], { name: `${path}/Gemm`, attrs: { transB: 1 } });
+      y = reshape(gemm, [1, -1, spec.outFeatures], `${path}/Unflatten`);
     }
     if (spec.hasBias) {
       g.weight(`${spec.name}.bias`, () => f32(`${spec.name}.bias`));
