@@ -1,0 +1,162 @@
+/**
+ * The building blocks of the lowering (src/compiler/lower.ts): one {@link Lowering} per graph holds
+ * the builder, the model and the mode flags, and emits the recurring pieces — RMSNorm, RoPE, a
+ * linear (float Gemm or 4-bit MatMulNBits), a static A8 QDQ point, a KV-cache append — with
+ * path-style node names.
+ */
+import { GraphBuilder, type ElemType } from '../../formats/onnx.js';
+import type { Model, QParams } from '../ir/model.js';
+import { actPointName, type LinearSpec, type LinearInput } from '../ir/architectures.js';
+import { toFloat32, type Tensor } from '../ir/tensor.js';
+import { UnsupportedModelError } from '../errors.js';
+
+/** Capture output name of a quantization point. */
+export const captureName = (point: string) => `capture.${point}`;
+
+/** Mode flags of one lowering. */
+export interface LoweringFlags {
+  /** emit `capture.<point>` outputs at every quantization point */
+  capture: boolean;
+  /** apply the model's static A8 ranges */
+  actQuant: boolean;
+  /** hold the KV cache as uint8 with the model's KV8 ranges */
+  kvQuant: boolean;
+}
+
+export class Lowering {
+  private readonly weightCache = new Map<string, Tensor>();
+  readonly kvType: ElemType;
+
+  constructor(
+    readonly g: GraphBuilder,
+    readonly model: Model,
+    readonly flags: LoweringFlags,
+  ) {
+    this.kvType = flags.kvQuant ? 'uint8' : 'float32';
+  }
+
+  /** Reads a model tensor once per lowering. @throws UnsupportedModelError when missing */
+  load(name: string): Tensor {
+    let t = this.weightCache.get(name);
+    if (!t) {
+      const lt = this.model.weights.get(name);
+      if (!lt) throw new UnsupportedModelError(`lowering: weight '${name}' is missing from the model`);
+      t = lt.load();
+      this.weightCache.set(name, t);
+    }
+    return t;
+  }
+
+  /** A model tensor as a float32 initializer under its own name. */
+  floatWeight(name: string): string {
+    return this.g.weight(name, () => ({ dtype: 'F32', shape: this.load(name).shape, data: toFloat32(this.load(name)) }));
+  }
+
+  reshape(x: string, shape: number[], name: string): string {
+    return this.g.node('Reshape', [x, this.g.ints(shape)], { name });
+  }
+
+  transpose(x: string, perm: number[], name: string): string {
+    return this.g.node('Transpose', [x], { name, attrs: { perm } });
+  }
+
+  /** RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x²) + eps) · γ, over the last axis. */
+  rmsNorm(x: string, weight: string, name: string): string {
+    const g = this.g;
+    const w = this.floatWeight(weight);
+    const sqr = g.node('Mul', [x, x], { name: `${name}/Square` });
+    const mean = g.node('ReduceMean', [sqr], { name: `${name}/ReduceMean`, attrs: { axes: [-1], keepdims: 1 } });
+    const eps = g.node('Add', [mean, g.floats([this.model.config.rmsNormEps], true)], { name: `${name}/AddEps` });
+    const inv = g.node('Reciprocal', [g.node('Sqrt', [eps], { name: `${name}/Sqrt` })], { name: `${name}/Reciprocal` });
+    return g.node('Mul', [g.node('Mul', [x, inv], { name: `${name}/Normalize` }), w], { name: `${name}/Scale` });
+  }
+
+  /** scale (float32 scalar) and zero point (uint8 scalar) constants. */
+  qparams(p: QParams, name: string): [string, string] {
+    return [
+      this.g.constant({ dtype: 'F32', shape: [], data: Float32Array.of(p.scale) }, `${name}_scale`),
+      this.g.constant({ dtype: 'U8', shape: [], data: Uint8Array.of(p.zeroPoint) }, `${name}_zp`),
+    ];
+  }
+
+  /** Exposes x as `capture.<point>` when capturing. */
+  capture(x: string, point: string): void {
+    if (!this.flags.capture) return;
+    this.g.node('Identity', [x], { name: `/capture/${point}`, outputNames: [captureName(point)] });
+    this.g.output(captureName(point), 'float32', null);
+  }
+
+  /** Static A8 fake quantization (QuantizeLinear → DequantizeLinear, uint8) at an activation point. */
+  actPoint(x: string, layer: number, input: LinearInput): string {
+    const point = actPointName(layer, input);
+    this.capture(x, point);
+    if (!this.flags.actQuant) return x;
+    const p = this.model.quant.activations[point];
+    if (!p) throw new UnsupportedModelError(`lowering: no A8 range for activation point '${point}'`);
+    const [s, z] = this.qparams(p, point);
+    const q = this.g.node('QuantizeLinear', [x, s, z], { name: `/quant/${point}/QuantizeLinear` });
+    return this.g.node('DequantizeLinear', [q, s, z], { name: `/quant/${point}/DequantizeLinear` });
+  }
+
+  /**
+   * y = x·Wᵀ (+ b), x: [1, S, in] -> [1, S, out]. A weight-quantized linear is com.microsoft
+   * MatMulNBits (bits 4, block_size = group size, default zero point 8); a float one is Gemm(transB)
+   * on the stored [out, in] weight (a tied lm_head reads the embedding table itself).
+   */
+  linear(x: string, spec: LinearSpec, path: string): string {
+    const g = this.g;
+    const lq = this.model.quant.linears[spec.name];
+    let y: string;
+    if (lq) {
+      g.weight(`${spec.name}.qweight`, () => this.load(`${spec.name}.qweight`));
+      g.weight(`${spec.name}.scales`, () => {
+        const sc = this.load(`${spec.name}.scales`);
+        return { dtype: 'F32', shape: [sc.data.length], data: toFloat32(sc) };
+      });
+      y = g.node('MatMulNBits', [x, `${spec.name}.qweight`, `${spec.name}.scales`], {
+        name: `${path}/MatMulNBits`,
+        domain: 'com.microsoft',
+        attrs: { K: spec.inFeatures, N: spec.outFeatures, bits: lq.bits, block_size: lq.groupSize },
+      });
+    } else {
+      const wname = spec.role === 'lm_head' && !this.model.weights.has('lm_head.weight') ? 'model.embed_tokens.weight' : `${spec.name}.weight`;
+      this.floatWeight(wname);
+      const flat = this.reshape(x, [-1, spec.inFeatures], `${path}/Flatten`);
+      const gemm = g.node('Gemm', [flat, wname], { name: `${path}/Gemm`, attrs: { transB: 1 } });
+      y = this.reshape(gemm, [1, -1, spec.outFeatures], `${path}/Unflatten`);
+    }
+    if (spec.hasBias) y = g.node('Add', [y, this.floatWeight(`${spec.name}.bias`)], { name: `${path}/BiasAdd` });
+    return y;
+  }
+
+  /** Rotate-half RoPE on t: [1, S, heads, hd] with cos/sin: [1, S, 1, hd/2]. */
+  rope(t: string, cos: string, sin: string, name: string): string {
+    const g = this.g;
+    const hd = this.model.config.headDim;
+    const half = hd / 2;
+    const x1 = g.node('Slice', [t, g.ints([0]), g.ints([half]), g.ints([3])], { name: `${name}/x1` });
+    const x2 = g.node('Slice', [t, g.ints([half]), g.ints([hd]), g.ints([3])], { name: `${name}/x2` });
+    const m = (a: string, b: string, n: string) => g.node('Mul', [a, b], { name: `${name}/${n}` });
+    const r1 = g.node('Sub', [m(x1, cos, 'x1cos'), m(x2, sin, 'x2sin')], { name: `${name}/r1` });
+    const r2 = g.node('Add', [m(x2, cos, 'x2cos'), m(x1, sin, 'x1sin')], { name: `${name}/r2` });
+    return g.node('Concat', [r1, r2], { name: `${name}/Concat`, attrs: { axis: 3 } });
+  }
+
+  /**
+   * Appends new K or V [1, kv, S, hd] to the past cache (output `present`, float or uint8) and
+   * returns the float cache [1, kv, T, hd] attention reads.
+   */
+  cacheAppend(fresh: string, past: string, present: string, point: string, p: QParams | undefined, name: string): string {
+    const g = this.g;
+    this.capture(fresh, point);
+    if (!this.flags.kvQuant) {
+      g.node('Concat', [past, fresh], { name: `${name}/Concat`, attrs: { axis: 2 }, outputNames: [present] });
+      return present;
+    }
+    if (!p) throw new UnsupportedModelError(`lowering: no KV8 range for '${point}'`);
+    const [s, z] = this.qparams(p, point);
+    const q = g.node('QuantizeLinear', [fresh, s, z], { name: `${name}/QuantizeLinear` });
+    g.node('Concat', [past, q], { name: `${name}/Concat`, attrs: { axis: 2 }, outputNames: [present] });
+    return g.node('DequantizeLinear', [present, s, z], { name: `${name}/DequantizeLinear` });
+  }
+}
