@@ -83,8 +83,9 @@ export function normalizeConfig(raw: Record<string, unknown>, file = 'config.jso
     rmsNormEps: num('rms_norm_eps', 1e-6),
     ropeTheta: num('rope_theta', 10000),
     hiddenAct: 'silu',
+    // HF's default is untied for all three families; a checkpoint without lm_head is treated as tied.
+    tieWordEmbeddings: raw.tie_word_embeddings === true,
     // Qwen2 always has q/k/v biases; Llama/Mistral only with attention_bias.
-    tieWordEmbeddings: raw.tie_word_embeddings === true || (raw.tie_word_embeddings === undefined && family === 'qwen2'),
     qkvBias: family === 'qwen2' || attentionBias,
     oBias: family !== 'qwen2' && attentionBias,
     mlpBias: raw.mlp_bias === true,

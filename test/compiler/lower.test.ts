@@ -8,6 +8,9 @@ import { referenceForward } from '../../src/ir/reference.js';
 import { rtn } from '../../passes/rtn.js';
 import { silentContext } from '../../src/pipeline-context.js';
 import type { Model } from '../../src/ir/model.js';
+import { makeCheckpoint } from '../../fixtures/make-fixture.js';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 
 export const STORIES = path.resolve(__dirname, '../../../shared/models/stories260K');
 
@@ -66,5 +69,33 @@ describe('lowerModel on stories260K', () => {
     const outs = g.outputSpecs.map((s) => s.name);
     expect(outs).toContain('present.0.key');
     expect(outs[outs.length - 1]).toBe('logits');
+  });
+});
+
+describe('lowerModel on a generated Qwen2 fixture (q/k/v biases, tied embeddings, GQA)', () => {
+  let model: Model;
+  beforeAll(() => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-qwen2-'));
+    const config = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../fixtures/tiny-qwen2/config.json'), 'utf8'));
+    makeCheckpoint(config, dir, { seed: 5 });
+    model = loadHfModel(dir);
+  });
+
+  it('normalises the config: qwen2 family, biases, tied, GQA 4/2', () => {
+    const c = model.config;
+    expect([c.family, c.qkvBias, c.tieWordEmbeddings, c.numHeads, c.numKvHeads]).toEqual(['qwen2', true, true, 4, 2]);
+    expect(model.weights.has('model.layers.1.self_attn.v_proj.bias')).toBe(true);
+  });
+
+  // Same 1e-4 bound as for stories260K (logits here are O(1)).
+  it('fp32 graph logits match the TypeScript reference forward to 1e-4 (prefill chunks + decode)', async () => {
+    const ids = [1, ...tokens(25, 300, 11)];
+    const backend = await SimulatorBackend.load(compile(model, { prefillLen: 8 }));
+    const ctx = backend.newContext();
+    const got = new Float32Array(ids.length * 300);
+    got.set(await backend.forward(ctx, ids.slice(0, 20)));
+    for (let i = 20; i < ids.length; i++) got.set(await backend.forward(ctx, [ids[i]]), i * 300);
+    expect(maxAbsDiff(got, referenceForward(model, ids))).toBeLessThan(1e-4);
+    await backend.dispose();
   });
 });
