@@ -2,10 +2,11 @@
  * Static A8/KV8 range calibration: runs the model as it will execute (quantized weights, float
  * activations) on calibration windows through a capture graph (src/compiler/lower.ts `capture`),
  * feeds every quantization point's activations to an observer, and returns the model with
- * `quant.activations` and `quant.kvCache` filled in.
+ * `quant.activations` and `quant.kvCache` filled in, and the SQNR (dB) of every point in
+ * `report.points`.
  */
 import * as ort from 'onnxruntime-node';
-import type { Model, QParams } from '../src/ir/model.js';
+import type { Model, QParams, QuantReport } from '../src/ir/model.js';
 import { lowerModel, captureName, kvNames, kvPoints } from '../src/compiler/lower.js';
 import { activationPoints } from '../src/ir/architectures.js';
 import { CheckedSession } from '../src/runtime/session.js';
@@ -55,10 +56,19 @@ export async function calibrateRanges(model: Model, windows: number[][], opts: C
   bar.done();
   await session.release();
   const activations: Record<string, QParams> = {};
-  if (opts.activations) for (const p of points) activations[p] = observers.get(p)!.qparams();
-  const kvCache = opts.kvCache ? kvPts.map((p) => ({ k: observers.get(p.k)!.qparams(), v: observers.get(p.v)!.qparams() })) : [];
+  const reportPoints: QuantReport['points'] = {};
+  const qparamsOf = (point: string): QParams => {
+    const obs = observers.get(point)!;
+    const p = obs.qparams();
+    reportPoints[point] = { sqnrDb: obs.sqnrDb(p), ...p };
+    return p;
+  };
+  if (opts.activations) for (const p of points) activations[p] = qparamsOf(p);
+  const kvCache = opts.kvCache ? kvPts.map((p) => ({ k: qparamsOf(p.k), v: qparamsOf(p.v) })) : [];
+  const report: QuantReport = { linears: model.report?.linears ?? {}, points: reportPoints };
   return {
     ...model,
+    report,
     quant: { ...model.quant, activations, kvCache },
     passes: [...model.passes, { name: meta.name, options: { ...opts, windows: windows.length } }],
   };

@@ -89,6 +89,19 @@ export interface Model {
   passes: PassRecord[];
   /** tokenizer.json text and tokenizer_config.json / generation_config.json / chat template, if any */
   tokenizer: TokenizerFiles;
+  /** per-layer quantization error measured on calibration data (filled by the passes that quantize) */
+  report?: QuantReport;
+}
+
+/** Per-layer quantization error, measured on calibration data. */
+export interface QuantReport {
+  /**
+   * linear name -> relative output error tr((W−Q)H(W−Q)ᵀ) / tr(WHWᵀ) with H the calibration
+   * Hessian 2/n·ΣxxᵀXᵀ (i.e. ‖X(W−Q)ᵀ‖²/‖XWᵀ‖²), and the same for RTN on the same H when known
+   */
+  linears: Record<string, { relError: number; rtnRelError?: number; method: string }>;
+  /** activation / KV quantization point -> SQNR in dB of its static uint8 quantization */
+  points: Record<string, { sqnrDb: number; scale: number; zeroPoint: number }>;
 }
 
 /** The tokenizer files carried with a model from the HF directory to the HAR and the HEF. */
