@@ -8,6 +8,9 @@
  * | weights.safetensors             | every weight: float tensors, and qweight/scales of quantized  |
  * |                                 | linears (MatMulNBits layout, see src/ir/model.ts)             |
  * | ranges.json                     | static A8 activation ranges and per-layer KV8 ranges          |
+ * | report.json                     | per-layer quantization error (when the passes measured it)    |
+ * | emulation/native.safetensors    | the source fp32 weights (`eval --emulate native`)             |
+ * | emulation/optimized.safetensors | fp32 weights after fold-norms/QuaRot (`--emulate optimized`)  |
  * | tokenizer/tokenizer.json (+ tokenizer_config.json, generation_config.json when present) |
  */
 import * as crypto from 'node:crypto';
@@ -15,7 +18,7 @@ import * as fs from 'node:fs';
 import { readHar, writeHar } from './har.js';
 import { encodeSafetensors, decodeSafetensors } from './safetensors.js';
 import { FormatError } from '../src/errors.js';
-import type { Model, QuantState, ModelConfig, PassRecord, LinearQuant } from '../src/ir/model.js';
+import type { Model, QuantState, ModelConfig, PassRecord, LinearQuant, QuantReport } from '../src/ir/model.js';
 import { inMemory } from '../src/ir/model.js';
 import type { Tensor } from '../src/ir/tensor.js';
 import { quantSchemeOf } from '../src/compiler/compile.js';
@@ -29,6 +32,15 @@ export interface HarInfo {
   sourceSha256: string;
 }
 
+/** The Dataflow Compiler's emulation levels: the source model, the optimized fp32 model, the quantized one. */
+export type EmulationLevel = 'native' | 'optimized' | 'quantized';
+
+/** Float models kept in the HAR for emulation (each a full Model state before quantization). */
+export interface EmulationModels {
+  native?: Model;
+  optimized?: Model;
+}
+
 /** sha256 (hex) over a checkpoint's weight files, in name order. */
 export function sourceWeightsSha256(files: string[]): string {
   const h = crypto.createHash('sha256');
@@ -37,10 +49,20 @@ export function sourceWeightsSha256(files: string[]): string {
 }
 
 /** Writes `model` as a HAR at `path` (atomically). Materialises every weight. */
-export async function saveModelHar(path: string, model: Model, info: HarInfo): Promise<void> {
-  const tensors: [string, Tensor][] = [...model.weights].map(([n, t]) => [n, t.load()]);
+export async function saveModelHar(path: string, model: Model, info: HarInfo, emulation: EmulationModels = {}): Promise<void> {
+  const encodeWeights = (m: Model) => encodeSafetensors([...m.weights].map(([n, t]): [string, Tensor] => [n, t.load()]), { producer: `edgellm ${VERSION}` });
   const files = new Map<string, Uint8Array>();
-  files.set('weights.safetensors', encodeSafetensors(tensors, { producer: `edgellm ${VERSION}` }));
+  files.set('weights.safetensors', encodeWeights(model));
+  if (model.report) files.set('report.json', enc.encode(JSON.stringify(model.report, null, 1)));
+  const emulationPasses: Record<string, unknown> = {};
+  for (const level of ['native', 'optimized'] as const) {
+    const m = emulation[level];
+    if (!m) continue;
+    files.set(`emulation/${level}.safetensors`, encodeWeights(m));
+    // every Model field but the tensors, tokenizer and quantization state (config, passes, online rotations, ...)
+    const { weights: _w, tokenizer: _t, quant: _q, report: _r, ...rest } = m;
+    emulationPasses[level] = rest;
+  }
   files.set('ranges.json', enc.encode(JSON.stringify({ activations: model.quant.activations, kvCache: model.quant.kvCache }, null, 1)));
   files.set('tokenizer/tokenizer.json', enc.encode(model.tokenizer.tokenizerJson));
   if (model.tokenizer.tokenizerConfigJson != null) files.set('tokenizer/tokenizer_config.json', enc.encode(model.tokenizer.tokenizerConfigJson));
@@ -54,6 +76,7 @@ export async function saveModelHar(path: string, model: Model, info: HarInfo): P
     passes: model.passes,
     quantScheme: quantSchemeOf(model),
     linears: model.quant.linears,
+    emulation: emulationPasses,
   };
   await writeHar(path, manifest, files);
 }
@@ -61,6 +84,8 @@ export async function saveModelHar(path: string, model: Model, info: HarInfo): P
 /** A Model read back from a HAR, with the manifest's provenance. */
 export interface LoadedHar {
   model: Model;
+  /** float models stored for `--emulate native|optimized`, when the HAR has them */
+  emulation: EmulationModels;
   manifest: Record<string, unknown>;
   info: HarInfo;
 }
@@ -98,5 +123,19 @@ export async function loadModelHar(path: string): Promise<LoadedHar> {
     },
   };
   if (!model.config || typeof model.config.hiddenSize !== 'number') throw new FormatError(path, 'manifest has no valid config');
-  return { model, manifest, info: { modelName: String(manifest.modelName ?? ''), sourceSha256: String(manifest.sourceSha256 ?? '') } };
+  if (files.has('report.json')) model.report = json('report.json') as unknown as QuantReport;
+  const emulation: EmulationModels = {};
+  const emuMeta = (manifest.emulation ?? {}) as Record<string, Omit<Model, 'weights' | 'tokenizer' | 'quant'>>;
+  for (const level of ['native', 'optimized'] as const) {
+    const bytes = files.get(`emulation/${level}.safetensors`);
+    if (!bytes || !emuMeta[level]) continue;
+    const t = decodeSafetensors(bytes, `${path}:emulation/${level}.safetensors`).tensors;
+    emulation[level] = {
+      ...emuMeta[level],
+      tokenizer: model.tokenizer,
+      weights: new Map([...t].map(([n, x]) => [n, inMemory(x)])),
+      quant: { linears: {}, activations: {}, kvCache: [] },
+    };
+  }
+  return { model, emulation, manifest, info: { modelName: String(manifest.modelName ?? ''), sourceSha256: String(manifest.sourceSha256 ?? '') } };
 }

@@ -8,7 +8,7 @@ import { verifyHef } from '../formats/hef.js';
 import { artifactKind } from './runtime/load.js';
 import { kvCacheBytes, type KvLayout } from './compiler/kv-layout.js';
 import { UsageError } from './errors.js';
-import type { ModelConfig } from './ir/model.js';
+import type { ModelConfig, QuantReport } from './ir/model.js';
 
 export interface InspectInfo {
   file: string;
@@ -21,6 +21,8 @@ export interface InspectInfo {
   quantScheme: Record<string, unknown>;
   config: ModelConfig;
   passes?: unknown[];
+  /** per-layer quantization report (HAR only) */
+  report?: QuantReport;
   kvCache?: Omit<KvLayout, 'layers'> & { layers: number };
   /** estimated device memory: weights + KV cache at max context (bytes) */
   memory: { weightBytes: number; kvCacheBytes: number; totalBytes: number };
@@ -76,6 +78,7 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
     quantScheme,
     config,
     passes: manifest.passes as unknown[],
+    report: files.has('report.json') ? (JSON.parse(new TextDecoder().decode(files.get('report.json')!)) as QuantReport) : undefined,
     memory: { weightBytes, kvCacheBytes: kvBytes, totalBytes: weightBytes + kvBytes },
   };
 }

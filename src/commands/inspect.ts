@@ -1,6 +1,10 @@
 /** edgellm inspect (see `edgellm inspect --help`). */
 import type { Command } from 'commander';
 import { inspectArtifact, formatInspect } from '../inspect.js';
+import { formatReport, renderReportHtml } from '../report.js';
+import { writeFileAtomicSync } from '../../formats/atomic.js';
+import { UsageError } from '../errors.js';
+import { outputPathCheck } from './common.js';
 
 /** `edgellm inspect`: what a HAR or HEF holds. */
 export function registerInspect(program: Command): void {
@@ -9,8 +13,16 @@ export function registerInspect(program: Command): void {
     .description('print format version, sections with sizes, quantization scheme and device-memory estimate of a HAR or HEF')
     .argument('<file>', 'model.har or model.hef')
     .option('--json', 'machine-readable output')
+    .option('--report', 'print the per-layer quantization report (SQNR per linear, activation and KV-cache point)')
+    .option('--report-html <out.html>', 'write the per-layer report as an HTML page with a plot of error per layer')
     .action(async (file: string, o) => {
       const info = await inspectArtifact(file);
-      process.stdout.write(o.json ? JSON.stringify(info, null, 2) + '\n' : formatInspect(info));
+      if (o.json) process.stdout.write(JSON.stringify(info, null, 2) + '\n');
+      else process.stdout.write(formatInspect(info) + (o.report ? '\n' + formatReport(info.report ?? { linears: {}, points: {} }) : ''));
+      if (o.reportHtml) {
+        if (!info.report) throw new UsageError(`${file}: holds no quantization report (only HARs written by \`edgellm quantize\` do)`);
+        outputPathCheck(o.reportHtml);
+        writeFileAtomicSync(o.reportHtml, renderReportHtml(info.report, `edgellm quantization report: ${info.modelName}`));
+      }
     });
 }

@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadHfModel } from '../../formats/hf.js';
-import { loadModelHar } from '../../formats/har-model.js';
+import { loadModelHar, type EmulationLevel } from '../../formats/har-model.js';
 import { HEF_MAGIC } from '../../formats/hef.js';
 import { readExecutable } from '../compiler/hef-io.js';
 import { compile, type Executable } from '../compiler/compile.js';
@@ -44,11 +44,33 @@ export interface LoadedArtifact {
   model?: Model;
 }
 
-/** Loads `p` as an executable; a model directory or HAR is compiled in memory with `prefillLen`. */
-export async function loadArtifact(p: string, opts: { prefillLen: number; maxContext?: number }): Promise<LoadedArtifact> {
+export interface LoadOptions {
+  /** prefill chunk length when a model directory or HAR is compiled in memory */
+  prefillLen: number;
+  maxContext?: number;
+  /**
+   * For a HAR, which of its models to run (the Dataflow Compiler's emulation levels): 'native' (the
+   * source fp32 weights), 'optimized' (fp32 after fold-norms/QuaRot) or 'quantized' (default).
+   */
+  emulate?: EmulationLevel;
+}
+
+/**
+ * Loads `p` as an executable; a model directory or HAR is compiled in memory.
+ * @throws UsageError for `emulate` on something other than a HAR or a HAR without that level
+ */
+export async function loadArtifact(p: string, opts: LoadOptions): Promise<LoadedArtifact> {
   const kind = artifactKind(p);
+  const emulate = opts.emulate ?? 'quantized';
+  if (emulate !== 'quantized' && kind !== 'har') throw new UsageError(`--emulate ${emulate} needs a HAR; ${p} is a ${kind}`);
   if (kind === 'hef') return { kind, exe: readExecutable(p) };
-  const model = kind === 'har' ? (await loadModelHar(p)).model : loadHfModel(p);
+  let model: Model;
+  if (kind === 'har') {
+    const har = await loadModelHar(p);
+    const m = emulate === 'quantized' ? har.model : har.emulation[emulate];
+    if (!m) throw new UsageError(`${p}: the HAR holds no '${emulate}' model (quantized with --no-emulation-weights?)`);
+    model = m;
+  } else model = loadHfModel(p);
   const exe = compile(model, { prefillLen: opts.prefillLen, maxContext: opts.maxContext, modelName: path.basename(p) });
   return { kind, exe, model };
 }
