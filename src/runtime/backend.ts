@@ -27,6 +27,11 @@ export interface ExecutionBackend {
    * @throws EdgeLLMError when the context would exceed `maxContext`
    */
   forward(ctx: KvContext, tokens: number[], opts?: { lastOnly?: boolean }): Promise<Float32Array>;
+  /**
+   * A new context holding the same tokens as `ctx` (copy-on-write: forwarding either leaves the
+   * other unchanged). Used to score several continuations of one shared prefix (HellaSwag endings).
+   */
+  fork(ctx: KvContext): KvContext;
   /** Releases sessions and memory. */
   dispose(): Promise<void>;
 }

@@ -65,12 +65,29 @@ export class SimulatorBackend implements ExecutionBackend {
     const out = new Float32Array(rows * V);
     for (let i = 0; i < tokens.length; i += this.prefillLen) {
       const chunk = tokens.slice(i, i + this.prefillLen);
+      // A padded chunk must not run past the RoPE tables (positions < maxContext): near the end of
+      // the context, the remaining tokens go through the decode graph one at a time.
+      if (ctx.length + this.prefillLen > this.maxContext) {
+        for (let j = i; j < tokens.length; j++) {
+          const row = await this.step(this.decode, ctx, [tokens[j]], 1);
+          if (!opts.lastOnly) out.set(row, j * V);
+          else if (j === tokens.length - 1) out.set(row);
+        }
+        break;
+      }
       const logits = await this.step(this.prefill, ctx, chunk, this.prefillLen);
       if (opts.lastOnly) {
         if (i + chunk.length === tokens.length) out.set(logits.subarray((chunk.length - 1) * V, chunk.length * V));
       } else out.set(logits.subarray(0, chunk.length * V), i * V);
     }
     return out;
+  }
+
+  /** O(1): cache tensors are never written in place (each call makes new ones), so sharing is safe. */
+  fork(context: KvContext): KvContext {
+    const ctx = context as SimContext;
+    const copy: SimContext = { length: ctx.length, kv: ctx.kv.map(([k, v]) => [k, v]) };
+    return copy;
   }
 
   /** Runs one graph call on `tokens` padded to `seqLen`; keeps only the real tokens' KV. */
