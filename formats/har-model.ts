@@ -5,6 +5,8 @@
  * | ------------------------------- | ------------------------------------------------------------- |
  * | manifest.json                   | format version, edgellm version, sha256 of the source weights,|
  * |                                 | normalised config, passes with options, quantization scheme   |
+ * |                                 | and QuaRot's online rotations (`online`; their K×K factors    |
+ * |                                 | are tensors `online.r3/r4.factor` in weights.safetensors)     |
  * | weights.safetensors             | every weight: float tensors, and qweight/scales of quantized  |
  * |                                 | linears (MatMulNBits layout, see src/ir/model.ts)             |
  * | ranges.json                     | static A8 activation ranges and per-layer KV8 ranges          |
@@ -74,6 +76,7 @@ export async function saveModelHar(path: string, model: Model, info: HarInfo, em
     sourceSha256: info.sourceSha256,
     config: model.config,
     passes: model.passes,
+    online: model.online,
     quantScheme: quantSchemeOf(model),
     linears: model.quant.linears,
     emulation: emulationPasses,
@@ -124,6 +127,7 @@ export async function loadModelHar(path: string): Promise<LoadedHar> {
   };
   if (!model.config || typeof model.config.hiddenSize !== 'number') throw new FormatError(path, 'manifest has no valid config');
   if (files.has('report.json')) model.report = json('report.json') as unknown as QuantReport;
+  if (manifest.online) model.online = manifest.online as Model['online']; // QuaRot's online R3/R4 (factors are weights)
   const emulation: EmulationModels = {};
   const emuMeta = (manifest.emulation ?? {}) as Record<string, Omit<Model, 'weights' | 'tokenizer' | 'quant'>>;
   for (const level of ['native', 'optimized'] as const) {

@@ -91,6 +91,30 @@ export interface Model {
   tokenizer: TokenizerFiles;
   /** per-layer quantization error measured on calibration data (filled by the passes that quantize) */
   report?: QuantReport;
+  /** rotations executed at run time (passes/quarot.ts online R3/R4); absent: none */
+  online?: OnlineRotations;
+}
+
+/**
+ * An orthogonal rotation applied at run time to the last axis (size n = K·P, P a power of two):
+ * x ← x·(Q ⊗ H_P/√P), with Q the weight `factor` (F32 [K, K], orthogonal; null when K = 1) and
+ * H_P Sylvester's Hadamard matrix, H_P[i, j] = (−1)^popcount(i & j) (a fast Walsh–Hadamard transform).
+ */
+export interface OnlineRotation {
+  size: number;
+  k: number;
+  /** weight name of Q, or null when k = 1 */
+  factor: string | null;
+}
+
+/**
+ * QuaRot's online rotations (Ashkboos et al. 2024, §4): `r4` on the down_proj input (its inverse is
+ * fused into down_proj's weight); `r3` per head (size head_dim) on Q and K after RoPE, which leaves
+ * Q·Kᵀ unchanged, so the KV cache holds rotated K.
+ */
+export interface OnlineRotations {
+  r3?: OnlineRotation;
+  r4?: OnlineRotation;
 }
 
 /** Per-layer quantization error, measured on calibration data. */

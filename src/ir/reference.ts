@@ -12,14 +12,15 @@
  *   x = h + down_proj(silu(gate_proj(n)) · up_proj(n)),   n = rmsnorm(h)·γ_post
  * with rmsnorm(x) = x / sqrt(mean(x²) + eps), RoPE in HF's rotate-half layout, GQA and a causal
  * softmax scaled by 1/sqrt(head_dim). Then the final `model.norm` and lm_head (`lm_head.weight`,
- * or the embedding when tied).
+ * or the embedding when tied). QuaRot's online rotations (model.online) are applied where the
+ * lowering applies them: R3 on q and k after RoPE, R4 on the down_proj input.
  *
  * Weight-quantized linears (model.quant.linears) are dequantized, w = (q − 8)·scale, which emulates
  * "weights only" quantization. Activation and KV-cache quantization are ignored.
  */
 import { EdgeLLMError, ShapeMismatchError, UsageError } from '../errors.js';
 import { layerLinears, layerNorms, lmHead, type LinearSpec } from './architectures.js';
-import type { Model, ModelConfig } from './model.js';
+import type { Model, ModelConfig, OnlineRotation } from './model.js';
 import { toFloat32 } from './tensor.js';
 
 /**
@@ -93,6 +94,11 @@ function forward64(model: Model, tokens: number[], weights = new WeightCache(mod
     const v = linear(weights, lin.v_proj, a, T); // v: [T, numKvHeads*headDim]
     applyRope(q, T, cfg.numHeads, cfg.headDim, rope);
     applyRope(k, T, cfg.numKvHeads, cfg.headDim, rope);
+    if (model.online?.r3) {
+      // online R3 (QuaRot): q and k rotated per head after RoPE; q·kᵀ is unchanged
+      applyOnlineRotation(q, model.online.r3, weights);
+      applyOnlineRotation(k, model.online.r3, weights);
+    }
     const attn = causalAttention(q, k, v, T, cfg); // attn: [T, numHeads*headDim]
     const o = linear(weights, lin.o_proj, attn, T); // o: [T, H]
     for (let i = 0; i < T * H; i++) x[i] += o[i];
@@ -102,6 +108,7 @@ function forward64(model: Model, tokens: number[], weights = new WeightCache(mod
     const gate = linear(weights, lin.gate_proj, n, T); // gate: [T, intermediate]
     const up = linear(weights, lin.up_proj, n, T); // up: [T, intermediate]
     for (let i = 0; i < gate.length; i++) gate[i] = silu(gate[i]) * up[i];
+    if (model.online?.r4) applyOnlineRotation(gate, model.online.r4, weights); // online R4 on the down_proj input
     const down = linear(weights, lin.down_proj, gate, T); // down: [T, H]
     for (let i = 0; i < T * H; i++) x[i] += down[i];
   }
@@ -195,6 +202,40 @@ function matmulT(x: Float64Array, W: Float32Array, T: number, K: number, N: numb
       y[t * N + o] = acc;
     }
   return y;
+}
+
+/**
+ * Online rotation (src/ir/model.ts OnlineRotation), in place on every consecutive segment of
+ * length n = K·P of x: x ← x·(Q ⊗ H_P/√P), written as plain double sums,
+ *   y[c·P + d] = Σ_a Q[a, c] · Σ_b x[a·P + b] · (−1)^popcount(b & d) / √P.
+ */
+function applyOnlineRotation(x: Float64Array, rot: OnlineRotation, weights: WeightCache): void {
+  const { size: n, k: K } = rot;
+  const P = n / K;
+  if (!Number.isInteger(P) || (P & (P - 1)) !== 0 || x.length % n !== 0)
+    throw new ShapeMismatchError(`referenceForward: online rotation of size ${n} = ${K}·${P} (P must be a power of two) on a tensor of ${x.length} elements`);
+  const Q = rot.factor ? weights.get(rot.factor, [K, K]) : Float32Array.of(1); // Q: [K, K]
+  const sign = (b: number, d: number): number => {
+    let parity = 0;
+    for (let v = b & d; v; v &= v - 1) parity ^= 1;
+    return parity ? -1 : 1;
+  };
+  const mid = new Float64Array(n);
+  for (let off = 0; off < x.length; off += n) {
+    mid.fill(0);
+    for (let a = 0; a < K; a++)
+      for (let d = 0; d < P; d++) {
+        let acc = 0;
+        for (let b = 0; b < P; b++) acc += x[off + a * P + b] * sign(b, d);
+        mid[a * P + d] = acc / Math.sqrt(P);
+      }
+    for (let c = 0; c < K; c++)
+      for (let d = 0; d < P; d++) {
+        let acc = 0;
+        for (let a = 0; a < K; a++) acc += Q[a * K + c] * mid[a * P + d];
+        x[off + c * P + d] = acc;
+      }
+  }
 }
 
 /** rmsnorm(x)·γ per row: x / sqrt(mean(x²) + eps) · γ. x: [T, H] -> [T, H]. */
