@@ -1,0 +1,372 @@
+/**
+ * GPTQ over a whole model, true-sequential and layer by layer (Frantar et al. 2022, §4 and the
+ * reference code's `llama_sequential`): every linear is quantized against the Hessian of the inputs
+ * it actually receives once everything before it is quantized.
+ *
+ *   x⁰ = embed(windows)                                        [windows, seq, hidden] float32
+ *   for each decoder layer i:
+ *     for each linear input of the layer, in execution order
+ *         attn_in → q/k/v,  o_proj_in → o_proj,  mlp_in → gate/up,  down_proj_in → down_proj:
+ *       run layer i (already-quantized linears as MatMulNBits) on every window up to that input,
+ *       H = HessianAccumulator over the captured inputs, quantize each linear reading it (passes/gptq.ts)
+ *     x^{i+1} = layer i, now fully quantized, run on x^i
+ *   lm_head: float, or (quantizeLmHead) GPTQ on the final-norm output of x^L
+ *
+ * Each step runs a cut of `lowerLayerGraph(model, i, { capture: true })` in onnxruntime-node: the
+ * graph from the layer input (and the inputs captured at earlier steps, kept per window while they
+ * fit in `cacheBytes`) to the capture point needed, so no step recomputes what an earlier one
+ * produced. Memory: the calibration hidden states, the cached inputs of the current layer and its
+ * fp32 weights; quantized weights are kept (they are the output), other weights stay lazy.
+ *
+ * Output, as passes/rtn.ts: `<linear>.weight` → `<linear>.qweight` U8 [out, n_blocks, group/2] +
+ * `<linear>.scales` F32 [out, n_blocks], `quant.linears[name].method = 'gptq'`. For every linear
+ * the layer-wise errors tr((W−Q)·H·(W−Q)ᵀ) of GPTQ and of RTN on the same H go to
+ * `model.report.linears` (relative to tr(W·H·Wᵀ)) and, absolute, to the pass record.
+ */
+import * as ort from 'onnxruntime-node';
+import type { LazyTensor, Model } from '../src/ir/model.js';
+import { inMemory } from '../src/ir/model.js';
+import { actPointName, layerLinears, lmHead, type LinearInput, type LinearSpec } from '../src/ir/architectures.js';
+import { bf16ToFloat, halfToFloat, toFloat32 } from '../src/ir/tensor.js';
+import { dequantizeW4, quantizeRtnW4, type PackedW4 } from '../src/ir/quant.js';
+import { lowerLayerGraph, captureName, kvNames } from '../src/compiler/lower.js';
+import { Lowering } from '../src/compiler/lowering.js';
+import { GraphBuilder, onnx, attachInitializers } from '../formats/onnx.js';
+import type onnxProto from 'onnx-proto';
+import { CheckedSession } from '../src/runtime/session.js';
+import { UnsupportedModelError, UsageError } from '../src/errors.js';
+import type { PassContext } from '../src/pipeline-context.js';
+import { HessianAccumulator } from '../calibration/hessian.js';
+import { OrtLinalg } from './gptq-linalg.js';
+import { gptq, weightedSquaredErrors, GPTQ_DEFAULTS, type GptqOptions } from './gptq.js';
+import { checkGroupSize, linearWeight } from './rtn.js';
+
+export interface GptqPassOptions extends Partial<Omit<GptqOptions, 'groupSize'>> {
+  /** input columns per scale (MatMulNBits block size: a power of two ≥ 16) */
+  groupSize: number;
+  /** also quantize lm_head, with GPTQ on the final-norm output (default false, as the reference code) */
+  quantizeLmHead?: boolean;
+  /** bytes of captured layer inputs kept between steps (default 4 GiB); beyond it steps recompute */
+  cacheBytes?: number;
+}
+
+/** One linear's layer-wise errors, tr(D·H·Dᵀ) on its calibration Hessian H. */
+export interface GptqLinearReport {
+  name: string;
+  /** D = W − Q_gptq */
+  gptq: number;
+  /** D = W − Q_rtn (round to nearest on the same grid) */
+  rtn: number;
+  /** D = W, the output energy the errors compare with */
+  reference: number;
+  /** λ added to diag H, and how many ×10 retries it took */
+  damp: number;
+  retries: number;
+}
+
+export const meta = { name: 'gptq', requires: [] as string[] };
+
+const DEFAULT_CACHE_BYTES = 4 * 2 ** 30;
+
+/**
+ * Quantizes every decoder-layer linear (and lm_head with `quantizeLmHead`) with true-sequential GPTQ
+ * calibrated on `windows` (token ids, each run from position 0).
+ * @returns a new Model; the input is not modified
+ * @throws UsageError (bad group size, no windows, act-order without static groups),
+ *   UnsupportedModelError (a layer graph without the expected capture points), EdgeLLMError when a
+ *   Hessian stays indefinite after the damping retries
+ */
+export async function gptqModel(model: Model, windows: number[][], opts: GptqPassOptions, ctx: PassContext): Promise<Model> {
+  checkGroupSize(opts.groupSize);
+  if (windows.length === 0 || windows.some((w) => w.length === 0)) throw new UsageError('gptq: needs at least one non-empty calibration window');
+  const solveOpts: GptqOptions = { ...GPTQ_DEFAULTS, ...stripUndefined(opts), groupSize: opts.groupSize };
+  if (solveOpts.actOrder && !solveOpts.staticGroups) throw new UsageError('gptq: --act-order needs static groups (MatMulNBits has no g_idx)');
+  const cfg = model.config;
+  const weights = new Map(model.weights);
+  const linears = { ...model.quant.linears };
+  const report: GptqLinearReport[] = [];
+  const total = cfg.numLayers * layerLinears(cfg, 0).length + (opts.quantizeLmHead ? 1 : 0);
+  const bar = ctx.progress('gptq', total);
+  const la = new OrtLinalg();
+  const maxContext = Math.max(...windows.map((w) => w.length));
+  let hidden = embed(model, windows); // per window [S, hidden]
+  try {
+    for (let i = 0; i < cfg.numLayers; i++) {
+      const layer = new LayerState(model, i, weights, linears, maxContext);
+      const stages = stagesOf(layerLinears(cfg, i));
+      let budget = opts.cacheBytes ?? DEFAULT_CACHE_BYTES;
+      for (const [s, stage] of stages.entries()) {
+        const point = actPointName(i, stage.input);
+        const K = stage.linears[0].inFeatures;
+        // keep this input for later steps (not the first one: recomputing it from x is free)
+        const bytes = hidden.reduce((n, h) => n + (h.length / cfg.hiddenSize) * K * 4, 0);
+        const keep = s > 0 && bytes <= budget;
+        if (keep) budget -= bytes;
+        const acc = new HessianAccumulator(K);
+        await layer.run(hidden, [captureName(point)], async (w, out) => {
+          const x = out[captureName(point)].data as Float32Array;
+          await acc.addBatch(x);
+          if (keep) layer.cache(point, w, x);
+        });
+        await acc.dispose();
+        for (const spec of stage.linears) {
+          bar.status?.(`layer ${i} ${spec.role}`);
+          report.push(await quantizeLinear(spec, layer.fp32(spec), acc.H, solveOpts, la, weights, linears));
+          bar.tick();
+        }
+      }
+      hidden = await layer.output(hidden);
+    }
+    if (opts.quantizeLmHead) {
+      const spec = lmHead(cfg);
+      bar.status?.('lm_head');
+      const H = await finalNormHessian(model, hidden);
+      report.push(await quantizeLinear(spec, toFloat32(linearWeight(model, spec).load()), H, solveOpts, la, weights, linears));
+      bar.tick();
+    }
+  } finally {
+    await la.dispose();
+    bar.done();
+  }
+  const rel = Object.fromEntries(report.map((r) => [r.name, { relError: r.gptq / r.reference, rtnRelError: r.rtn / r.reference, method: 'gptq' }]));
+  return {
+    ...model,
+    weights,
+    quant: { ...model.quant, linears },
+    report: { linears: { ...model.report?.linears, ...rel }, points: { ...model.report?.points } },
+    passes: [...model.passes, { name: meta.name, options: { ...solveOpts, quantizeLmHead: !!opts.quantizeLmHead, windows: windows.length, report } }],
+  };
+}
+
+/** The gptq pass's per-linear absolute errors from a model's pass record, if it ran. */
+export function gptqReport(model: Model): GptqLinearReport[] | undefined {
+  const rec = model.passes.find((p) => p.name === meta.name);
+  return rec?.options.report as GptqLinearReport[] | undefined;
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/** The layer's linears grouped by the input they read, in execution order (the true-sequential steps). */
+function stagesOf(specs: LinearSpec[]): { input: LinearInput; linears: LinearSpec[] }[] {
+  const out: { input: LinearInput; linears: LinearSpec[] }[] = [];
+  for (const s of specs) {
+    const last = out[out.length - 1];
+    if (last && last.input === s.input) last.linears.push(s);
+    else out.push({ input: s.input, linears: [s] });
+  }
+  return out;
+}
+
+/** GPTQ-quantizes one linear, records it in `weights`/`linears`, and measures GPTQ and RTN errors on H. */
+async function quantizeLinear(
+  spec: LinearSpec,
+  W: Float32Array,
+  H: Float64Array,
+  opts: GptqOptions,
+  la: OrtLinalg,
+  weights: Map<string, LazyTensor>,
+  linears: Model['quant']['linears'],
+): Promise<GptqLinearReport> {
+  const N = spec.outFeatures;
+  const K = spec.inFeatures;
+  const res = await gptq(W, N, K, H, opts, la);
+  const rtnQ = dequantizeW4(quantizeRtnW4(W, N, K, opts.groupSize));
+  const gptqQ = dequantizeW4(res.packed);
+  for (let j = 0; j < W.length; j++) {
+    gptqQ[j] = W[j] - gptqQ[j];
+    rtnQ[j] = W[j] - rtnQ[j];
+  }
+  const [eG, eR, ref] = await weightedSquaredErrors([gptqQ, rtnQ, W], N, K, H, la);
+  setPacked(weights, spec.name, res.packed);
+  linears[spec.name] = { bits: 4, groupSize: opts.groupSize, scheme: 'symmetric', method: 'gptq' };
+  return { name: spec.name, gptq: eG, rtn: eR, reference: ref, damp: res.damp, retries: res.retries };
+}
+
+function setPacked(weights: Map<string, LazyTensor>, name: string, p: PackedW4): void {
+  const nb = p.scales.length / p.outFeatures;
+  weights.delete(`${name}.weight`);
+  weights.set(`${name}.qweight`, inMemory({ dtype: 'U8', shape: [p.outFeatures, nb, p.groupSize / 2], data: p.qweight }));
+  weights.set(`${name}.scales`, inMemory({ dtype: 'F32', shape: [p.outFeatures, nb], data: p.scales }));
+}
+
+/** Layer 0's input: rows of model.embed_tokens.weight, float32 [S, hidden] per window (read without a full fp32 copy). */
+function embed(model: Model, windows: number[][]): Float32Array[] {
+  const H = model.config.hiddenSize;
+  const t = model.weights.get('model.embed_tokens.weight');
+  if (!t) throw new UnsupportedModelError('gptq: model.embed_tokens.weight is missing');
+  const e = t.load();
+  const row: (dst: Float32Array, at: number, id: number) => void =
+    e.dtype === 'BF16' || e.dtype === 'F16'
+      ? (dst, at, id) => {
+          const src = e.data as Uint16Array;
+          const cvt = e.dtype === 'BF16' ? bf16ToFloat : halfToFloat;
+          for (let j = 0; j < H; j++) dst[at + j] = cvt(src[id * H + j]);
+        }
+      : ((f) => (dst: Float32Array, at: number, id: number) => dst.set(f.subarray(id * H, (id + 1) * H), at))(toFloat32(e));
+  return windows.map((w) => {
+    const x = new Float32Array(w.length * H);
+    w.forEach((id, s) => row(x, s * H, id));
+    return x;
+  });
+}
+
+/** H of the lm_head input, rmsnorm(x)·γ_final, over the final hidden states. */
+async function finalNormHessian(model: Model, hidden: Float32Array[]): Promise<Float64Array> {
+  const Hd = model.config.hiddenSize;
+  const L = new Lowering(new GraphBuilder('gptq_final_norm'), model, { capture: false, actQuant: false, kvQuant: false });
+  const x = L.g.input('hidden_states', 'float32', [1, 'sequence_length', Hd]);
+  L.g.node('Identity', [L.rmsNorm(x, 'model.norm.weight', '/model/norm')], { name: '/model/norm/output', outputNames: ['normed'] });
+  L.g.output('normed', 'float32', [1, 'sequence_length', Hd]);
+  const session = await CheckedSession.create(L.g.encode(true), 'gptq final norm');
+  const acc = new HessianAccumulator(Hd);
+  for (const h of hidden) {
+    const out = await session.run({ hidden_states: new ort.Tensor('float32', h, [1, h.length / Hd, Hd]) });
+    await acc.addBatch(out.normed.data as Float32Array);
+  }
+  await session.release();
+  await acc.dispose();
+  return acc.H;
+}
+
+/**
+ * One decoder layer during GPTQ: its fp32 linear weights (loaded once), the inputs captured so far
+ * per window, and runs of cuts of its capture graph over all windows.
+ */
+class LayerState {
+  private readonly fp32Cache = new Map<string, Float32Array>();
+  /** capture point -> per-window captured input [S, width] */
+  private readonly cached = new Map<string, Float32Array[]>();
+
+  constructor(
+    private readonly base: Model,
+    readonly layer: number,
+    private readonly weights: Map<string, LazyTensor>,
+    private readonly linears: Model['quant']['linears'],
+    private readonly maxContext: number,
+  ) {}
+
+  /** The fp32 weight W [out, in] of one of the layer's linears (as loaded, before quantization). */
+  fp32(spec: LinearSpec): Float32Array {
+    let w = this.fp32Cache.get(spec.name);
+    if (!w) {
+      w = toFloat32(linearWeight(this.base, spec).load());
+      this.fp32Cache.set(spec.name, w);
+    }
+    return w;
+  }
+
+  cache(point: string, window: number, x: Float32Array): void {
+    let c = this.cached.get(point);
+    if (!c) this.cached.set(point, (c = []));
+    c[window] = x;
+  }
+
+  /** The layer's output x^{i+1} per window (the layer fully quantized). */
+  async output(hidden: Float32Array[]): Promise<Float32Array[]> {
+    const out: Float32Array[] = [];
+    await this.run(hidden, ['hidden_states_out'], async (w, res) => void (out[w] = res.hidden_states_out.data as Float32Array));
+    return out;
+  }
+
+  /**
+   * Runs the cut of the layer graph that produces `outputs` on every window, in order, and hands each
+   * window's results to `each`. The model as it stands: quantized linears as MatMulNBits, the others
+   * in fp32; no activation or KV quantization, no LoRA branches.
+   */
+  async run(hidden: Float32Array[], outputs: string[], each: (window: number, res: Record<string, ort.Tensor>) => Promise<void>): Promise<void> {
+    const cfg = this.base.config;
+    const weights = new Map(this.weights);
+    for (const spec of layerLinears(cfg, this.layer))
+      if (!this.linears[spec.name]) weights.set(`${spec.name}.weight`, inMemory({ dtype: 'F32', shape: [spec.outFeatures, spec.inFeatures], data: this.fp32(spec) }));
+    const view: Model = {
+      ...this.base,
+      weights,
+      quant: { linears: this.linears, activations: {}, kvCache: [] },
+      adapters: undefined,
+    };
+    const g = lowerLayerGraph(view, this.layer, { maxContext: this.maxContext, capture: true, name: `gptq_layer${this.layer}` });
+    const cuts = new Map<string, string>(); // cut value -> capture point
+    for (const point of this.cached.keys()) cuts.set(captureInput(g, point), point);
+    const proto = cutGraph(g, cuts, outputs);
+    const label = `gptq layer ${this.layer} → ${outputs.join(', ')}`;
+    const session = await CheckedSession.create(attachInitializers(onnx.ModelProto.create(proto), g.initializers, label), label);
+    const kv = kvNames(this.layer);
+    const empty = () => new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
+    try {
+      for (let w = 0; w < hidden.length; w++) {
+        const S = hidden[w].length / cfg.hiddenSize;
+        const feeds: Record<string, ort.Tensor> = {};
+        for (const name of session.inputNames) {
+          if (name === 'hidden_states') feeds[name] = new ort.Tensor('float32', hidden[w], [1, S, cfg.hiddenSize]);
+          else if (name === kv.pastKey || name === kv.pastValue) feeds[name] = empty();
+          else {
+            const x = this.cached.get(cuts.get(name)!)![w];
+            feeds[name] = new ort.Tensor('float32', x, [1, S, x.length / S]);
+          }
+        }
+        await each(w, await session.run(feeds, outputs));
+      }
+    } finally {
+      await session.release();
+    }
+  }
+}
+
+/** The value a capture point exposes (the input of its `/capture/<point>` Identity node). */
+function captureInput(g: GraphBuilder, point: string): string {
+  const node = g.toModelProto(false).graph!.node!.find((n) => n.name === `/capture/${point}`);
+  if (!node?.input?.[0]) throw new UnsupportedModelError(`gptq: the layer graph has no capture point '${point}'`);
+  return node.input[0];
+}
+
+/**
+ * The part of g's graph that computes `outputs` when the values in `cuts` are fed as graph inputs
+ * (float32 [1, sequence_length, width]): nodes are kept by walking back from the outputs, stopping at
+ * cut values and graph inputs; unused graph inputs are dropped. Initializers are attached later.
+ */
+function cutGraph(g: GraphBuilder, cuts: Map<string, string>, outputs: string[]): onnxProto.onnx.IModelProto {
+  const proto = g.toModelProto(false);
+  const graph = proto.graph!;
+  const producer = new Map<string, onnxProto.onnx.INodeProto>();
+  for (const n of graph.node ?? []) for (const o of n.output ?? []) producer.set(o, n);
+  const graphInputs = new Set((graph.input ?? []).map((v) => v.name!));
+  const keep = new Set<onnxProto.onnx.INodeProto>();
+  const usedInputs = new Set<string>();
+  const seen = new Set<string>();
+  const stack = [...outputs];
+  while (stack.length) {
+    const v = stack.pop()!;
+    if (seen.has(v)) continue;
+    seen.add(v);
+    if (cuts.has(v) || graphInputs.has(v)) {
+      usedInputs.add(v);
+      continue;
+    }
+    const n = producer.get(v);
+    if (!n || keep.has(n)) continue; // an initializer, or already kept
+    keep.add(n);
+    for (const i of n.input ?? []) if (i) stack.push(i);
+  }
+  const cutInputs = [...cuts.keys()]
+    .filter((v) => usedInputs.has(v))
+    .map((name, k) => ({
+      name,
+      type: { tensorType: { elemType: onnx.TensorProto.DataType.FLOAT, shape: { dim: [{ dimValue: 1 }, { dimParam: 'sequence_length' }, { dimParam: `cut_width_${k}` }] } } },
+    }));
+  const outSpecs = outputs.map((name) => {
+    const spec = (graph.output ?? []).find((o) => o.name === name);
+    if (!spec) throw new UnsupportedModelError(`gptq: the layer graph has no output '${name}'`);
+    return spec;
+  });
+  return {
+    ...proto,
+    graph: {
+      ...graph,
+      node: (graph.node ?? []).filter((n) => keep.has(n)),
+      input: [...(graph.input ?? []).filter((v) => usedInputs.has(v.name!)), ...cutInputs],
+      output: outSpecs,
+    },
+  };
+}
