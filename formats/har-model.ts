@@ -13,6 +13,8 @@
  * | report.json                     | per-layer quantization error (when the passes measured it)    |
  * | emulation/native.safetensors    | the source fp32 weights (`eval --emulate native`)             |
  * | emulation/optimized.safetensors | fp32 weights after fold-norms/QuaRot (`--emulate optimized`)  |
+ * | adapters/<name>.safetensors     | one LoRA adapter's A/B (codes + scales); its rank, scaling,   |
+ * |                                 | A8 ranges are in the manifest's `adapters` list               |
  * | tokenizer/tokenizer.json (+ tokenizer_config.json, generation_config.json when present) |
  */
 import * as crypto from 'node:crypto';
@@ -20,7 +22,7 @@ import * as fs from 'node:fs';
 import { readHar, writeHar } from './har.js';
 import { encodeSafetensors, decodeSafetensors } from './safetensors.js';
 import { FormatError } from '../src/errors.js';
-import type { Model, QuantState, ModelConfig, PassRecord, LinearQuant, QuantReport } from '../src/ir/model.js';
+import type { Model, QuantState, ModelConfig, PassRecord, LinearQuant, QuantReport, LoraAdapter } from '../src/ir/model.js';
 import { inMemory } from '../src/ir/model.js';
 import type { Tensor } from '../src/ir/tensor.js';
 import { quantSchemeOf } from '../src/compiler/compile.js';
@@ -80,8 +82,37 @@ export async function saveModelHar(path: string, model: Model, info: HarInfo, em
     quantScheme: quantSchemeOf(model),
     linears: model.quant.linears,
     emulation: emulationPasses,
+    adapters: (model.adapters ?? []).map((a) => {
+      const { member, bytes, meta } = encodeAdapter(a);
+      files.set(member, bytes);
+      return meta;
+    }),
   };
   await writeHar(path, manifest, files);
+}
+
+/** A LoRA adapter's HAR member (name and bytes) and manifest entry (everything but the tensors). */
+function encodeAdapter(a: LoraAdapter): { member: string; bytes: Uint8Array; meta: Record<string, unknown> } {
+  const { tensors, ...meta } = a;
+  const member = `adapters/${a.name}.safetensors`;
+  const bytes = encodeSafetensors([...tensors].map(([n, t]): [string, Tensor] => [n, t.load()]), { producer: `edgellm ${VERSION}` });
+  return { member, bytes, meta: { ...meta, member } };
+}
+
+/**
+ * Writes the HAR at `src` to `dst` (atomically; `dst` may equal `src`) with `adapter` added: every
+ * existing member — base weights, ranges, other adapters — is copied byte for byte, the adapter
+ * becomes member `adapters/<name>.safetensors` and an entry of the manifest's `adapters`.
+ * @throws FormatError when `src` is corrupt or already has an adapter of that name
+ */
+export async function addAdapterToHar(src: string, dst: string, adapter: LoraAdapter): Promise<void> {
+  const { manifest, files } = await readHar(src);
+  const { format: _f, formatVersion: _v, files: _l, ...rest } = manifest;
+  const list = (rest.adapters ?? []) as { name: string }[];
+  if (list.some((a) => a.name === adapter.name)) throw new FormatError(src, `already holds an adapter named '${adapter.name}'`);
+  const { member, bytes, meta } = encodeAdapter(adapter);
+  files.set(member, bytes);
+  await writeHar(dst, { ...rest, adapters: [...list, meta] }, files);
 }
 
 /** A Model read back from a HAR, with the manifest's provenance. */
@@ -128,6 +159,12 @@ export async function loadModelHar(path: string): Promise<LoadedHar> {
   if (!model.config || typeof model.config.hiddenSize !== 'number') throw new FormatError(path, 'manifest has no valid config');
   if (files.has('report.json')) model.report = json('report.json') as unknown as QuantReport;
   if (manifest.online) model.online = manifest.online as Model['online']; // QuaRot's online R3/R4 (factors are weights)
+  const adapterList = (manifest.adapters ?? []) as (Omit<LoraAdapter, 'tensors'> & { member: string })[];
+  if (adapterList.length)
+    model.adapters = adapterList.map(({ member, ...a }) => ({
+      ...a,
+      tensors: new Map([...decodeSafetensors(need(member), `${path}:${member}`).tensors].map(([n, t]) => [n, inMemory(t)])),
+    }));
   const emulation: EmulationModels = {};
   const emuMeta = (manifest.emulation ?? {}) as Record<string, Omit<Model, 'weights' | 'tokenizer' | 'quant'>>;
   for (const level of ['native', 'optimized'] as const) {

@@ -13,6 +13,7 @@ import { registerCompile } from './commands/compile.js';
 import { registerInspect } from './commands/inspect.js';
 import { registerRun } from './commands/run.js';
 import { registerEval } from './commands/eval.js';
+import { registerAddLora } from './commands/add-lora.js';
 import { registerBench } from './commands/bench.js';
 
 export function buildProgram(): Command {
@@ -24,7 +25,7 @@ export function buildProgram(): Command {
     .option('-v, --verbose', 'log pass details and show stack traces on errors')
     .option('-q, --quiet', 'no progress bars or logs')
     .showHelpAfterError();
-  for (const register of [registerQuantize, registerCompile, registerInspect, registerRun, registerEval, registerBench]) register(program);
+  for (const register of [registerQuantize, registerAddLora, registerCompile, registerInspect, registerRun, registerEval, registerBench]) register(program);
   return program;
 }
 

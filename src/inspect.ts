@@ -24,8 +24,39 @@ export interface InspectInfo {
   /** per-layer quantization report (HAR only) */
   report?: QuantReport;
   kvCache?: Omit<KvLayout, 'layers'> & { layers: number };
+  /** LoRA adapters (name, rank, targets, stored bytes) */
+  adapters?: AdapterInfo[];
   /** estimated device memory: weights + KV cache at max context (bytes) */
   memory: { weightBytes: number; kvCacheBytes: number; totalBytes: number };
+}
+
+/** One LoRA adapter as inspect lists it. */
+export interface AdapterInfo {
+  name: string;
+  r: number;
+  alpha: number;
+  /** A/B storage: 8 (int8), 4 (group-wise) or 32 (float) */
+  bits: number;
+  /** adapted roles (q_proj, ...) and how many linears */
+  targets: string[];
+  modules: number;
+  /** bytes of its HAR member / HEF section */
+  bytes: number;
+  /** base transforms carried into it */
+  transforms: string[];
+}
+
+function adapterInfos(list: unknown, sizeOf: (a: Record<string, any>) => number): AdapterInfo[] {
+  return ((list ?? []) as Record<string, any>[]).map((a) => ({
+    name: a.name,
+    r: a.r,
+    alpha: a.alpha,
+    bits: a.bits,
+    targets: [...new Set((a.modules ?? []).map((m: { linear: string }) => m.linear.slice(m.linear.lastIndexOf('.') + 1)))] as string[],
+    modules: (a.modules ?? []).length,
+    bytes: sizeOf(a),
+    transforms: a.transforms ?? a.source?.transforms ?? [],
+  }));
 }
 
 /** Reads and fully verifies `file`, returning what it holds. @throws FormatError, UsageError */
@@ -50,6 +81,7 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
       quantScheme: h.quant,
       config: JSON.parse(h.configJson),
       kvCache: { ...kv, layers: kv.layers.length },
+      adapters: adapterInfos(h.adapters, (a) => hef.sections.get(a.section)?.length ?? 0),
       memory: { weightBytes, kvCacheBytes: kvBytes, totalBytes: weightBytes + kvBytes },
     };
   }
@@ -79,6 +111,7 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
     config,
     passes: manifest.passes as unknown[],
     report: files.has('report.json') ? (JSON.parse(new TextDecoder().decode(files.get('report.json')!)) as QuantReport) : undefined,
+    adapters: adapterInfos(manifest.adapters, (a) => files.get(a.member)?.length ?? 0),
     memory: { weightBytes, kvCacheBytes: kvBytes, totalBytes: weightBytes + kvBytes },
   };
 }
@@ -96,6 +129,13 @@ export function formatInspect(i: InspectInfo): string {
   ];
   if (i.passes) lines.push(`passes: ${(i.passes as { name: string }[]).map((p) => p.name).join(' -> ') || '(none)'}`);
   if (i.kvCache) lines.push(`KV cache: ${i.kvCache.dtype}, ${i.kvCache.numLayers} layers x ${i.kvCache.numKvHeads} kv heads x ${i.kvCache.headDim} head_dim, max context ${i.kvCache.maxContext}`);
+  if (i.adapters?.length) {
+    lines.push(`LoRA adapters (${i.adapters.length}):`);
+    for (const a of i.adapters)
+      lines.push(
+        `  ${a.name.padEnd(24)} r ${a.r}, alpha ${a.alpha}, ${a.bits === 32 ? 'float' : `${a.bits}-bit`} A/B, ${a.modules} modules (${a.targets.join(', ')}), ${kib(a.bytes)}${a.transforms.length ? `, transformed by ${a.transforms.join(' + ')}` : ''}`,
+      );
+  }
   lines.push(i.kind === 'hef' ? 'sections:' : 'members:');
   for (const s of i.sections) lines.push(`  ${s.name.padEnd(32)} ${s.kind.padEnd(10)} ${kib(s.bytes).padStart(12)}${s.offset !== undefined ? `  @ ${s.offset}` : ''}`);
   lines.push(`device memory estimate: weights ${kib(i.memory.weightBytes)} + KV cache ${kib(i.memory.kvCacheBytes)} = ${kib(i.memory.totalBytes)}`);

@@ -20,10 +20,12 @@ export function registerRun(program: Command): void {
     .option('--top-k <k>', 'keep the k most likely tokens (0 = all)', int('--top-k'), 40)
     .option('--seed <n>', 'sampling seed', int('--seed'), 0)
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
+    .option('--adapter <name>', 'run with this LoRA adapter of the HEF/HAR (see `edgellm inspect`)')
     .option('--json', 'print a JSON result on stdout instead of streaming text')
     .action(async (file: string, o) => {
       const { exe } = await loadArtifact(file, { prefillLen: o.prefillLen });
       const backend = await SimulatorBackend.load(exe);
+      if (o.adapter !== undefined) backend.selectAdapter(o.adapter);
       const tok = new TextTokenizer(exe.tokenizer);
       const prompt = await tok.encode(o.prompt, true);
       if (prompt.length === 0) throw new UsageError('the prompt encodes to no tokens and the tokenizer adds no BOS');

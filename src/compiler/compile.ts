@@ -6,7 +6,7 @@
  */
 import { lowerModel } from './lower.js';
 import { kvLayoutOf, type KvLayout } from './kv-layout.js';
-import type { Model, ModelConfig, TokenizerFiles } from '../ir/model.js';
+import type { Model, ModelConfig, TokenizerFiles, LoraAdapter } from '../ir/model.js';
 import type { Tensor } from '../ir/tensor.js';
 import type { ValueSpec } from '../../formats/onnx.js';
 import { UsageError } from '../errors.js';
@@ -41,7 +41,12 @@ export interface Executable {
   tokenizer: TokenizerFiles;
   /** sha256 of the source weights, when known */
   sourceSha256: string;
+  /** LoRA adapters the graphs' `lora.*` inputs can be fed from (absent or empty: none) */
+  adapters?: ExecutableAdapter[];
 }
+
+/** A LoRA adapter with its tensors in memory (quantized codes + scales, see src/ir/model.ts LoraAdapter). */
+export type ExecutableAdapter = Omit<LoraAdapter, 'tensors'> & { tensors: Map<string, Tensor> };
 
 export interface CompileOptions {
   /** static prefill chunk length in tokens (default 128) */
@@ -86,5 +91,6 @@ export function compile(model: Model, opts: CompileOptions): Executable {
     weights,
     tokenizer: model.tokenizer,
     sourceSha256: opts.sourceSha256 ?? '',
+    adapters: (model.adapters ?? []).map((a) => ({ ...a, tensors: new Map([...a.tensors].map(([n, t]) => [n, t.load()])) })),
   };
 }

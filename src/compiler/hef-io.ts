@@ -8,9 +8,11 @@
  * | weights                   | weights   | safetensors: the one weight copy both graphs read      |
  * | tokenizer.json            | tokenizer | HuggingFace tokenizer                                  |
  * | tokenizer_config.json, generation_config.json | json | when the source has them            |
+ * | adapter.<name>            | adapter   | safetensors: one LoRA adapter's A/B codes and scales   |
  *
  * The header (formats/hef.proto HefHeader) carries the config, the quantization scheme, the KV-cache
- * layout with per-layer KV8 parameters and both graphs' I/O tables.
+ * layout with per-layer KV8 parameters, both graphs' I/O tables and the LoRA adapters (name, rank,
+ * scaling, per-module A8 of A·x, the section holding the tensors).
  */
 import { writeHef, openHef, type HefFile } from '../../formats/hef.js';
 import { encodeSafetensors, decodeSafetensors } from '../../formats/safetensors.js';
@@ -39,6 +41,7 @@ export function writeExecutable(path: string, exe: Executable): void {
   ];
   if (exe.tokenizer.tokenizerConfigJson != null) sections.push({ name: 'tokenizer_config.json', kind: 'json', data: enc.encode(exe.tokenizer.tokenizerConfigJson) });
   if (exe.tokenizer.generationConfigJson != null) sections.push({ name: 'generation_config.json', kind: 'json', data: enc.encode(exe.tokenizer.generationConfigJson) });
+  for (const a of exe.adapters ?? []) sections.push({ name: `adapter.${a.name}`, kind: 'adapter', data: encodeSafetensors(a.tensors, { producer: `edgellm ${VERSION}` }) });
   const l = exe.kvLayout;
   const graph = (g: GraphPart, section: string) => ({ section, seqLen: g.seqLen, inputs: g.inputs.map(specOut), outputs: g.outputs.map(specOut) });
   writeHef(
@@ -53,6 +56,18 @@ export function writeExecutable(path: string, exe: Executable): void {
       decode: graph(exe.decode, 'graph.decode'),
       sourceSha256: exe.sourceSha256,
       createdAt: new Date().toISOString(),
+      adapters: (exe.adapters ?? []).map((a) => ({
+        name: a.name,
+        section: `adapter.${a.name}`,
+        r: a.r,
+        alpha: a.alpha,
+        useRslora: a.useRslora,
+        bits: a.bits,
+        groupSize: a.groupSize,
+        modules: a.modules.map((m) => ({ linear: m.linear, rank: m.rank, scaling: m.scaling, act: m.act })),
+        baseModelNameOrPath: a.source.baseModelNameOrPath ?? '',
+        transforms: a.source.transforms,
+      })),
     },
     sections,
   );
@@ -98,6 +113,20 @@ export function readExecutable(path: string): Executable {
       weights: tensors,
       tokenizer: { tokenizerJson, tokenizerConfigJson: text('tokenizer_config.json'), generationConfigJson: text('generation_config.json') },
       sourceSha256: h.sourceSha256,
+      adapters: (h.adapters ?? []).map((a: any) => {
+        if (!hef.sections.has(a.section)) throw new FormatError(path, `header names adapter section '${a.section}', which the file does not hold`);
+        return {
+          name: a.name,
+          r: a.r,
+          alpha: a.alpha,
+          useRslora: a.useRslora,
+          bits: a.bits,
+          groupSize: a.groupSize,
+          modules: (a.modules ?? []).map((m: any) => ({ linear: m.linear, rank: m.rank, scaling: m.scaling, ...(m.act ? { act: { scale: m.act.scale, zeroPoint: m.act.zeroPoint } } : {}) })),
+          tensors: decodeSafetensors(hef.readSection(a.section), `${path}:${a.section}`).tensors,
+          source: { baseModelNameOrPath: a.baseModelNameOrPath || null, transforms: a.transforms ?? [] },
+        };
+      }),
     };
   } finally {
     hef.close();

@@ -17,20 +17,24 @@
  * | past_key_values.{i}.key/value | float32 or uint8 | [1, kv_heads, P, head_dim] |
  * | logits                        | float32          | [1, S, vocab]              |
  * | present.{i}.key/value         | float32 or uint8 | [1, kv_heads, T, head_dim] |
+ * | lora.<linear>.A / .B          | float32          | [r, in] / [out, r]         |
+ * | lora.<linear>.act_scale / _zero_point | float32 / uint8 | [] (with static A8)  |
+ *
+ * The `lora.*` inputs exist only for the linears the model's adapters target (none without adapters).
  *
  * Positions are P..T−1 (taken from the past's length); attention is causal by position, so
  * padding appended at the end of a static prefill chunk never affects real tokens.
  */
 import { GraphBuilder, type Dim } from '../../formats/onnx.js';
 import type { Model } from '../ir/model.js';
-import { lmHead } from '../ir/architectures.js';
+import { lmHead, allLinears, layerLinears } from '../ir/architectures.js';
 import type { Tensor } from '../ir/tensor.js';
 import { UnsupportedModelError } from '../errors.js';
 import { Lowering } from './lowering.js';
 import { lowerDecoderLayer, kvNames, type LayerInputs } from './lower-layer.js';
 
 export { kvNames, kvPoints } from './lower-layer.js';
-export { captureName } from './lowering.js';
+export { captureName, loraInputNames, loraPoint } from './lowering.js';
 
 export interface LowerOptions {
   /** static tokens per call (prefill chunk length, 1 for decode) or 'dynamic' */
@@ -47,6 +51,8 @@ export interface LowerOptions {
   name?: string;
   /** initializer store shared with the model's other graphs (weights are built once) */
   initializers?: Map<string, Tensor>;
+  /** LoRA graph inputs for the linears the model's adapters target (see Lowering.loraBranch); default true */
+  lora?: boolean;
 }
 
 /** RoPE tables cos/sin [maxContext, head_dim/2] (HF rotate-half layout, inv_freq = θ^(−2j/d)). */
@@ -71,6 +77,7 @@ function newLowering(model: Model, opts: Omit<LowerOptions, 'seqLen'>): Lowering
     capture: opts.capture ?? false,
     actQuant: (opts.activationQuant ?? true) && Object.keys(model.quant.activations).length > 0,
     kvQuant: (opts.kvQuant ?? true) && model.quant.kvCache.length === cfg.numLayers,
+    lora: opts.lora ?? true,
   });
 }
 
@@ -126,6 +133,7 @@ export function lowerModel(model: Model, opts: LowerOptions): GraphBuilder {
   const S: Dim = opts.seqLen === 'dynamic' ? 'sequence_length' : opts.seqLen;
   const ids = g.input('input_ids', 'int64', [1, S]);
   for (let i = 0; i < cfg.numLayers; i++) kvInputs(L, i);
+  L.loraInputs(allLinears(cfg));
   const shared = positionsAndMask(L, kvNames(0).pastKey, ids, opts.maxContext);
   L.floatWeight('model.embed_tokens.weight');
   let x = g.node('Gather', ['model.embed_tokens.weight', ids], { name: '/model/embed_tokens/Gather', attrs: { axis: 0 } }); // [1, S, H]
@@ -149,6 +157,7 @@ export function lowerLayerGraph(model: Model, layer: number, opts: Omit<LowerOpt
   const g = L.g;
   const x = g.input('hidden_states', 'float32', [1, 'sequence_length', model.config.hiddenSize]);
   kvInputs(L, layer);
+  L.loraInputs(layerLinears(model.config, layer));
   const shared = positionsAndMask(L, kvNames(layer).pastKey, x, opts.maxContext);
   const y = lowerDecoderLayer(L, layer, x, shared);
   g.node('Identity', [y], { name: `/model/layers.${layer}/output`, outputNames: ['hidden_states_out'] });

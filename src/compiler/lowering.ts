@@ -21,11 +21,30 @@ export interface LoweringFlags {
   actQuant: boolean;
   /** hold the KV cache as uint8 with the model's KV8 ranges */
   kvQuant: boolean;
+  /** add the LoRA branch (graph inputs `lora.<linear>.*`) to the linears the model's adapters target; default true */
+  lora?: boolean;
 }
+
+/**
+ * Graph inputs of the LoRA branch of `linear` (fed per request by the runtime; zeros = no adapter):
+ * A float32 [r, in], B float32 [out, r] (already multiplied by the scaling s), and the static A8
+ * parameters of the intermediate A·x: scale float32 [] and zero point uint8 [].
+ */
+export const loraInputNames = (linear: string) => ({
+  A: `lora.${linear}.A`,
+  B: `lora.${linear}.B`,
+  scale: `lora.${linear}.act_scale`,
+  zeroPoint: `lora.${linear}.act_zero_point`,
+});
+
+/** Capture point of the LoRA intermediate A·x of `linear`. */
+export const loraPoint = (linear: string) => `lora.${linear}`;
 
 export class Lowering {
   private readonly weightCache = new Map<string, Tensor>();
   readonly kvType: ElemType;
+  /** linear -> LoRA rank of its graph inputs (the largest over the model's adapters); empty: no LoRA */
+  readonly loraRanks = new Map<string, number>();
 
   constructor(
     readonly g: GraphBuilder,
@@ -33,6 +52,8 @@ export class Lowering {
     readonly flags: LoweringFlags,
   ) {
     this.kvType = flags.kvQuant ? 'uint8' : 'float32';
+    if (flags.lora ?? true)
+      for (const a of model.adapters ?? []) for (const m of a.modules) this.loraRanks.set(m.linear, Math.max(m.rank, this.loraRanks.get(m.linear) ?? 0));
   }
 
   /** Reads a model tensor once per lowering. @throws UnsupportedModelError when missing */
@@ -126,7 +147,43 @@ export class Lowering {
       y = this.reshape(gemm, [1, -1, spec.outFeatures], `${path}/Unflatten`);
     }
     if (spec.hasBias) y = g.node('Add', [y, this.floatWeight(`${spec.name}.bias`)], { name: `${path}/BiasAdd` });
+    if (this.loraRanks.has(spec.name)) y = this.loraBranch(x, y, spec, path);
     return y;
+  }
+
+  /**
+   * LoRA (Hu et al. 2021, §4.1) as a runtime-switchable branch: y + ((x·Aᵀ)·Bᵀ) with A [r, in] and
+   * the pre-scaled B [out, r] fed as graph inputs ({@link loraInputNames}), and a static A8 QDQ
+   * point on the intermediate x·Aᵀ [S, r] when the model quantizes activations. Zero A and B add
+   * exact zeros, so "no adapter" reproduces the base output bit for bit.
+   */
+  private loraBranch(x: string, y: string, spec: LinearSpec, path: string): string {
+    const g = this.g;
+    const n = loraInputNames(spec.name);
+    const flat = this.reshape(x, [-1, spec.inFeatures], `${path}/lora/Flatten`);
+    let h = g.node('Gemm', [flat, n.A], { name: `${path}/lora/A`, attrs: { transB: 1 } }); // [S, r]
+    this.capture(h, loraPoint(spec.name));
+    if (this.flags.actQuant) {
+      const q = g.node('QuantizeLinear', [h, n.scale, n.zeroPoint], { name: `${path}/lora/QuantizeLinear` });
+      h = g.node('DequantizeLinear', [q, n.scale, n.zeroPoint], { name: `${path}/lora/DequantizeLinear` });
+    }
+    const d = g.node('Gemm', [h, n.B], { name: `${path}/lora/B`, attrs: { transB: 1 } }); // [S, out]
+    return g.node('Add', [y, this.reshape(d, [1, -1, spec.outFeatures], `${path}/lora/Unflatten`)], { name: `${path}/lora/Add` });
+  }
+
+  /** Declares the LoRA graph inputs of the linears in `specs` that an adapter targets. */
+  loraInputs(specs: LinearSpec[]): void {
+    for (const s of specs) {
+      const r = this.loraRanks.get(s.name);
+      if (r === undefined) continue;
+      const n = loraInputNames(s.name);
+      this.g.input(n.A, 'float32', [r, s.inFeatures]);
+      this.g.input(n.B, 'float32', [s.outFeatures, r]);
+      if (this.flags.actQuant) {
+        this.g.input(n.scale, 'float32', []);
+        this.g.input(n.zeroPoint, 'uint8', []);
+      }
+    }
   }
 
   /** Rotate-half RoPE on t: [1, S, heads, hd] with cos/sin: [1, S, 1, hd/2]. */

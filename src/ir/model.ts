@@ -91,6 +91,8 @@ export interface Model {
   tokenizer: TokenizerFiles;
   /** per-layer quantization error measured on calibration data (filled by the passes that quantize) */
   report?: QuantReport;
+  /** LoRA adapters beside the base weights (passes/lora.ts); absent or empty: none */
+  adapters?: LoraAdapter[];
   /** rotations executed at run time (passes/quarot.ts online R3/R4); absent: none */
   online?: OnlineRotations;
 }
@@ -115,6 +117,39 @@ export interface OnlineRotation {
 export interface OnlineRotations {
   r3?: OnlineRotation;
   r4?: OnlineRotation;
+}
+
+/**
+ * A LoRA adapter kept beside the base (passes/lora.ts `addLora`): each module adds s·B·(A·x) to its
+ * linear's output, with A and B already transformed like the base (folded norms, rotations).
+ * Tensors, per module `<linear>`: `.lora_A` F32 [rank, in] and `.lora_B` F32 [out, rank] (bits 32),
+ * or `.lora_A.qweight` + `.lora_A.scales` (and the same for B): I8 [rows, cols] + F32 [rows, 1]
+ * (bits 8, symmetric per output channel), U8 MatMulNBits packing + F32 [rows, n_groups] (bits 4).
+ */
+export interface LoraAdapter {
+  name: string;
+  /** PEFT r and lora_alpha (per-module values are in `modules`) */
+  r: number;
+  alpha: number;
+  useRslora: boolean;
+  /** storage of A and B: 32 float, 8 int8 per output channel, 4 group-wise (groupSize columns) */
+  bits: 32 | 8 | 4;
+  groupSize: number;
+  modules: LoraModule[];
+  tensors: Map<string, LazyTensor>;
+  /** PEFT base_model_name_or_path, and the base passes whose transforms were applied to A/B */
+  source: { baseModelNameOrPath: string | null; transforms: string[] };
+}
+
+/** One adapted linear of a {@link LoraAdapter}. */
+export interface LoraModule {
+  /** base linear, e.g. `model.layers.0.self_attn.q_proj` */
+  linear: string;
+  rank: number;
+  /** s = alpha/r (alpha/√r with rslora), applied at run time */
+  scaling: number;
+  /** static A8 parameters of the intermediate A·x, when calibrated */
+  act?: QParams;
 }
 
 /** Per-layer quantization error, measured on calibration data. */

@@ -8,6 +8,8 @@
 export interface KvContext {
   /** tokens held in the cache */
   readonly length: number;
+  /** the LoRA adapter every forward on this context runs with (null: the base model) */
+  readonly adapter: string | null;
 }
 
 export interface ExecutionBackend {
@@ -18,8 +20,18 @@ export interface ExecutionBackend {
   /** maximum context in tokens (KV-cache capacity) */
   readonly maxContext: number;
   readonly vocabSize: number;
-  /** A fresh, empty KV-cache context. */
-  newContext(): KvContext;
+  /** names of the LoRA adapters the executable holds, selectable per context without reloading */
+  readonly adapters: readonly string[];
+  /**
+   * Sets the adapter that later {@link newContext} calls use by default (null: the base model).
+   * @throws EdgeLLMError naming the known adapters when `name` is not one of them
+   */
+  selectAdapter(name: string | null): void;
+  /**
+   * A fresh, empty KV-cache context, running with `opts.adapter` (default: the selected adapter).
+   * @throws EdgeLLMError for an unknown adapter name
+   */
+  newContext(opts?: { adapter?: string | null }): KvContext;
   /**
    * Appends `tokens` to the context and returns their logits, float32 [tokens.length, vocab] (or only
    * the last row, [1, vocab], with `lastOnly`). One token runs the decode graph; more run the prefill

@@ -2,6 +2,10 @@
  * The simulator backend: runs an Executable's prefill and decode graphs with onnxruntime-node on
  * the CPU. Both sessions are built from the executable's single weight store (ORT keeps its own
  * prepacked copy per session). The KV cache lives in ORT tensors between calls.
+ *
+ * LoRA: graphs compiled with adapters have `lora.<linear>.*` inputs; each context names its adapter
+ * and every call feeds that adapter's tensors (dequantized once per adapter and cached), or zeros for
+ * the base model. Switching adapters is choosing another feed set: no session is rebuilt.
  */
 import * as ort from 'onnxruntime-node';
 import type { ExecutionBackend, KvContext } from './backend.js';
@@ -10,15 +14,20 @@ import type { Executable } from '../compiler/compile.js';
 import { kvNames } from '../compiler/lower.js';
 import { attachInitializers, decodeModel } from '../../formats/onnx.js';
 import { EdgeLLMError } from '../errors.js';
+import { loraFeeds } from '../../passes/lora.js';
 
 interface SimContext extends KvContext {
   length: number;
+  adapter: string | null;
   /** per layer [key, value], each [1, kv_heads, length, head_dim] */
   kv: ort.Tensor[][];
 }
 
 export class SimulatorBackend implements ExecutionBackend {
   readonly name = 'simulator (onnxruntime-node, cpu)';
+  /** adapter name ('' = none) -> its `lora.*` feeds, built on first use */
+  private readonly loraCache = new Map<string, Record<string, ort.Tensor>>();
+  private selected: string | null = null;
   private constructor(
     private readonly exe: Executable,
     private readonly prefill: CheckedSession,
@@ -44,13 +53,41 @@ export class SimulatorBackend implements ExecutionBackend {
     return this.exe.config.vocabSize;
   }
 
-  newContext(): KvContext {
+  get adapters(): readonly string[] {
+    return (this.exe.adapters ?? []).map((a) => a.name);
+  }
+
+  selectAdapter(name: string | null): void {
+    this.checkAdapter(name);
+    this.selected = name;
+  }
+
+  private checkAdapter(name: string | null): void {
+    if (name !== null && !this.adapters.includes(name))
+      throw new EdgeLLMError(`no LoRA adapter '${name}' in this executable (it has: ${this.adapters.length ? this.adapters.join(', ') : 'none'})`);
+  }
+
+  /** The `lora.*` feeds of adapter `name` (null: zeros, the base model), cached. */
+  loraFeedsFor(name: string | null): Record<string, ort.Tensor> {
+    let f = this.loraCache.get(name ?? '');
+    if (!f) {
+      const a = name === null ? null : this.exe.adapters!.find((x) => x.name === name)!;
+      f = {};
+      for (const [n, v] of loraFeeds(this.exe, a, this.exe.prefill.inputs)) f[n] = new ort.Tensor(v.type, v.data, v.dims);
+      this.loraCache.set(name ?? '', f);
+    }
+    return f;
+  }
+
+  newContext(opts: { adapter?: string | null } = {}): KvContext {
+    const adapter = opts.adapter === undefined ? this.selected : opts.adapter;
+    this.checkAdapter(adapter);
     const l = this.exe.kvLayout;
     const empty = () =>
       l.dtype === 'uint8'
         ? new ort.Tensor('uint8', new Uint8Array(0), [1, l.numKvHeads, 0, l.headDim])
         : new ort.Tensor('float32', new Float32Array(0), [1, l.numKvHeads, 0, l.headDim]);
-    const ctx: SimContext = { length: 0, kv: Array.from({ length: l.numLayers }, () => [empty(), empty()]) };
+    const ctx: SimContext = { length: 0, adapter, kv: Array.from({ length: l.numLayers }, () => [empty(), empty()]) };
     return ctx;
   }
 
@@ -86,7 +123,7 @@ export class SimulatorBackend implements ExecutionBackend {
   /** O(1): cache tensors are never written in place (each call makes new ones), so sharing is safe. */
   fork(context: KvContext): KvContext {
     const ctx = context as SimContext;
-    const copy: SimContext = { length: ctx.length, kv: ctx.kv.map(([k, v]) => [k, v]) };
+    const copy: SimContext = { length: ctx.length, adapter: ctx.adapter, kv: ctx.kv.map(([k, v]) => [k, v]) };
     return copy;
   }
 
@@ -94,7 +131,7 @@ export class SimulatorBackend implements ExecutionBackend {
   private async step(session: CheckedSession, ctx: SimContext, tokens: number[], seqLen: number): Promise<Float32Array> {
     const ids = new BigInt64Array(seqLen);
     tokens.forEach((t, i) => (ids[i] = BigInt(t)));
-    const feeds: Record<string, ort.Tensor> = { input_ids: new ort.Tensor('int64', ids, [1, seqLen]) };
+    const feeds: Record<string, ort.Tensor> = { ...this.loraFeedsFor(ctx.adapter), input_ids: new ort.Tensor('int64', ids, [1, seqLen]) };
     ctx.kv.forEach(([k, v], i) => {
       const n = kvNames(i);
       feeds[n.pastKey] = k;
