@@ -105,7 +105,8 @@ export function registerEval(program: Command): void {
         model: file,
         kind: art.kind,
         modelSha256: modelSha256(file),
-        settings: { tasks, seqLen: o.seqlen, maxWindows: o.maxWindows ?? null, maxDocs: o.maxDocs ?? null, prefillLen: art.kind === 'hef' ? backend.prefillLen : o.prefillLen, emulate: o.emulate ?? null, backend: backend.name },
+        settings: { tasks, seqLen: o.seqlen, maxWindows: o.maxWindows ?? null, maxDocs: o.maxDocs ?? null, prefillLen: backend.prefillLen, emulate: o.emulate ?? null, backend: backend.name },
+        quantScheme: art.exe.quant,
         seconds: 0,
       };
       try {
@@ -148,6 +149,7 @@ export function registerEval(program: Command): void {
       } finally {
         await backend.dispose();
       }
+      delete (report as Partial<EvalReport>).seconds; // re-added last, to sit at the end of the JSON
       report.seconds = (performance.now() - t0) / 1000;
 
       if (o.writeBaseline) writeReport(o.writeBaseline, report);

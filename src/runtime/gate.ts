@@ -16,6 +16,7 @@ import { EdgeLLMError, FormatError, UsageError } from '../errors.js';
 import { writeFileAtomicSync } from '../../formats/atomic.js';
 import type { KldResult } from './kld.js';
 import type { HellaSwagResult } from './hellaswag.js';
+import type { QuantSchemeSummary } from '../compiler/compile.js';
 
 /** What `edgellm eval` reports (its `--json` output); every field but the identity is optional. */
 export interface EvalReport {
@@ -27,6 +28,8 @@ export interface EvalReport {
   modelSha256: string;
   /** settings: tasks run, window length, prefill chunk, emulation level, ... */
   settings: Record<string, unknown>;
+  /** the executable's quantization scheme (weight bits, group size, method, A8/KV8) */
+  quantScheme?: Record<string, unknown> | QuantSchemeSummary;
   /** perplexity / KLD text: path, sha256 of its bytes, JSONL documents kept */
   text?: string;
   textSha256?: string;
@@ -120,7 +123,7 @@ export function checkGate(current: EvalReport, baseline: EvalReport, t: GateThre
     const b = baseline.hellaswag;
     const c = current.hellaswag;
     if (b.sha256 !== c.sha256 || b.tasks !== c.tasks)
-      violations.push(`hellaswag: not comparable with the baseline (${short(b.sha256)}/${b.tasks} tasks vs ${short(c.sha256)}/${c.tasks} tasks)`);
+      violations.push(`hellaswag: not comparable with the baseline (sha256 ${short(b.sha256)}, ${b.tasks} tasks vs sha256 ${short(c.sha256)}, ${c.tasks} tasks)`);
     else {
       const drop = 100 * (b.accNorm - c.accNorm);
       const line = `hellaswag acc_norm ${(100 * c.accNorm).toFixed(2)}% vs baseline ${(100 * b.accNorm).toFixed(2)}% (drop ${drop.toFixed(2)} points, max ${t.maxHellaswagDrop})`;
