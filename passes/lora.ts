@@ -7,7 +7,7 @@
  *      fold-norms (W ← W·diag(γ))         A ← A·diag(γ)            q/k/v (γ_in), gate/up (γ_post)
  *      QuaRot R1 (Ashkboos et al. 2024, §4, "residual")   A ← A·R1  (q/k/v/gate/up),  B ← R1ᵀ·B  (o/down)
  *      QuaRot R2 (per head, v → o)        B_v ← per-head R2ᵀ·B_v,  A_o ← per-head A_o·R2
- *      QuaRot R4 (online, down input)     A_down ← A_down·H
+ *      QuaRot R4 (online, down input)     A_down ← A_down·R4
  * 2. Quantize A and B on their own: int8 symmetric per output channel (row), or 4-bit symmetric
  *    group-wise on src/ir/quant.ts's grid (zero point 8, MatMulNBits packing).
  * 3. Calibrate the static A8 range of each intermediate A·x on calibration windows (capture graph of
@@ -157,6 +157,9 @@ export interface LoraFeed {
 /**
  * The values of a graph's `lora.*` inputs for adapter `a`, or for "no adapter" (`null`: zeros, which
  * add exact zeros). A module's rank is zero-padded to the graph's rank (rows of A, columns of B).
+ * A and B are fed as float32, dequantized once from the stored codes (w = q·scale rounded to float32,
+ * what DequantizeLinear computes): this also covers 4-bit group-wise codes, which DequantizeLinear
+ * cannot express before opset 21 (the graphs are opset 17), and keeps one graph for every storage.
  * @param inputs the graph's input specs; only `lora.*` names are used
  * @throws EdgeLLMError when the adapter's rank exceeds the graph's, or the graph quantizes the
  *   intermediate but the adapter has no A8 range for it

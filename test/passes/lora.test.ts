@@ -17,6 +17,7 @@ import { rtn } from '../../passes/rtn.js';
 import { calibrateRanges } from '../../calibration/capture.js';
 import { loadTokenWindows } from '../../calibration/datasets.js';
 import { compile } from '../../src/compiler/compile.js';
+import { writeExecutable, readExecutable } from '../../src/compiler/hef-io.js';
 import { SimulatorBackend } from '../../src/runtime/simulator.js';
 import { referenceForward } from '../../src/ir/reference.js';
 import { layerLinears } from '../../src/ir/architectures.js';
@@ -129,6 +130,19 @@ describe('fp32 base with the real adapter (runtime branch, no merge)', () => {
     expect(none).toEqual(await lastLogits(base, REF.token_ids, null));
     // the adapter-free executable has no LoRA inputs at all
     expect(compile(base, { prefillLen: 16 }).prefill.inputs.some((i) => i.name.startsWith('lora.'))).toBe(false);
+  });
+
+  it('survives the HEF round trip (header listing + adapter section), float adapter without A8 included', async () => {
+    const m = await addLora(await addLora(base, wiki, { name: 'wiki', bits: 32, groupSize: 32 }, [], silentContext), rnd, { name: 'rnd', bits: 4, groupSize: 16 }, [], silentContext);
+    const exe = compile(m, { prefillLen: 16 });
+    const file = path.join(dir, 'fp.hef');
+    writeExecutable(file, exe);
+    const back = readExecutable(file);
+    expect(back.adapters).toEqual(exe.adapters);
+    expect(back.adapters![0].modules[0]).toEqual({ linear: 'model.layers.0.self_attn.q_proj', rank: 8, scaling: 2 });
+    const be = await SimulatorBackend.load(back);
+    expect(await be.forward(be.newContext({ adapter: 'rnd' }), REF.token_ids, { lastOnly: true })).toEqual(await lastLogits(m, REF.token_ids, 'rnd'));
+    await be.dispose();
   });
 
   it('int8 and 4-bit A/B (on the fp32 base, so only the adapter is quantized) stay close to reference.json', async () => {
