@@ -20,6 +20,7 @@ import { compile } from '../../src/compiler/compile.js';
 import { writeExecutable, readExecutable } from '../../src/compiler/hef-io.js';
 import { SimulatorBackend } from '../../src/runtime/simulator.js';
 import { referenceForward } from '../../src/ir/reference.js';
+import { argmax } from '../../src/runtime/sampling.js';
 import { layerLinears } from '../../src/ir/architectures.js';
 import { silentContext } from '../../src/pipeline-context.js';
 import { UnsupportedModelError, UsageError } from '../../src/errors.js';
@@ -31,7 +32,7 @@ const STORIES = path.join(SHARED, 'models/stories260K');
 const ADAPTER = path.join(SHARED, 'adapters/stories260K-lora-wiki');
 const REF = JSON.parse(fs.readFileSync(path.join(ADAPTER, 'reference.json'), 'utf8')) as {
   token_ids: number[];
-  with_adapter: { last_logits: number[] };
+  with_adapter: { last_logits: number[]; greedy_60_ids: number[] };
   without_adapter: { last_logits: number[] };
 };
 const CALIB = path.join(SHARED, 'data/calibration/c4-calib-128x256-seed0.tokens.json');
@@ -121,13 +122,24 @@ describe('LoRA A/B codecs', () => {
 });
 
 describe('fp32 base with the real adapter (runtime branch, no merge)', () => {
-  it('matches reference.json to 1e-4 with the adapter; no adapter is bit-exact against the adapter-free graph', async () => {
+  it('matches reference.json to 1e-4 (and its 60 greedy ids) with the adapter; no adapter is bit-exact against the adapter-free graph', async () => {
     const m = await addLora(base, wiki, { name: 'wiki', bits: 32, groupSize: 32 }, [], silentContext);
     expect(m.adapters![0].source.transforms).toEqual([]);
     expect(maxDiff(await lastLogits(m, REF.token_ids, 'wiki'), REF.with_adapter.last_logits)).toBeLessThan(TOL);
     const none = await lastLogits(m, REF.token_ids, null);
     expect(maxDiff(none, REF.without_adapter.last_logits)).toBeLessThan(TOL);
     expect(none).toEqual(await lastLogits(base, REF.token_ids, null));
+    // greedy continuation with the adapter: reference.json's 60 ids
+    const be = await SimulatorBackend.load(compile(m, { prefillLen: 16 }));
+    const ctx = be.newContext({ adapter: 'wiki' });
+    let logits = await be.forward(ctx, REF.token_ids, { lastOnly: true });
+    const ids: number[] = [];
+    while (ids.length < 60) {
+      ids.push(argmax(logits));
+      logits = await be.forward(ctx, [ids.at(-1)!]);
+    }
+    await be.dispose();
+    expect(ids).toEqual(REF.with_adapter.greedy_60_ids);
     // the adapter-free executable has no LoRA inputs at all
     expect(compile(base, { prefillLen: 16 }).prefill.inputs.some((i) => i.name.startsWith('lora.'))).toBe(false);
   });
