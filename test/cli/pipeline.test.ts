@@ -48,7 +48,7 @@ describe('edgellm CLI on stories260K', () => {
     const hef = path.join(dir, 'm.hef');
     const q = edgellm('quantize', STORIES, '-o', har, '--json');
     expect(q.code, q.stderr).toBe(0);
-    expect(JSON.parse(q.stdout).passes.map((p: { name: string }) => p.name)).toEqual(['rtn', 'calibrate']);
+    expect(JSON.parse(q.stdout).passes.map((p: { name: string }) => p.name)).toEqual(['gptq', 'calibrate']);
     expect(edgellm('compile', har, '-o', hef).code).toBe(0);
     const insp = JSON.parse(edgellm('inspect', hef, '--json').stdout);
     expect(insp.sections.map((s: { name: string }) => s.name)).toEqual(
