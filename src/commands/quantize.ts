@@ -7,6 +7,8 @@ import { cliContext } from '../cli-context.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { sourceWeightsSha256, saveModelHar } from '../../formats/har-model.js';
 import { SafetensorsCheckpoint } from '../../formats/safetensors.js';
+import { loadPeftAdapter } from '../../formats/peft.js';
+import { mergeLora } from '../../passes/lora.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
 import { quantizeModel, DEFAULT_QUANTIZE_OPTIONS, type QuantizeOptions } from '../pipeline.js';
 import { OBSERVER_KINDS } from '../../calibration/observers.js';
@@ -80,6 +82,7 @@ export function registerQuantize(program: Command): void {
     .option('--rotation-seed <n>', 'QuaRot seed (with --rotation-seeds: the first one tried)', int('--rotation-seed'), 0)
     .option('--rotation-seeds <n>', 'try N rotation seeds, keep the lowest calibration loss (implies --rotate)', int('--rotation-seeds'), 1)
     .option('--online-hadamard <list>', 'online rotations as graph ops: r3, r4 or r3,r4 (implies --rotate)', '')
+    .option('--merge-lora <adapter-dir>', 'fold a PEFT LoRA adapter into the fp32 weights (W + s·B·A) before quantizing: one task, best accuracy')
     .option('--no-emulation-weights', 'do not keep the native/optimized fp32 weights in the HAR (smaller; no --emulate native|optimized)')
     .option('--json', 'print a JSON summary on stdout')
     .action(async (dir: string, o) => {
@@ -87,7 +90,12 @@ export function registerQuantize(program: Command): void {
       const ctx = cliContext(g);
       outputPathCheck(o.output);
       const t0 = performance.now();
-      const model = loadHfModel(dir);
+      let model = loadHfModel(dir);
+      if (o.mergeLora) {
+        const peft = loadPeftAdapter(o.mergeLora, model.config, { baseName: path.basename(path.resolve(dir)) });
+        if (!g.quiet) for (const w of peft.warnings) process.stderr.write(`warning: ${w}\n`);
+        model = mergeLora(model, peft, ctx); // before every pass: GPTQ quantizes the merged weights
+      }
       const tok = new TextTokenizer(model.tokenizer);
       const calib = o.calib ?? defaultCalibration();
       if (!calib) throw new UsageError('no calibration data: pass --calib <file.txt|file.jsonl|file.tokens.json>');

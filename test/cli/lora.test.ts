@@ -116,6 +116,23 @@ describe('edgellm add-lora / compile / run --adapter', () => {
   });
 });
 
+describe('edgellm quantize --merge-lora', () => {
+  it('folds the adapter into the fp32 weights before GPTQ; a malformed adapter fails with one line and no output', async () => {
+    const merged = path.join(dir, 'merged.har');
+    const r = edgellm('quantize', STORIES, '-o', merged, '--merge-lora', WIKI, '--calib-samples', '16', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).passes.map((p: { name: string }) => p.name)).toEqual(['merge-lora', 'gptq', 'calibrate']);
+    const ppl = (f: string) => JSON.parse(edgellm('eval', f, '--text', 'wikitext2', '--max-windows', '8', '--json').stdout);
+    expect(ppl(merged).ppl).toBeLessThan(0.5 * ppl(base).ppl); // fp32: 100.9 -> 24.1 with the adapter
+    const d = path.join(dir, 'merge-dora');
+    randomAdapter(d, ['q_proj'], 2, { use_dora: true });
+    const bad = edgellm('quantize', STORIES, '-o', path.join(dir, 'never-merged.har'), '--merge-lora', d);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/^error: .*DoRA \(use_dora: true\) is not supported.*\n$/);
+    expect(fs.existsSync(path.join(dir, 'never-merged.har'))).toBe(false);
+  });
+});
+
 describe('edgellm add-lora: malformed adapters give one line and leave the HAR untouched', () => {
   const cases: [string, (d: string) => void, RegExp][] = [
     ['PyTorch .bin', (d) => fs.renameSync(path.join(d, 'adapter_model.safetensors'), path.join(d, 'adapter_model.bin')), /convert it to adapter_model\.safetensors/],
