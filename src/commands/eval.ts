@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import * as path from 'node:path';
 import { cliContext } from '../cli-context.js';
-import { loadArtifact, type LoadedArtifact } from '../runtime/load.js';
+import { loadArtifact, type LoadedArtifact, type LoadOptions } from '../runtime/load.js';
 import { SimulatorBackend } from '../runtime/simulator.js';
 import { perplexity, loadEvalText, sha256File, modelSha256 } from '../runtime/eval.js';
 import { klDivergence } from '../runtime/kld.js';
@@ -42,7 +42,8 @@ function table(r: EvalReport, gate?: { baseline: string; result: GateResult }): 
     rows.push(['hellaswag', 'acc', `${pct(h.acc)} ± ${pct(h.accStderr)}`]);
     rows.push(['', 'acc_norm', `${pct(h.accNorm)} ± ${pct(h.accNormStderr)}  (${h.tasks} tasks, ${h.seconds.toFixed(1)} s)`]);
   }
-  const lines = [`model ${r.model} (${r.kind}, sha256 ${r.modelSha256.slice(0, 16)}…)`, ...rows.map(([a, b, c]) => `${a.padEnd(10)} ${b.padEnd(16)} ${c}`)];
+  const extra = ['adapter', 'emulate'].filter((k) => r.settings[k] != null).map((k) => `, ${k} ${r.settings[k]}`).join('');
+  const lines = [`model ${r.model} (${r.kind}${extra}, sha256 ${r.modelSha256.slice(0, 16)}…)`, ...rows.map(([a, b, c]) => `${a.padEnd(10)} ${b.padEnd(16)} ${c}`)];
   if (gate) {
     lines.push(`gate vs ${gate.baseline}: ${gate.result.violations.length ? `FAILED (${gate.result.violations.length})` : 'passed'}`);
     for (const c of gate.result.checks) lines.push(`  ${gate.result.violations.includes(c) ? 'FAIL' : 'ok  '} ${c}`);
@@ -69,6 +70,8 @@ export function registerEval(program: Command): void {
     .option('--reference <model>', 'kld: the reference model (model directory, HAR or HEF), e.g. the fp32 checkpoint')
     .option('--hellaswag <file>', "hellaswag: llama.cpp's 6-line file (default: <shared>/data/hellaswag/hellaswag_val_full.txt)")
     .option('--limit <n>', 'hellaswag: only the first n tasks', int('--limit'))
+    .option('--adapter <name>', 'evaluate with this LoRA adapter of the HEF/HAR (see `edgellm inspect`)')
+    .option('--reference-adapter <name>', 'kld: run the reference with this LoRA adapter')
     .option('--emulate <level>', 'for a HAR: native (source fp32), optimized (fp32 after folding/rotation) or quantized (default)')
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
     .option('--json [file]', 'write every figure as JSON to file (table still on stdout), or print JSON on stdout with no file')
@@ -95,17 +98,18 @@ export function registerEval(program: Command): void {
       if (o.emulate !== undefined && !['native', 'optimized', 'quantized'].includes(o.emulate))
         throw new UsageError(`--emulate ${o.emulate}: expected native, optimized or quantized`);
 
-      const loadOpts = { prefillLen: o.prefillLen, emulate: o.emulate as 'native' | 'optimized' | 'quantized' | undefined };
+      const loadOpts: LoadOptions = { prefillLen: o.prefillLen, emulate: o.emulate };
       const art: LoadedArtifact = await loadArtifact(file, loadOpts);
       const tok = new TextTokenizer(art.exe.tokenizer);
       const backend = await SimulatorBackend.load(art.exe);
+      if (o.adapter !== undefined) backend.selectAdapter(o.adapter);
       const report: EvalReport = {
         edgellmVersion: VERSION,
         createdAt: new Date().toISOString(),
         model: file,
         kind: art.kind,
         modelSha256: modelSha256(file),
-        settings: { tasks, seqLen: o.seqlen, maxWindows: o.maxWindows ?? null, maxDocs: o.maxDocs ?? null, prefillLen: backend.prefillLen, emulate: o.emulate ?? null, backend: backend.name },
+        settings: { tasks, seqLen: o.seqlen, maxWindows: o.maxWindows ?? null, maxDocs: o.maxDocs ?? null, prefillLen: backend.prefillLen, emulate: o.emulate ?? null, adapter: o.adapter ?? null, backend: backend.name },
         quantScheme: art.exe.quant,
         seconds: 0,
       };
@@ -119,10 +123,18 @@ export function registerEval(program: Command): void {
           if (tasks.includes('kld')) {
             const ref = await loadArtifact(o.reference, { prefillLen: o.prefillLen });
             const refBackend = await SimulatorBackend.load(ref.exe);
+            if (o.referenceAdapter !== undefined) refBackend.selectAdapter(o.referenceAdapter);
             const t1 = performance.now();
             try {
               const k = await klDivergence(backend, refBackend, windows, ctx.progress('kld', windows.length));
-              report.kld = { reference: o.reference, referenceKind: ref.kind, referenceSha256: modelSha256(o.reference), ...k, seconds: (performance.now() - t1) / 1000 };
+              report.kld = {
+                reference: o.reference,
+                referenceKind: ref.kind,
+                referenceSha256: modelSha256(o.reference),
+                referenceAdapter: o.referenceAdapter ?? null,
+                ...k,
+                seconds: (performance.now() - t1) / 1000,
+              };
             } finally {
               await refBackend.dispose();
             }
