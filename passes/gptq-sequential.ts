@@ -21,7 +21,12 @@
  * Output, as passes/rtn.ts: `<linear>.weight` → `<linear>.qweight` U8 [out, n_blocks, group/2] +
  * `<linear>.scales` F32 [out, n_blocks], `quant.linears[name].method = 'gptq'`. For every linear
  * the layer-wise errors tr((W−Q)·H·(W−Q)ᵀ) of GPTQ and of RTN on the same H go to
- * `model.report.linears` (relative to tr(W·H·Wᵀ)) and, absolute, to the pass record.
+ * `model.report.linears` (relative to tr(W·H·Wᵀ)) and, absolute, to the pass record. Each layer
+ * logs one line through ctx.log with the wall time of its forward runs, Hessians and solves.
+ *
+ * Cost per layer (Qwen2-1.5B, 32 windows × 2048 tokens): about one fp32 forward of the layer
+ * (6.9 TFLOP) plus the Hessians (6.2 TFLOP, 85% of it down_proj's 8960² one) plus the solves
+ * (~1.5 TFLOP); see scripts/bench-gptq.ts.
  */
 import * as ort from 'onnxruntime-node';
 import type { LazyTensor, Model } from '../src/ir/model.js';
@@ -95,6 +100,7 @@ export async function gptqModel(model: Model, windows: number[][], opts: GptqPas
       const layer = new LayerState(model, i, weights, linears, maxContext);
       const stages = stagesOf(layerLinears(cfg, i));
       let budget = opts.cacheBytes ?? DEFAULT_CACHE_BYTES;
+      const timing: string[] = [];
       for (const [s, stage] of stages.entries()) {
         const point = actPointName(i, stage.input);
         const K = stage.linears[0].inFeatures;
@@ -103,19 +109,27 @@ export async function gptqModel(model: Model, windows: number[][], opts: GptqPas
         const keep = s > 0 && bytes <= budget;
         if (keep) budget -= bytes;
         const acc = new HessianAccumulator(K);
+        const t0 = performance.now();
+        let tH = 0;
         await layer.run(hidden, [captureName(point)], async (w, out) => {
           const x = out[captureName(point)].data as Float32Array;
+          const t = performance.now();
           await acc.addBatch(x);
+          tH += performance.now() - t;
           if (keep) layer.cache(point, w, x);
         });
         await acc.dispose();
+        const t1 = performance.now();
         for (const spec of stage.linears) {
           bar.status?.(`layer ${i} ${spec.role}`);
           report.push(await quantizeLinear(spec, layer.fp32(spec), acc.H, solveOpts, la, weights, linears));
           bar.tick();
         }
+        timing.push(`${stage.input} ${sec(t1 - t0 - tH)} + H ${sec(tH)} + solve ${sec(performance.now() - t1)}`);
       }
+      const t0 = performance.now();
       hidden = await layer.output(hidden);
+      ctx.log(`gptq layer ${i} (wall s, forward + Hessian + GPTQ): ${timing.join('; ')}; output ${sec(performance.now() - t0)}`);
     }
     if (opts.quantizeLmHead) {
       const spec = lmHead(cfg);
@@ -143,6 +157,8 @@ export function gptqReport(model: Model): GptqLinearReport[] | undefined {
   const rec = model.passes.find((p) => p.name === meta.name);
   return rec?.options.report as GptqLinearReport[] | undefined;
 }
+
+const sec = (ms: number) => (ms / 1000).toFixed(1);
 
 function stripUndefined<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
