@@ -25,7 +25,7 @@ $EDGELLM -q quantize "$MODEL" -o "$OUT/stories260K.har"
 $EDGELLM -q compile "$OUT/stories260K.har" -o "$OUT/stories260K.hef"
 EVAL=(eval "$OUT/stories260K.hef" --task ppl,kld,hellaswag
   --text "$SHARED/data/tinystories/TinyStories-valid.txt" --seqlen 256 --reference "$MODEL"
-  --hellaswag "$SHARED/data/hellaswag/hellaswag_val_full.txt" --limit 400)
+  --hellaswag "$SHARED/data/hellaswag/hellaswag_val_full.txt" --limit 400 --threads 1)
 if [ "${1:-}" = "--write" ]; then
   $EDGELLM -q "${EVAL[@]}" --write-baseline "$BASELINE"
   echo "wrote $BASELINE: commit it"

@@ -74,6 +74,7 @@ export function registerEval(program: Command): void {
     .option('--reference-adapter <name>', 'kld: run the reference with this LoRA adapter')
     .option('--emulate <level>', 'for a HAR: native (source fp32), optimized (fp32 after folding/rotation) or quantized (default)')
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
+    .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores; 1 is faster for tiny models on a busy machine)', int('--threads'))
     .option('--json [file]', 'write every figure as JSON to file (table still on stdout), or print JSON on stdout with no file')
     .option('--baseline <file>', 'compare with a stored report (a --json or --write-baseline file); exit 1 listing each violated threshold')
     .option('--max-ppl-increase <pct>', `gate: allowed perplexity increase over the baseline (default ${100 * DEFAULT_GATE.maxPplIncrease}%)`)
@@ -101,7 +102,7 @@ export function registerEval(program: Command): void {
       const loadOpts: LoadOptions = { prefillLen: o.prefillLen, emulate: o.emulate };
       const art: LoadedArtifact = await loadArtifact(file, loadOpts);
       const tok = new TextTokenizer(art.exe.tokenizer);
-      const backend = await SimulatorBackend.load(art.exe);
+      const backend = await SimulatorBackend.load(art.exe, { threads: o.threads });
       if (o.adapter !== undefined) backend.selectAdapter(o.adapter);
       const report: EvalReport = {
         edgellmVersion: VERSION,
@@ -109,7 +110,7 @@ export function registerEval(program: Command): void {
         model: file,
         kind: art.kind,
         modelSha256: modelSha256(file),
-        settings: { tasks, seqLen: o.seqlen, maxWindows: o.maxWindows ?? null, maxDocs: o.maxDocs ?? null, prefillLen: backend.prefillLen, emulate: o.emulate ?? null, adapter: o.adapter ?? null, backend: backend.name },
+        settings: { tasks, seqLen: o.seqlen, maxWindows: o.maxWindows ?? null, maxDocs: o.maxDocs ?? null, prefillLen: backend.prefillLen, emulate: o.emulate ?? null, adapter: o.adapter ?? null, threads: o.threads ?? null, backend: backend.name },
         quantScheme: art.exe.quant,
         seconds: 0,
       };
@@ -122,7 +123,7 @@ export function registerEval(program: Command): void {
           Object.assign(report, { text, textSha256: sha256File(text), seqLen: o.seqlen });
           if (tasks.includes('kld')) {
             const ref = await loadArtifact(o.reference, { prefillLen: o.prefillLen });
-            const refBackend = await SimulatorBackend.load(ref.exe);
+            const refBackend = await SimulatorBackend.load(ref.exe, { threads: o.threads });
             if (o.referenceAdapter !== undefined) refBackend.selectAdapter(o.referenceAdapter);
             const t1 = performance.now();
             try {
