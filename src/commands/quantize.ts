@@ -122,6 +122,6 @@ export function registerQuantize(program: Command): void {
         seedSearch: r.seedSearch,
       };
       if (o.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
-      else process.stderr.write(`wrote ${o.output} (${(summary.bytes / 1024).toFixed(1)} KiB) in ${summary.seconds.toFixed(1)} s\n`);
+      else if (!g.quiet) process.stderr.write(`wrote ${o.output} (${(summary.bytes / 1024).toFixed(1)} KiB) in ${summary.seconds.toFixed(1)} s\n`);
     });
 }
