@@ -67,7 +67,7 @@ export async function saveModelHar(path: string, model: Model, info: HarInfo, em
     const { weights: _w, tokenizer: _t, quant: _q, report: _r, ...rest } = m;
     emulationPasses[level] = rest;
   }
-  files.set('ranges.json', enc.encode(JSON.stringify({ activations: model.quant.activations, kvCache: model.quant.kvCache }, null, 1)));
+  files.set('ranges.json', enc.encode(JSON.stringify({ activations: model.quant.activations, kvCache: model.quant.kvCache, kCacheOffset: model.quant.kCacheOffset }, null, 1)));
   files.set('tokenizer/tokenizer.json', enc.encode(model.tokenizer.tokenizerJson));
   if (model.tokenizer.tokenizerConfigJson != null) files.set('tokenizer/tokenizer_config.json', enc.encode(model.tokenizer.tokenizerConfigJson));
   if (model.tokenizer.generationConfigJson != null) files.set('tokenizer/generation_config.json', enc.encode(model.tokenizer.generationConfigJson));
@@ -143,12 +143,12 @@ export async function loadModelHar(path: string): Promise<LoadedHar> {
     }
   };
   const { tensors } = decodeSafetensors(need('weights.safetensors'), `${path}:weights.safetensors`);
-  const ranges = json('ranges.json') as Pick<QuantState, 'activations' | 'kvCache'>;
+  const ranges = json('ranges.json') as Pick<QuantState, 'activations' | 'kvCache' | 'kCacheOffset'>;
   const opt = (name: string) => (files.has(name) ? dec.decode(files.get(name)!) : null);
   const model: Model = {
     config: manifest.config as ModelConfig,
     weights: new Map([...tensors].map(([n, t]) => [n, inMemory(t)])),
-    quant: { linears: (manifest.linears ?? {}) as Record<string, LinearQuant>, activations: ranges.activations ?? {}, kvCache: ranges.kvCache ?? [] },
+    quant: { linears: (manifest.linears ?? {}) as Record<string, LinearQuant>, activations: ranges.activations ?? {}, kvCache: ranges.kvCache ?? [], ...(ranges.kCacheOffset ? { kCacheOffset: ranges.kCacheOffset } : {}) },
     passes: (manifest.passes ?? []) as PassRecord[],
     tokenizer: {
       tokenizerJson: dec.decode(need('tokenizer/tokenizer.json')),
@@ -157,6 +157,10 @@ export async function loadModelHar(path: string): Promise<LoadedHar> {
     },
   };
   if (!model.config || typeof model.config.hiddenSize !== 'number') throw new FormatError(path, 'manifest has no valid config');
+  const off = model.quant.kCacheOffset;
+  const c = model.config;
+  if (off && (!Array.isArray(off) || off.length !== c.numLayers || off.some((l) => !Array.isArray(l) || l.length !== c.numKvHeads * c.headDim || l.some((x) => typeof x !== 'number'))))
+    throw new FormatError(path, `ranges.json: kCacheOffset must hold ${c.numLayers} layers of ${c.numKvHeads * c.headDim} numbers`);
   if (files.has('report.json')) model.report = json('report.json') as unknown as QuantReport;
   if (manifest.online) model.online = manifest.online as Model['online']; // QuaRot's online R3/R4 (factors are weights)
   const adapterList = (manifest.adapters ?? []) as (Omit<LoraAdapter, 'tensors'> & { member: string })[];

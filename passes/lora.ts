@@ -221,7 +221,9 @@ export interface TransformSources {
 }
 
 /** Base passes that leave every linear's function unchanged in float (weight/activation quantization, calibration). */
-const NEUTRAL_PASSES = new Set(['rtn', 'gptq', 'calibrate', 'merge-lora', 'add-lora']);
+// Passes that leave an adapter's A and B as they are (k-centering shifts the whole K cache, adapter
+// contribution included, and attention is invariant to it).
+const NEUTRAL_PASSES = new Set(['rtn', 'gptq', 'calibrate', 'k-centering', 'merge-lora', 'add-lora']);
 
 const INPUT_SIDE = new Set(['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj']);
 

@@ -52,6 +52,7 @@ function quantizeOptions(o: Record<string, any>): QuantizeOptions {
     observer: o.actObserver,
     activationQuant: o.actQuant,
     kvQuant: o.kvQuant,
+    kCentering: o.kCentering,
     rotate: !!o.rotate || o.rotationSeeds > 1 || online.length > 0,
     rotationSeed: o.rotationSeed,
     rotationSeeds: o.rotationSeeds,
@@ -78,6 +79,7 @@ export function registerQuantize(program: Command): void {
     .option('--act-observer <kind>', 'A8/KV8 range observer: minmax | percentile | mse', DEFAULT_QUANTIZE_OPTIONS.observer)
     .option('--no-act-quant', 'skip static A8 activation quantization')
     .option('--no-kv-quant', 'skip KV8 cache quantization')
+    .option('--no-k-centering', 'KV8 without K-cache centering (default: subtract a calibrated per-channel offset from K before the cache; exact for attention, narrower K range)')
     .option('--rotate', 'fold norms and apply QuaRot rotations (R1 residual, R2 per head) before quantizing')
     .option('--rotation-seed <n>', 'QuaRot seed (with --rotation-seeds: the first one tried)', int('--rotation-seed'), 0)
     .option('--rotation-seeds <n>', 'try N rotation seeds, keep the lowest calibration loss (implies --rotate)', int('--rotation-seeds'), 1)

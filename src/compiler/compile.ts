@@ -17,7 +17,8 @@ export interface QuantSchemeSummary {
   weightScheme: 'symmetric' | 'none';
   weightMethod: string;
   activationScheme: 'static-asymmetric-per-tensor-u8' | 'none';
-  kvScheme: 'static-asymmetric-per-tensor-u8' | 'none';
+  /** '+k-centered': the K cache holds K − c (calibration/k-centering.ts) */
+  kvScheme: 'static-asymmetric-per-tensor-u8' | 'static-asymmetric-per-tensor-u8+k-centered' | 'none';
 }
 
 export interface GraphPart {
@@ -66,7 +67,7 @@ export function quantSchemeOf(model: Model): QuantSchemeSummary {
     weightScheme: lin.length ? 'symmetric' : 'none',
     weightMethod: lin.length ? [...new Set(lin.map((l) => l.method))].join('+') : 'none',
     activationScheme: Object.keys(model.quant.activations).length ? 'static-asymmetric-per-tensor-u8' : 'none',
-    kvScheme: model.quant.kvCache.length ? 'static-asymmetric-per-tensor-u8' : 'none',
+    kvScheme: !model.quant.kvCache.length ? 'none' : model.quant.kCacheOffset ? 'static-asymmetric-per-tensor-u8+k-centered' : 'static-asymmetric-per-tensor-u8',
   };
 }
 

@@ -106,7 +106,11 @@ export function readExecutable(path: string): Executable {
         headDim: kv.headDim,
         maxContext: kv.maxContext,
         dtype: kv.dtype,
-        layers: (kv.layers ?? []).map((x: any) => ({ k: { scale: x.k.scale, zeroPoint: x.k.zeroPoint }, v: { scale: x.v.scale, zeroPoint: x.v.zeroPoint } })),
+        layers: (kv.layers ?? []).map((x: any) => ({
+          k: { scale: x.k.scale, zeroPoint: x.k.zeroPoint },
+          v: { scale: x.v.scale, zeroPoint: x.v.zeroPoint },
+          ...(x.kOffset?.length ? { kOffset: Array.from(x.kOffset as number[]) } : {}),
+        })),
       },
       prefill: graph(h.prefill),
       decode: graph(h.decode),

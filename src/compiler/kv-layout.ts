@@ -1,7 +1,8 @@
 /**
  * KV-cache layout of an executable: per layer, K (after RoPE) and V of shape
  * [batch=1, num_kv_heads, context, head_dim], held as uint8 with static per-tensor per-layer
- * scale/zero point (KV8) or as float32.
+ * scale/zero point (KV8) or as float32. With K-cache centering the K cache holds K − c, c a per-layer
+ * float32 [num_kv_heads·head_dim] offset (calibration/k-centering.ts).
  */
 import type { Model, QParams } from '../ir/model.js';
 
@@ -12,8 +13,8 @@ export interface KvLayout {
   /** capacity in tokens */
   maxContext: number;
   dtype: 'uint8' | 'float32';
-  /** per layer KV8 parameters (empty for float32) */
-  layers: { k: QParams; v: QParams }[];
+  /** per layer KV8 parameters (empty for float32); kOffset: the K-cache centering offset c, when used */
+  layers: { k: QParams; v: QParams; kOffset?: number[] }[];
 }
 
 /** The layout a model compiles to. */
@@ -26,7 +27,7 @@ export function kvLayoutOf(model: Model, maxContext: number): KvLayout {
     headDim: c.headDim,
     maxContext,
     dtype: quantized ? 'uint8' : 'float32',
-    layers: quantized ? model.quant.kvCache : [],
+    layers: quantized ? model.quant.kvCache.map((l, i) => (model.quant.kCacheOffset ? { ...l, kOffset: model.quant.kCacheOffset[i] } : l)) : [],
   };
 }
 

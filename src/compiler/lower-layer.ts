@@ -7,7 +7,8 @@
  * with RoPE on q and k, the new K/V appended to the layer's cache, GQA attention (query head
  * h = kv·groups + j reads KV head kv) under an additive causal mask, and a static A8 point at every
  * linear input. With QuaRot's online rotations (model.online), R3 rotates q and k after RoPE (before
- * the KV cache) and R4 the down_proj input (before its A8 point); see {@link onlineRotation}.
+ * the KV cache) and R4 the down_proj input (before its A8 point); see {@link onlineRotation}. With
+ * K-cache centering (model.quant.kCacheOffset) the cache holds K − c.
  */
 import type { Lowering } from './lowering.js';
 import type { OnlineRotation } from '../ir/model.js';
@@ -59,7 +60,9 @@ export function lowerDecoderLayer(L: Lowering, i: number, x: string, shared: Lay
     k = onlineRotation(L, k, r3, [1, -1, nKv, hd], `${P}/attn/k_r3`);
   }
   const v = L.reshape(L.linear(a, vS, `${P}/attn/v_proj`), [0, 0, nKv, hd], `${P}/attn/v_heads`);
-  const kt = L.transpose(k, [0, 2, 1, 3], `${P}/attn/k_bhsd`); // [1, nKv, S, hd]
+  let kt = L.transpose(k, [0, 2, 1, 3], `${P}/attn/k_bhsd`); // [1, nKv, S, hd]
+  const kOffset = model.quant.kCacheOffset?.[i];
+  if (kOffset) kt = L.kCenter(kt, i, kOffset, `${P}/attn/k_center`); // the cache holds K − c
   const vt = L.transpose(v, [0, 2, 1, 3], `${P}/attn/v_bhsd`);
   const kvq = model.quant.kvCache[i];
   const kp = kvPoints(i);

@@ -200,6 +200,19 @@ export class Lowering {
   }
 
   /**
+   * K-cache centering: k − c for the post-RoPE k [1, kv, S, hd], c = model.quant.kCacheOffset[layer]
+   * stored as the weight `model.layers.{layer}.self_attn.k_cache_offset` float32 [1, kv, 1, hd]
+   * (exact for attention; see calibration/k-centering.ts).
+   * @throws UnsupportedModelError when the offset does not have kv·hd values
+   */
+  kCenter(k: string, layer: number, offset: readonly number[], name: string): string {
+    const { numKvHeads: nKv, headDim: hd } = this.model.config;
+    if (offset.length !== nKv * hd) throw new UnsupportedModelError(`lowering: layer ${layer} K-cache offset has ${offset.length} values, expected ${nKv * hd}`);
+    const c = this.g.weight(`model.layers.${layer}.self_attn.k_cache_offset`, () => ({ dtype: 'F32', shape: [1, nKv, 1, hd], data: Float32Array.from(offset) }));
+    return this.g.node('Sub', [k, c], { name });
+  }
+
+  /**
    * Appends new K or V [1, kv, S, hd] to the past cache (output `present`, float or uint8) and
    * returns the float cache [1, kv, T, hd] attention reads.
    */

@@ -73,6 +73,13 @@ export interface QuantState {
   activations: Record<string, QParams>;
   /** per layer: static KV8 params of the K and V caches (post-RoPE K) */
   kvCache: { k: QParams; v: QParams }[];
+  /**
+   * K-cache centering (calibration/k-centering.ts): per layer, float32 values [numKvHeads·headDim]
+   * subtracted from the post-RoPE K before it enters the cache. Attention is unchanged (a softmax
+   * row is invariant to the constant q·c); the cache holds K − c, whose per-tensor KV8 range is
+   * narrower. Absent: no centering.
+   */
+  kCacheOffset?: number[][];
 }
 
 /** A record of one pass that has run, kept in the HAR manifest. */

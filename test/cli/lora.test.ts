@@ -121,7 +121,7 @@ describe('edgellm quantize --merge-lora', () => {
     const merged = path.join(dir, 'merged.har');
     const r = edgellm('quantize', STORIES, '-o', merged, '--merge-lora', WIKI, '--calib-samples', '16', '--json');
     expect(r.code, r.stderr).toBe(0);
-    expect(JSON.parse(r.stdout).passes.map((p: { name: string }) => p.name)).toEqual(['merge-lora', 'gptq', 'calibrate']);
+    expect(JSON.parse(r.stdout).passes.map((p: { name: string }) => p.name)).toEqual(['merge-lora', 'gptq', 'k-centering', 'calibrate']);
     const ppl = (f: string) => JSON.parse(edgellm('eval', f, '--text', 'wikitext2', '--max-windows', '8', '--json').stdout);
     expect(ppl(merged).ppl).toBeLessThan(0.5 * ppl(base).ppl); // fp32: 100.9 -> 24.1 with the adapter
     const d = path.join(dir, 'merge-dora');

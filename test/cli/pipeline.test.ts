@@ -48,13 +48,14 @@ describe('edgellm CLI on stories260K', () => {
     const hef = path.join(dir, 'm.hef');
     const q = edgellm('quantize', STORIES, '-o', har, '--json');
     expect(q.code, q.stderr).toBe(0);
-    expect(JSON.parse(q.stdout).passes.map((p: { name: string }) => p.name)).toEqual(['gptq', 'calibrate']);
+    expect(JSON.parse(q.stdout).passes.map((p: { name: string }) => p.name)).toEqual(['gptq', 'k-centering', 'calibrate']);
     expect(edgellm('compile', har, '-o', hef).code).toBe(0);
     const insp = JSON.parse(edgellm('inspect', hef, '--json').stdout);
     expect(insp.sections.map((s: { name: string }) => s.name)).toEqual(
       expect.arrayContaining(['graph.prefill', 'graph.decode', 'weights', 'tokenizer.json']),
     );
     expect(insp.kvCache.dtype).toBe('uint8');
+    expect(insp.quantScheme.kvScheme).toBe('static-asymmetric-per-tensor-u8+k-centered');
     expect(insp.kvCache.layers).toBe(5);
     const run = JSON.parse(edgellm('run', hef, '--prompt', '', '--max-tokens', '40', '--temperature', '0', '--json').stdout);
     expect(run.text.startsWith('Once upon a time')).toBe(true);
@@ -65,5 +66,14 @@ describe('edgellm CLI on stories260K', () => {
     // the HAR evaluates (compiled in memory) to exactly the HEF's figure
     const hp = JSON.parse(edgellm('eval', har, '--text', TINY, '--json').stdout).ppl;
     expect(hp).toBeCloseTo(qp, 6);
+  });
+
+  it('quantize --no-k-centering keeps the plain KV8 scheme', () => {
+    const har = path.join(dir, 'plain.har');
+    const q = edgellm('quantize', STORIES, '-o', har, '--method', 'rtn', '--no-k-centering', '--calib-samples', '8', '--json');
+    expect(q.code, q.stderr).toBe(0);
+    expect(JSON.parse(q.stdout).passes.map((p: { name: string }) => p.name)).toEqual(['rtn', 'calibrate']);
+    const insp = JSON.parse(edgellm('inspect', har, '--json').stdout);
+    expect(insp.quantScheme.kvScheme).toBe('static-asymmetric-per-tensor-u8');
   });
 });
