@@ -14,6 +14,8 @@ import { rtn } from '../../passes/rtn.js';
 import { mulberry32 } from '../../calibration/sampler.js';
 import { silentContext } from '../../src/pipeline-context.js';
 import { kvPoints } from '../../src/compiler/lower.js';
+import { makeCheckpoint } from '../../fixtures/make-fixture.js';
+import { quantizeModel, DEFAULT_QUANTIZE_OPTIONS } from '../../src/pipeline.js';
 import type { Model } from '../../src/ir/model.js';
 
 const SHARED = path.resolve(__dirname, '../../../shared');
@@ -102,5 +104,36 @@ describe('K-cache centering on stories260K', () => {
     };
     expect(await run(read)).toEqual(await run(exe));
     fs.rmSync(dir, { recursive: true, force: true });
+  });
+});
+
+describe('K-cache centering on a generated Qwen2 fixture (GQA, q/k/v biases)', () => {
+  // The default pipeline (GPTQ + k-centering + calibrate) on a model whose K has a bias and whose KV
+  // heads each serve two query heads: the offsets are set per KV head and channel, and the compiled
+  // graph with KV8 off (float cache) gives the same logits with and without them (softmax shift
+  // invariance holds per query head; 1e-4 absolute, float32 rounding).
+  it('quantizes with the default recipe and the offsets leave the float-cache logits unchanged', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kc-qwen2-'));
+    try {
+      const config = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../fixtures/tiny-qwen2/config.json'), 'utf8'));
+      makeCheckpoint(config, dir, { dtype: 'BF16', seed: 3 });
+      const model = loadHfModel(dir);
+      const rng = mulberry32(4);
+      const calib = Array.from({ length: 4 }, () => Array.from({ length: 40 }, () => Math.floor(rng() * model.config.vocabSize)));
+      const { quantized } = await quantizeModel(model, { ...DEFAULT_QUANTIZE_OPTIONS, groupSize: 16 }, calib, silentContext);
+      const { numLayers, numKvHeads, headDim } = model.config;
+      expect(quantized.passes.map((p) => p.name)).toEqual(['gptq', 'k-centering', 'calibrate']);
+      expect(quantized.quant.kCacheOffset).toHaveLength(numLayers);
+      for (const l of quantized.quant.kCacheOffset!) expect(l).toHaveLength(numKvHeads * headDim);
+      const floatCache = (m: Model): Model => ({ ...m, quant: { ...m.quant, activations: {}, kvCache: [] } });
+      const ids = calib[0].slice(0, 30);
+      const a = await logits(floatCache({ ...quantized, quant: { ...quantized.quant, kCacheOffset: undefined } }), ids);
+      const b = await logits(floatCache(quantized), ids);
+      let m = 0;
+      for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+      expect(m).toBeLessThan(1e-4);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
