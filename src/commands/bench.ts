@@ -33,6 +33,7 @@ export function registerBench(program: Command): void {
     .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores)', int('--threads'))
     .option('--seed <n>', 'seed of the pseudo-random prompt', int('--seed'), DEFAULT_BENCH.seed)
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
+    .option('--adapter <name>', 'run with this LoRA adapter of the HEF/HAR selected (default: the base model)')
     .option('--json [file]', 'write the figures as JSON to file (table still on stdout), or print JSON on stdout with no file')
     .action(async (file: string, o) => {
       const ctx = cliContext(program.opts());
@@ -40,6 +41,12 @@ export function registerBench(program: Command): void {
       const t0 = performance.now();
       const { exe, kind } = await loadArtifact(file, { prefillLen: o.prefillLen });
       const backend = await SimulatorBackend.load(exe, { threads: o.threads });
+      try {
+        backend.selectAdapter(o.adapter ?? null);
+      } catch (e) {
+        await backend.dispose();
+        throw e;
+      }
       const loadMs = performance.now() - t0;
       const rssAfterLoad = process.memoryUsage().rss;
       const tok = new TextTokenizer(exe.tokenizer);
@@ -66,6 +73,8 @@ export function registerBench(program: Command): void {
         maxContext: backend.maxContext,
         kvDtype: exe.kvLayout.dtype,
         quant: exe.quant,
+        adapter: o.adapter ?? null,
+        adapters: backend.adapters.length,
         loadMs,
         ...r,
         /** process peak resident set (getrusage ru_maxrss), bytes: loading included */
@@ -78,6 +87,7 @@ export function registerBench(program: Command): void {
         process.stdout.write(
           [
             `model      ${file} (${kind}, ${(result.fileBytes / MiB).toFixed(2)} MiB; ${exe.quant.weightBits < 16 ? `W${exe.quant.weightBits}` : "float weights"} ${exe.quant.activationScheme === 'none' ? '' : 'A8 '}KV ${exe.kvLayout.dtype})`,
+            ...(backend.adapters.length ? [`adapter    ${o.adapter ?? 'none (base model)'} (${backend.adapters.length} in the executable: LoRA branches in the graphs)`] : []),
             `backend    ${backend.name}, ${result.threads ?? 'all'} threads of ${result.cpus} cpus, prefill chunk ${result.prefillLen}, context ${result.maxContext}`,
             `load       ${loadMs.toFixed(0)} ms`,
             `TTFT       ${r.ttftMs.toFixed(1)} ms  (${r.promptTokens} prompt tokens; median of ${r.runs.length}, range ${r.ttftMsRange.map((x) => x.toFixed(1)).join('-')})`,

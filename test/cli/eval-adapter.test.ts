@@ -9,7 +9,7 @@ import { saveModelHar } from '../../formats/har-model.js';
 import { rtn } from '../../passes/rtn.js';
 import { silentContext } from '../../src/pipeline-context.js';
 
-describe('edgellm eval --adapter', () => {
+describe('edgellm eval / bench --adapter', () => {
   it('evaluates the WikiText-trained adapter (lower WikiText-2 ppl than the base) and records it', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-eval-lora-'));
     const har = path.join(dir, 'm.har');
@@ -26,5 +26,14 @@ describe('edgellm eval --adapter', () => {
     const bad = edgellm('eval', har, '--text', 'wikitext2', '--max-windows', '1', '--adapter', 'nope');
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(/no LoRA adapter 'nope'.*it has: wiki/);
+    // bench runs the same executable with the adapter selected, and names it
+    const b = JSON.parse(edgellm('bench', har, '--runs', '1', '--warmup', '0', '--decode-tokens', '4', '--adapter', 'wiki', '--json').stdout);
+    expect(b.adapter).toBe('wiki');
+    expect(b.adapters).toBe(1);
+    expect(b.decodeTokensPerSecond).toBeGreaterThan(0);
+    const bb = edgellm('bench', har, '--runs', '1', '--adapter', 'nope');
+    expect(bb.code).toBe(1);
+    expect(bb.stderr.trim().split('\n')).toEqual([expect.stringMatching(/no LoRA adapter 'nope'/)]);
+    fs.rmSync(dir, { recursive: true, force: true });
   });
 });
