@@ -182,5 +182,8 @@ export async function loadModelHar(path: string): Promise<LoadedHar> {
       quant: { linears: {}, activations: {}, kvCache: [] },
     };
   }
+  // Without fold-norms/QuaRot the optimized fp32 model is the native one (nothing transformed it).
+  const FP32_TRANSFORMS = ['fold-norms', 'quarot'];
+  if (emulation.native && !emulation.optimized && !model.passes.some((p) => FP32_TRANSFORMS.includes(p.name))) emulation.optimized = emulation.native;
   return { model, emulation, manifest, info: { modelName: String(manifest.modelName ?? ''), sourceSha256: String(manifest.sourceSha256 ?? '') } };
 }
