@@ -9,7 +9,7 @@
  * helps: post-RoPE K has channels with large offsets of their own (the low-frequency rotary channels
  * keep the pre-RoPE bias), so one per-tensor uint8 range must span all of them; after centering each
  * channel straddles 0 and the per-tensor range shrinks to the widest channel's own spread
- * (stories260K: 46-59 → 18-35 per layer). Smoothing K by its mean is the static form of the "smooth
+ * (stories260K: 31-59 → 18-35 per layer). Smoothing K by its mean is the static form of the "smooth
  * K" step of SageAttention (Zhang et al. 2024, "SageAttention: Accurate 8-bit attention for
  * plug-and-play inference acceleration", §3.2), which subtracts the mean over tokens before an 8-bit
  * QKᵀ; the midrange centres the range itself, which is what a min/max-style range needs.
