@@ -6,7 +6,7 @@
  * `report.points`.
  */
 import * as ort from 'onnxruntime-node';
-import type { Model, QParams, QuantReport } from '../src/ir/model.js';
+import type { Model, ModelConfig, QParams, QuantReport } from '../src/ir/model.js';
 import { lowerModel, captureName, kvNames, kvPoints } from '../src/compiler/lower.js';
 import { activationPoints } from '../src/ir/architectures.js';
 import { CheckedSession } from '../src/runtime/session.js';
@@ -22,6 +22,20 @@ export interface CalibrateOptions {
 }
 
 export const meta = { name: 'calibrate', requires: [] as string[] };
+
+/**
+ * Feeds of a capture graph for one calibration window run from position 0: `input_ids` int64
+ * [1, S] and every layer's past K/V as empty float32 [1, numKvHeads, 0, headDim].
+ */
+export function windowFeeds(cfg: ModelConfig, window: number[]): Record<string, ort.Tensor> {
+  const feeds: Record<string, ort.Tensor> = { input_ids: new ort.Tensor('int64', BigInt64Array.from(window.map(BigInt)), [1, window.length]) };
+  for (let i = 0; i < cfg.numLayers; i++) {
+    const n = kvNames(i);
+    feeds[n.pastKey] = new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
+    feeds[n.pastValue] = new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
+  }
+  return feeds;
+}
 
 /**
  * Calibrates static ranges on `windows` (token ids, each evaluated from position 0).
@@ -43,13 +57,7 @@ export async function calibrateRanges(model: Model, windows: number[][], opts: C
   const observers = new Map<string, Observer>(all.map((p) => [p, OBSERVERS[opts.observer]()]));
   const bar = ctx.progress('calibrate', windows.length);
   for (const w of windows) {
-    const feeds: Record<string, ort.Tensor> = { input_ids: new ort.Tensor('int64', BigInt64Array.from(w.map(BigInt)), [1, w.length]) };
-    for (let i = 0; i < cfg.numLayers; i++) {
-      const n = kvNames(i);
-      feeds[n.pastKey] = new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
-      feeds[n.pastValue] = new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
-    }
-    const res = await session.run(feeds, all.map(captureName));
+    const res = await session.run(windowFeeds(cfg, w), all.map(captureName));
     for (const p of all) observers.get(p)!.observe(res[captureName(p)].data as Float32Array);
     bar.tick();
   }

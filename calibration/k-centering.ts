@@ -17,9 +17,9 @@
  * Run it before `calibrateRanges` (calibration/capture.ts): the lowering subtracts the offsets, so the
  * K observers then see K − c.
  */
-import * as ort from 'onnxruntime-node';
 import type { Model } from '../src/ir/model.js';
-import { lowerModel, captureName, kvNames, kvPoints } from '../src/compiler/lower.js';
+import { lowerModel, captureName, kvPoints } from '../src/compiler/lower.js';
+import { windowFeeds } from './capture.js';
 import { CheckedSession } from '../src/runtime/session.js';
 import type { PassContext } from '../src/pipeline-context.js';
 import { UsageError } from '../src/errors.js';
@@ -44,13 +44,7 @@ export async function kChannelRanges(model: Model, windows: number[][], ctx: Pas
   const bar = ctx.progress('k-centering', windows.length);
   try {
     for (const w of windows) {
-      const feeds: Record<string, ort.Tensor> = { input_ids: new ort.Tensor('int64', BigInt64Array.from(w.map(BigInt)), [1, w.length]) };
-      for (let i = 0; i < nL; i++) {
-        const n = kvNames(i);
-        feeds[n.pastKey] = new ort.Tensor('float32', new Float32Array(0), [1, nKv, 0, hd]);
-        feeds[n.pastValue] = new ort.Tensor('float32', new Float32Array(0), [1, nKv, 0, hd]);
-      }
-      const res = await session.run(feeds, fetches);
+      const res = await session.run(windowFeeds(cfg, w), fetches);
       const S = w.length;
       for (let i = 0; i < nL; i++) {
         const k = res[fetches[i]].data as Float32Array; // [1, nKv, S, hd]

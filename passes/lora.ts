@@ -22,7 +22,8 @@ import { inMemory } from '../src/ir/model.js';
 import type { Tensor } from '../src/ir/tensor.js';
 import { toFloat32 } from '../src/ir/tensor.js';
 import { roundHalfEven, quantizeRtnW4, dequantizeW4, numGroups } from '../src/ir/quant.js';
-import { lowerModel, captureName, kvNames, loraInputNames, loraPoint } from '../src/compiler/lower.js';
+import { lowerModel, captureName, loraInputNames, loraPoint } from '../src/compiler/lower.js';
+import { windowFeeds } from '../calibration/capture.js';
 import type { ValueSpec } from '../formats/onnx.js';
 import type { ExecutableAdapter } from '../src/compiler/compile.js';
 import { CheckedSession } from '../src/runtime/session.js';
@@ -220,9 +221,11 @@ export interface TransformSources {
   native?: Model;
 }
 
-/** Base passes that leave every linear's function unchanged in float (weight/activation quantization, calibration). */
-// Passes that leave an adapter's A and B as they are (k-centering shifts the whole K cache, adapter
-// contribution included, and attention is invariant to it).
+/**
+ * Base passes that leave every linear's function unchanged in float, so an adapter's A and B stay as
+ * they are: weight/activation quantization, calibration, and k-centering (it shifts the whole K cache,
+ * the adapter's contribution included, and attention is invariant to that shift).
+ */
 const NEUTRAL_PASSES = new Set(['rtn', 'gptq', 'calibrate', 'k-centering', 'merge-lora', 'add-lora']);
 
 const INPUT_SIDE = new Set(['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj']);
@@ -314,13 +317,7 @@ export async function calibrateLora(model: Model, adapter: LoraAdapterData, wind
   const bar = ctx.progress('lora-calib', windows.length);
   try {
     for (const w of windows) {
-      const feeds: Record<string, ort.Tensor> = { ...lora, input_ids: new ort.Tensor('int64', BigInt64Array.from(w.map(BigInt)), [1, w.length]) };
-      for (let i = 0; i < cfg.numLayers; i++) {
-        const n = kvNames(i);
-        feeds[n.pastKey] = new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
-        feeds[n.pastValue] = new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
-      }
-      const res = await session.run(feeds, adapter.modules.map((m) => captureName(loraPoint(m.linear))));
+      const res = await session.run({ ...lora, ...windowFeeds(cfg, w) }, adapter.modules.map((m) => captureName(loraPoint(m.linear))));
       for (const m of adapter.modules) obs.get(m.linear)!.observe(res[captureName(loraPoint(m.linear))].data as Float32Array);
       bar.tick();
     }
