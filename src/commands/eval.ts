@@ -36,13 +36,14 @@ function table(r: EvalReport, gate?: { baseline: string; result: GateResult }): 
     rows.push(['kld', 'mean KLD', `${k.meanKld.toFixed(5)} ± ${k.kldStderr.toFixed(5)} nats  (median ${k.medianKld.toFixed(5)}, p99 ${k.p99Kld.toFixed(4)}, max ${k.maxKld.toFixed(3)})`]);
     rows.push(['', 'top-1 agreement', pct(k.top1Agreement)]);
     rows.push(['', 'ppl ratio', `${k.pplRatio.toFixed(4)}  (${k.ppl.toFixed(4)} / reference ${k.referencePpl.toFixed(4)}, ${path.basename(k.reference)}; ${k.predictions} predictions)`]);
+    rows.push(['', 'ln ppl ratio', `${k.lnPplRatio.toFixed(5)} ± ${k.lnPplRatioStderr.toFixed(5)}  (paired over ${k.windows} windows)`]);
   }
   if (r.hellaswag) {
     const h = r.hellaswag;
     rows.push(['hellaswag', 'acc', `${pct(h.acc)} ± ${pct(h.accStderr)}`]);
     rows.push(['', 'acc_norm', `${pct(h.accNorm)} ± ${pct(h.accNormStderr)}  (${h.tasks} tasks, ${h.seconds.toFixed(1)} s)`]);
   }
-  const extra = ['adapter', 'emulate'].filter((k) => r.settings[k] != null).map((k) => `, ${k} ${r.settings[k]}`).join('');
+  const extra = ['adapter', 'lora', 'emulate'].filter((k) => r.settings[k] != null).map((k) => `, ${k} ${r.settings[k]}`).join('');
   const lines = [`model ${r.model} (${r.kind}${extra}, sha256 ${r.modelSha256.slice(0, 16)}…)`, ...rows.map(([a, b, c]) => `${a.padEnd(10)} ${b.padEnd(16)} ${c}`)];
   if (gate) {
     lines.push(`gate vs ${gate.baseline}: ${gate.result.violations.length ? `FAILED (${gate.result.violations.length})` : 'passed'}`);
@@ -72,6 +73,8 @@ export function registerEval(program: Command): void {
     .option('--limit <n>', 'hellaswag: only the first n tasks', int('--limit'))
     .option('--adapter <name>', 'evaluate with this LoRA adapter of the HEF/HAR (see `edgellm inspect`)')
     .option('--reference-adapter <name>', 'kld: run the reference with this LoRA adapter')
+    .option('--lora <adapter-dir>', 'for a model directory: merge this PEFT LoRA adapter into the fp32 weights (W + s·B·A) first')
+    .option('--reference-lora <adapter-dir>', 'kld: the same for a reference model directory (fp32 + adapter, the reference of a HEF + adapter)')
     .option('--emulate <level>', 'for a HAR: native (source fp32), optimized (fp32 after folding/rotation) or quantized (default)')
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
     .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores; 1 is faster for tiny models on a busy machine)', int('--threads'))
@@ -99,7 +102,10 @@ export function registerEval(program: Command): void {
       if (o.emulate !== undefined && !['native', 'optimized', 'quantized'].includes(o.emulate))
         throw new UsageError(`--emulate ${o.emulate}: expected native, optimized or quantized`);
 
-      const loadOpts: LoadOptions = { prefillLen: o.prefillLen, emulate: o.emulate };
+      const warn = (w: string) => {
+        if (!program.opts().quiet) process.stderr.write(`warning: ${w}\n`);
+      };
+      const loadOpts: LoadOptions = { prefillLen: o.prefillLen, emulate: o.emulate, lora: o.lora, onWarning: warn };
       const art: LoadedArtifact = await loadArtifact(file, loadOpts);
       const tok = new TextTokenizer(art.exe.tokenizer);
       const backend = await SimulatorBackend.load(art.exe, { threads: o.threads });
@@ -110,7 +116,7 @@ export function registerEval(program: Command): void {
         model: file,
         kind: art.kind,
         modelSha256: modelSha256(file),
-        settings: { tasks, seqLen: o.seqlen, maxWindows: o.maxWindows ?? null, maxDocs: o.maxDocs ?? null, prefillLen: backend.prefillLen, emulate: o.emulate ?? null, adapter: o.adapter ?? null, threads: o.threads ?? null, backend: backend.name },
+        settings: { tasks, seqLen: o.seqlen, maxWindows: o.maxWindows ?? null, maxDocs: o.maxDocs ?? null, prefillLen: backend.prefillLen, emulate: o.emulate ?? null, adapter: o.adapter ?? null, lora: o.lora ?? null, threads: o.threads ?? null, backend: backend.name },
         quantScheme: art.exe.quant,
         seconds: 0,
       };
@@ -122,7 +128,7 @@ export function registerEval(program: Command): void {
           const windows = slidingWindows(ids, o.seqlen, o.maxWindows);
           Object.assign(report, { text, textSha256: sha256File(text), seqLen: o.seqlen });
           if (tasks.includes('kld')) {
-            const ref = await loadArtifact(o.reference, { prefillLen: o.prefillLen });
+            const ref = await loadArtifact(o.reference, { prefillLen: o.prefillLen, lora: o.referenceLora, onWarning: warn });
             const refBackend = await SimulatorBackend.load(ref.exe, { threads: o.threads });
             if (o.referenceAdapter !== undefined) refBackend.selectAdapter(o.referenceAdapter);
             const t1 = performance.now();
@@ -133,6 +139,7 @@ export function registerEval(program: Command): void {
                 referenceKind: ref.kind,
                 referenceSha256: modelSha256(o.reference),
                 referenceAdapter: o.referenceAdapter ?? null,
+                referenceLora: o.referenceLora ?? null,
                 ...k,
                 seconds: (performance.now() - t1) / 1000,
               };

@@ -40,7 +40,7 @@ export interface EvalReport {
   predictions?: number;
   windows?: number;
   tokensPerSecond?: number;
-  kld?: KldResult & { reference: string; referenceKind: string; referenceSha256: string; referenceAdapter?: string | null; seconds: number };
+  kld?: KldResult & { reference: string; referenceKind: string; referenceSha256: string; referenceAdapter?: string | null; referenceLora?: string | null; seconds: number };
   hellaswag?: HellaSwagResult & { file: string; sha256: string; seconds: number };
   /** wall time of the whole evaluation, s */
   seconds: number;

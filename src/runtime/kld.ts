@@ -30,6 +30,17 @@ export interface KldResult {
   referencePpl: number;
   /** ppl / referencePpl */
   pplRatio: number;
+  /**
+   * ln(ppl / referencePpl) and its standard error, paired over windows: the spread of the
+   * per-window differences of mean NLL (model − reference) / √windows. Windows, not tokens, are the
+   * independent units (tokens of one window share their context), so this is wider — and more
+   * honest — than a per-token error. llama.cpp prints the same figure as "Mean ln(PPL(Q)/PPL(base))".
+   */
+  lnPplRatio: number;
+  lnPplRatioStderr: number;
+  /** per window: mean NLL of the evaluated model and of the reference over its predictions, nats */
+  windowNll: number[];
+  referenceWindowNll: number[];
   predictions: number;
   windows: number;
 }
@@ -74,8 +85,12 @@ export async function klDivergence(
   let agree = 0;
   let nll = 0;
   let nllRef = 0;
+  const windowNll: number[] = [];
+  const referenceWindowNll: number[] = [];
   const rate = new TokenRate(progress);
   for (const w of windows) {
+    const nll0 = nll;
+    const nllRef0 = nllRef;
     const q = await model.forward(model.newContext(), w); // [T, V]
     const p = await reference.forward(reference.newContext(), w); // [T, V]
     for (let t = 0; t + 1 < w.length; t++) {
@@ -93,6 +108,9 @@ export async function klDivergence(
       nll += sq.lse - q[o + w[t + 1]];
       nllRef += sp.lse - p[o + w[t + 1]];
     }
+    const preds = Math.max(1, w.length - 1);
+    windowNll.push((nll - nll0) / preds);
+    referenceWindowNll.push((nllRef - nllRef0) / preds);
     rate.add(2 * w.length);
     progress?.tick();
   }
@@ -108,6 +126,9 @@ export async function klDivergence(
   const at = (q: number) => sorted[Math.min(n - 1, Math.max(0, Math.round(q * (n - 1))))];
   const ppl = Math.exp(nll / n);
   const referencePpl = Math.exp(nllRef / n);
+  const d = windowNll.map((x, i) => x - referenceWindowNll[i]);
+  const dMean = d.reduce((a, b) => a + b, 0) / d.length;
+  const dVar = d.length > 1 ? d.reduce((a, x) => a + (x - dMean) ** 2, 0) / (d.length - 1) : 0;
   return {
     meanKld: mean,
     kldStderr: n > 1 ? Math.sqrt(v / (n - 1) / n) : 0,
@@ -118,6 +139,10 @@ export async function klDivergence(
     ppl,
     referencePpl,
     pplRatio: ppl / referencePpl,
+    lnPplRatio: Math.log(ppl / referencePpl),
+    lnPplRatioStderr: Math.sqrt(dVar / d.length),
+    windowNll,
+    referenceWindowNll,
     predictions: n,
     windows: windows.length,
   };

@@ -6,6 +6,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadHfModel } from '../../formats/hf.js';
+import { loadPeftAdapter } from '../../formats/peft.js';
+import { mergeLora } from '../../passes/lora.js';
+import { silentContext } from '../pipeline-context.js';
 import { loadModelHar, type EmulationLevel } from '../../formats/har-model.js';
 import { HEF_MAGIC } from '../../formats/hef.js';
 import { readExecutable } from '../compiler/hef-io.js';
@@ -53,16 +56,27 @@ export interface LoadOptions {
    * source fp32 weights), 'optimized' (fp32 after fold-norms/QuaRot) or 'quantized' (default).
    */
   emulate?: EmulationLevel;
+  /**
+   * For a model directory: a PEFT LoRA adapter directory merged into the fp32 weights
+   * (W + s·B·A, as the adapter's own reference figures are computed), i.e. the fp32 + adapter
+   * reference that a quantized HEF + adapter is measured against (llama.cpp's `--lora`).
+   */
+  lora?: string;
+  /** called with each warning of the PEFT adapter (e.g. a different base_model_name_or_path) */
+  onWarning?: (message: string) => void;
 }
 
 /**
  * Loads `p` as an executable; a model directory or HAR is compiled in memory.
- * @throws UsageError for `emulate` on something other than a HAR or a HAR without that level
+ * @throws UsageError for `emulate` on something other than a HAR or a HAR without that level, or
+ *   `lora` on something other than a model directory; the errors of {@link loadPeftAdapter}
  */
 export async function loadArtifact(p: string, opts: LoadOptions): Promise<LoadedArtifact> {
   const kind = artifactKind(p);
   const emulate = opts.emulate ?? 'quantized';
   if (emulate !== 'quantized' && kind !== 'har') throw new UsageError(`--emulate ${emulate} needs a HAR; ${p} is a ${kind}`);
+  if (opts.lora !== undefined && kind !== 'model-dir')
+    throw new UsageError(`--lora applies a PEFT adapter to an fp32 model directory; ${p} is a ${kind} (add adapters to a HAR with \`edgellm add-lora\`, select them with --adapter)`);
   if (kind === 'hef') return { kind, exe: readExecutable(p) };
   let model: Model;
   if (kind === 'har') {
@@ -70,7 +84,14 @@ export async function loadArtifact(p: string, opts: LoadOptions): Promise<Loaded
     const m = emulate === 'quantized' ? har.model : har.emulation[emulate];
     if (!m) throw new UsageError(`${p}: the HAR holds no '${emulate}' model (quantized with --no-emulation-weights?)`);
     model = m;
-  } else model = loadHfModel(p);
+  } else {
+    model = loadHfModel(p);
+    if (opts.lora !== undefined) {
+      const peft = loadPeftAdapter(opts.lora, model.config, { baseName: path.basename(path.resolve(p)) });
+      for (const w of peft.warnings) opts.onWarning?.(w);
+      model = mergeLora(model, peft, silentContext);
+    }
+  }
   const exe = compile(model, { prefillLen: opts.prefillLen, maxContext: opts.maxContext, modelName: path.basename(p) });
   return { kind, exe, model };
 }

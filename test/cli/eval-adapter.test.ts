@@ -31,9 +31,35 @@ describe('edgellm eval / bench --adapter', () => {
     expect(b.adapter).toBe('wiki');
     expect(b.adapters).toBe(1);
     expect(b.decodeTokensPerSecond).toBeGreaterThan(0);
+    // --lora is for fp32 model directories; a HAR's adapters are selected with --adapter
+    const wrongLora = edgellm('eval', har, '--lora', path.join(SHARED, 'adapters/stories260K-lora-wiki'), '--text', 'wikitext2', '--max-windows', '1');
+    expect(wrongLora.code).toBe(2);
+    expect(wrongLora.stderr.trim().split('\n')).toEqual([expect.stringMatching(/--lora applies a PEFT adapter to an fp32 model directory; .*m\.har is a har/)]);
     const bb = edgellm('bench', har, '--runs', '1', '--adapter', 'nope');
     expect(bb.code).toBe(1);
     expect(bb.stderr.trim().split('\n')).toEqual([expect.stringMatching(/no LoRA adapter 'nope'/)]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('--lora merges a PEFT adapter into an fp32 model directory: the adapter README\'s 24.083 on 40 WikiText-2 windows', () => {
+    const adapter = path.join(SHARED, 'adapters/stories260K-lora-wiki');
+    const r = edgellm('eval', STORIES, '--lora', adapter, '--text', 'wikitext2', '--max-windows', '40', '--threads', '1', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.settings.lora).toBe(adapter);
+    // the README's figure comes from torch (fp32, merged weights); float32 logits differ by ~1e-5,
+    // which moves a perplexity of 24 by far less than 0.001
+    expect(Math.abs(j.ppl - 24.083)).toBeLessThan(1e-3);
+    // kld against the fp32 + adapter reference: the same model, so zero
+    const k = JSON.parse(
+      edgellm('eval', STORIES, '--lora', adapter, '--task', 'kld', '--reference', STORIES, '--reference-lora', adapter, '--text', 'wikitext2', '--max-windows', '2', '--json').stdout,
+    );
+    expect(k.kld.meanKld).toBeLessThan(1e-9);
+    expect(k.kld.referenceLora).toBe(adapter);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-eval-lora-'));
+    const bad2 = edgellm('eval', STORIES, '--lora', path.join(dir, 'missing'), '--text', 'wikitext2', '--max-windows', '1');
+    expect(bad2.code).toBe(2);
+    expect(bad2.stderr.trim().split('\n')).toEqual([expect.stringMatching(/missing: no such adapter directory/)]);
     fs.rmSync(dir, { recursive: true, force: true });
   });
 });

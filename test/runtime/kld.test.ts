@@ -59,6 +59,9 @@ describe('klDivergence on stories260K', () => {
     expect(r.maxKld).toBe(0);
     expect(r.top1Agreement).toBe(1);
     expect(r.pplRatio).toBe(1);
+    expect(r.lnPplRatio).toBe(0);
+    expect(r.lnPplRatioStderr).toBe(0);
+    expect(r.windowNll).toEqual(r.referenceWindowNll);
     expect(r.predictions).toBe(3 * 63);
   });
 
@@ -89,6 +92,17 @@ describe('klDivergence on stories260K', () => {
     // a near-tie may flip one argmax between float32 and float64
     expect(Math.abs(r.top1Agreement * r.predictions - agree)).toBeLessThanOrEqual(1);
     expect(r.pplRatio).toBeCloseTo(Math.exp((nllQ - nllP) / kl.length), 4);
+    // per-window mean NLLs: their mean is ln ppl (equal-length windows), and the paired standard
+    // error is the spread of the window differences over √windows, recomputed here
+    expect(r.windowNll).toHaveLength(3);
+    const meanOf = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+    expect(meanOf(r.windowNll)).toBeCloseTo(Math.log(r.ppl), 10);
+    expect(meanOf(r.referenceWindowNll)).toBeCloseTo(Math.log(r.referencePpl), 10);
+    expect(r.lnPplRatio).toBeCloseTo(Math.log(r.pplRatio), 12);
+    const d = r.windowNll.map((x, i) => x - r.referenceWindowNll[i]);
+    const sd = Math.sqrt(d.reduce((s, x) => s + (x - meanOf(d)) ** 2, 0) / (d.length - 1));
+    expect(r.lnPplRatioStderr).toBeGreaterThan(0);
+    expect(r.lnPplRatioStderr).toBeCloseTo(sd / Math.sqrt(3), 12);
     expect(r.medianKld).toBeLessThanOrEqual(r.p99Kld);
     expect(r.p99Kld).toBeLessThanOrEqual(r.maxKld);
   });
