@@ -22,17 +22,16 @@ import { inMemory } from '../src/ir/model.js';
 import type { Tensor } from '../src/ir/tensor.js';
 import { toFloat32 } from '../src/ir/tensor.js';
 import { roundHalfEven, quantizeRtnW4, dequantizeW4, numGroups } from '../src/ir/quant.js';
-import { lowerModel, captureName, loraInputNames, loraPoint } from '../src/compiler/lower.js';
-import { windowFeeds } from '../calibration/capture.js';
+import { loraInputNames } from '../src/compiler/lower.js';
 import type { ValueSpec } from '../formats/onnx.js';
 import type { ExecutableAdapter } from '../src/compiler/compile.js';
-import { CheckedSession } from '../src/runtime/session.js';
-import { OBSERVERS, type ObserverKind } from '../calibration/observers.js';
 import type { PeftAdapter, PeftLoraModule } from '../formats/peft.js';
 import type { PassContext } from '../src/pipeline-context.js';
 import { quarotRotations, meta as quarotMeta, type QuarotOptions } from './quarot.js';
 import { meta as foldMeta } from './fold-norms.js';
 import { rotateVector, type KronRotation } from './hadamard.js';
+import { calibrateLora, loraInputHessians, linearInputPoint } from './lora-calibration.js';
+import { refitLoraModule } from './lora-refit.js';
 import { EdgeLLMError, UnsupportedModelError, UsageError, ShapeMismatchError } from '../src/errors.js';
 
 export const meta = { name: 'add-lora', requires: [] as string[] };
@@ -45,7 +44,15 @@ export interface AddLoraOptions {
   bits: 32 | 8 | 4;
   /** input columns per scale for 4-bit (default 32; capped at the matrix width) */
   groupSize: number;
+  /**
+   * refit A and B, at the same rank, to the W4 base (passes/lora-refit.ts); default true. Needs
+   * `TransformSources.optimized` and calibration windows; without the fp32 weights it is skipped.
+   */
+  refit?: boolean;
 }
+
+/** What the refit did, kept in the adapter's `source.refit` (H-weighted residuals, summed over modules). */
+export type LoraRefitSummary = NonNullable<LoraAdapter['source']['refit']>;
 
 export const DEFAULT_ADD_LORA_OPTIONS: Omit<AddLoraOptions, 'name'> = { bits: 8, groupSize: 32 };
 
@@ -219,6 +226,8 @@ export interface TransformedModule {
 export interface TransformSources {
   /** the base before any pass (e.g. a HAR's `emulation/native` model, or the HF checkpoint) */
   native?: Model;
+  /** the fp32 base after its transforms, before weight quantization (a HAR's `emulation/optimized`), for the refit */
+  optimized?: Model;
 }
 
 /**
@@ -291,41 +300,24 @@ export function transformAdapter(peft: PeftAdapter, model: Model, src: Transform
   };
 }
 
-/** The observer kind the base's `calibrate` pass used (minmax when unknown). */
-function baseObserver(model: Model): ObserverKind {
-  const rec = [...model.passes].reverse().find((p) => p.name === 'calibrate');
-  const k = rec?.options.observer;
-  return typeof k === 'string' && k in OBSERVERS ? (k as ObserverKind) : 'minmax';
-}
-
-/**
- * Static A8 ranges of the intermediates A·x of `adapter` on `windows`: the base runs with its
- * quantized weights and float activations (as the `calibrate` pass observes the base's own points),
- * the adapter with its quantized A and B.
- * @returns linear -> QParams
- */
-export async function calibrateLora(model: Model, adapter: LoraAdapterData, windows: number[][], ctx: PassContext): Promise<Map<string, QParams>> {
-  const cfg = model.config;
-  const single: Model = { ...model, adapters: [{ ...adapter, tensors: new Map() }] };
-  const maxLen = Math.max(1, ...windows.map((w) => w.length));
-  const g = lowerModel(single, { seqLen: 'dynamic', maxContext: maxLen, capture: true, activationQuant: false, kvQuant: false, name: 'lora-calibration' });
-  const session = await CheckedSession.create(g.encode(true), 'LoRA calibration graph');
-  const kind = baseObserver(model);
-  const obs = new Map(adapter.modules.map((m) => [m.linear, OBSERVERS[kind]()]));
-  const lora: Record<string, ort.Tensor> = {};
-  for (const [n, f] of loraFeeds(model, adapter, g.inputSpecs)) lora[n] = new ort.Tensor(f.type, f.data, f.dims);
-  const bar = ctx.progress('lora-calib', windows.length);
-  try {
-    for (const w of windows) {
-      const res = await session.run({ ...lora, ...windowFeeds(cfg, w) }, adapter.modules.map((m) => captureName(loraPoint(m.linear))));
-      for (const m of adapter.modules) obs.get(m.linear)!.observe(res[captureName(loraPoint(m.linear))].data as Float32Array);
-      bar.tick();
-    }
-  } finally {
-    bar.done();
-    await session.release();
+/** The adapter record: transformed modules with A and B stored at `bits`. */
+function buildAdapter(name: string, peft: PeftAdapter, mods: TransformedModule[], bits: 32 | 8 | 4, groupSize: number, transforms: string[]): LoraAdapter {
+  const tensors = new Map<string, LazyTensor>();
+  for (const m of mods) {
+    for (const [n, t] of quantizeLoraMatrix(m.A, m.rank, m.inFeatures, bits, groupSize, `${m.linear}.lora_A`)) tensors.set(n, inMemory(t));
+    for (const [n, t] of quantizeLoraMatrix(m.B, m.outFeatures, m.rank, bits, groupSize, `${m.linear}.lora_B`)) tensors.set(n, inMemory(t));
   }
-  return new Map([...obs].map(([l, o]) => [l, o.qparams()]));
+  return {
+    name,
+    r: peft.config.r,
+    alpha: peft.config.loraAlpha,
+    useRslora: peft.config.useRslora,
+    bits,
+    groupSize: bits === 4 ? groupSize : 0,
+    modules: mods.map((m) => ({ linear: m.linear, rank: m.rank, scaling: m.scaling })),
+    tensors,
+    source: { baseModelNameOrPath: peft.config.baseModelNameOrPath, transforms },
+  };
 }
 
 /**
@@ -344,29 +336,42 @@ export async function addLora(model: Model, peft: PeftAdapter, opts: AddLoraOpti
   if (opts.bits === 4 && (!Number.isInteger(opts.groupSize) || opts.groupSize < 2 || opts.groupSize % 2 !== 0))
     throw new UsageError(`--lora-group-size ${opts.groupSize}: must be an even integer ≥ 2`);
   const { modules: tmods, applied } = transformAdapter(peft, model, src);
-  const tensors = new Map<string, LazyTensor>();
-  const modules: LoraModule[] = [];
-  for (const m of tmods) {
-    for (const [n, t] of quantizeLoraMatrix(m.A, m.rank, m.inFeatures, opts.bits, opts.groupSize, `${m.linear}.lora_A`)) tensors.set(n, inMemory(t));
-    for (const [n, t] of quantizeLoraMatrix(m.B, m.outFeatures, m.rank, opts.bits, opts.groupSize, `${m.linear}.lora_B`)) tensors.set(n, inMemory(t));
-    modules.push({ linear: m.linear, rank: m.rank, scaling: m.scaling });
+  const build = (mods: TransformedModule[], bits: 32 | 8 | 4) => buildAdapter(opts.name, peft, mods, bits, opts.groupSize, applied);
+  let mods = tmods;
+  let refit: LoraRefitSummary | undefined;
+  const onQuantized = tmods.filter((m) => model.quant.linears[m.linear]);
+  if (opts.refit !== false && onQuantized.length > 0) {
+    if (!src.optimized) ctx.log(`add-lora ${opts.name}: not refit to the quantized base: the HAR keeps no fp32 weights (quantized with --no-emulation-weights)`);
+    else {
+      if (windows.length === 0) throw new UsageError('add-lora: refitting the adapter to the quantized base needs calibration windows (or --no-refit)');
+      ctx.log(`add-lora ${opts.name}: refitting ${onQuantized.length} modules to the W4 base on ${windows.length} windows`);
+      const H = await loraInputHessians(model, adapterData(build(tmods, 32)), windows, ctx);
+      refit = { modules: onQuantized.length, windows: windows.length, residualBefore: 0, residualAfter: 0 };
+      const summary = refit;
+      mods = tmods.map((m) => {
+        const q = model.quant.linears[m.linear];
+        if (!q) return m;
+        const W = src.optimized!.weights.get(`${m.linear}.weight`);
+        if (!W) throw new UnsupportedModelError(`add-lora: the HAR's fp32 weights have no '${m.linear}.weight'`);
+        const get = (n: string) => model.weights.get(`${m.linear}.${n}`)?.load();
+        const qweight = get('qweight');
+        const scales = get('scales');
+        if (!qweight || !scales) throw new UnsupportedModelError(`add-lora: ${m.linear} is quantized but its qweight/scales are missing`);
+        const Wq = dequantizeW4({ qweight: qweight.data as Uint8Array, scales: toFloat32(scales), outFeatures: m.outFeatures, inFeatures: m.inFeatures, groupSize: q.groupSize });
+        const r = refitLoraModule(toFloat32(W.load()), Wq, m.A, m.B, m.scaling, H.get(linearInputPoint(model, m.linear, m.layer))!, m.outFeatures, m.inFeatures, m.rank);
+        summary.residualBefore += r.residualBefore;
+        summary.residualAfter += r.residualAfter;
+        return { ...m, A: r.A, B: r.B };
+      });
+    }
   }
-  const adapter: LoraAdapter = {
-    name: opts.name,
-    r: peft.config.r,
-    alpha: peft.config.loraAlpha,
-    useRslora: peft.config.useRslora,
-    bits: opts.bits,
-    groupSize: opts.bits === 4 ? opts.groupSize : 0,
-    modules,
-    tensors,
-    source: { baseModelNameOrPath: peft.config.baseModelNameOrPath, transforms: applied },
-  };
+  const adapter = build(mods, opts.bits);
+  if (refit) adapter.source.refit = refit;
   if (Object.keys(model.quant.activations).length > 0) {
     if (windows.length === 0) throw new UsageError('add-lora: the base quantizes activations (static A8), so calibration windows are needed for the adapter');
-    ctx.log(`add-lora ${opts.name}: calibrating ${modules.length} intermediates on ${windows.length} windows`);
+    ctx.log(`add-lora ${opts.name}: calibrating ${adapter.modules.length} intermediates on ${windows.length} windows`);
     const ranges = await calibrateLora(model, adapterData(adapter), windows, ctx);
-    for (const m of modules) m.act = ranges.get(m.linear);
+    for (const m of adapter.modules) m.act = ranges.get(m.linear);
   }
   return { ...model, adapters: [...(model.adapters ?? []), adapter] };
 }

@@ -28,7 +28,7 @@ export function registerAddLora(program: Command): void {
   program
     .command('add-lora')
     .description(
-      "add a PEFT LoRA adapter to a HAR: carried through the base's transforms (folded norms, QuaRot), A and B quantized on their own, the intermediate A·x calibrated for static A8; base weights and other adapters are kept byte for byte",
+      "add a PEFT LoRA adapter to a HAR: carried through the base's transforms (folded norms, QuaRot), refit at its rank to the W4 base, A and B quantized on their own, the intermediate A·x calibrated for static A8; base weights and other adapters are kept byte for byte",
     )
     .argument('<adapter-dir>', 'PEFT adapter directory (adapter_config.json, adapter_model.safetensors)')
     .requiredOption('--har <model.har>', 'HAR written by `edgellm quantize`')
@@ -36,7 +36,14 @@ export function registerAddLora(program: Command): void {
     .option('-o, --output <out.har>', 'write the result here instead of updating --har in place')
     .option('--lora-bits <n>', 'A/B storage: 8 (int8 symmetric per output channel), 4 (group-wise) or 32 (float)', int('--lora-bits'), DEFAULT_ADD_LORA_OPTIONS.bits)
     .option('--lora-group-size <n>', 'columns per scale for --lora-bits 4', int('--lora-group-size'), DEFAULT_ADD_LORA_OPTIONS.groupSize)
-    .option('--calib <file>', 'calibration data for the A·x ranges: .txt, .jsonl or .tokens.json (default: ../shared c4 calibration windows)')
+    .option(
+      '--calib <file>',
+      "calibration data for the refit and the A·x ranges: .txt, .jsonl or .tokens.json; best: text of the adapter's own task, e.g. its training data (default: ../shared c4 calibration windows)",
+    )
+    .option(
+      '--no-refit',
+      "keep A and B as trained instead of refitting them (same rank) to absorb the W4 base's error in the adapter's subspace (passes/lora-refit.ts)",
+    )
     .option('--calib-samples <n>', 'calibration windows', int('--calib-samples'), 128)
     .option('--seqlen <n>', 'tokens per calibration window (text calibration files)', int('--seqlen'), 256)
     .option('--seed <n>', 'seed of the calibration window sampler', int('--seed'), 0)
@@ -52,7 +59,8 @@ export function registerAddLora(program: Command): void {
       const peft = loadPeftAdapter(dir, model.config, { baseName: info.modelName });
       if (!g.quiet) for (const w of peft.warnings) process.stderr.write(`warning: ${w}\n`);
       let windows: number[][] = [];
-      if (Object.keys(model.quant.activations).length > 0) {
+      const needsWindows = Object.keys(model.quant.activations).length > 0 || (o.refit && Object.keys(model.quant.linears).length > 0 && emulation.optimized);
+      if (needsWindows) {
         const calib = o.calib ?? defaultCalibration();
         if (!calib) throw new UsageError('no calibration data for the adapter: pass --calib <file.txt|file.jsonl|file.tokens.json>');
         if (isTokenWindowFile(calib)) windows = loadTokenWindows(calib, { vocabSize: model.config.vocabSize }).slice(0, o.calibSamples);
@@ -60,7 +68,7 @@ export function registerAddLora(program: Command): void {
       }
       const bits = o.loraBits as 32 | 8 | 4;
       const native = emulation.native ?? (o.baseModel ? loadHfModel(o.baseModel) : undefined);
-      const withAdapter = await addLora(model, peft, { name: o.name, bits, groupSize: o.loraGroupSize }, windows, ctx, { native });
+      const withAdapter = await addLora(model, peft, { name: o.name, bits, groupSize: o.loraGroupSize, refit: o.refit }, windows, ctx, { native, optimized: emulation.optimized });
       const adapter = withAdapter.adapters![withAdapter.adapters!.length - 1];
       await addAdapterToHar(o.har, out, adapter);
       const bytes = [...adapter.tensors.values()].reduce((s, t) => s + t.load().data.byteLength, 0);
@@ -75,13 +83,19 @@ export function registerAddLora(program: Command): void {
         transforms: adapter.source.transforms,
         adapterBytes: bytes,
         calibrationWindows: windows.length,
+        refit: adapter.source.refit ?? null,
         warnings: peft.warnings,
         seconds: (performance.now() - t0) / 1000,
       };
+      const rf = adapter.source.refit;
+      if (o.refit && !rf && Object.keys(model.quant.linears).length > 0 && !g.quiet)
+        process.stderr.write(`warning: ${o.har} keeps no fp32 weights (quantized with --no-emulation-weights): the adapter is not refit to the W4 base\n`);
       if (o.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
       else if (!g.quiet)
         process.stderr.write(
-          `added adapter '${adapter.name}' (r ${adapter.r}, ${summary.modules} modules: ${summary.targets.join(', ')}; ${bits === 32 ? 'float' : `${bits}-bit`} A/B, ${(bytes / 1024).toFixed(1)} KiB) to ${out} in ${summary.seconds.toFixed(1)} s\n`,
+          `added adapter '${adapter.name}' (r ${adapter.r}, ${summary.modules} modules: ${summary.targets.join(', ')}; ${bits === 32 ? 'float' : `${bits}-bit`} A/B, ${(bytes / 1024).toFixed(1)} KiB) to ${out} in ${summary.seconds.toFixed(1)} s` +
+            (rf ? `; refit to the W4 base: weighted base-error residual ${(100 * (1 - rf.residualAfter / rf.residualBefore)).toFixed(1)}% lower` : '') +
+            '\n',
         );
     });
 }

@@ -144,8 +144,16 @@ export interface LoraAdapter {
   groupSize: number;
   modules: LoraModule[];
   tensors: Map<string, LazyTensor>;
-  /** PEFT base_model_name_or_path, and the base passes whose transforms were applied to A/B */
-  source: { baseModelNameOrPath: string | null; transforms: string[] };
+  /**
+   * PEFT base_model_name_or_path, the base passes whose transforms were applied to A/B, and, when
+   * A/B were refit to the W4 base (passes/lora-refit.ts), how many modules on how many windows and
+   * the H-weighted base-error residual Σ‖(W_q + s·B·A − W − s·B₀·A₀)·X‖² before and after
+   */
+  source: {
+    baseModelNameOrPath: string | null;
+    transforms: string[];
+    refit?: { modules: number; windows: number; residualBefore: number; residualAfter: number };
+  };
 }
 
 /** One adapted linear of a {@link LoraAdapter}. */
