@@ -63,6 +63,9 @@ describe('edgellm add-lora / compile / run --adapter', () => {
     expect(a.code, a.stderr).toBe(0);
     const s = JSON.parse(a.stdout);
     expect([s.adapter, s.r, s.alpha, s.bits, s.modules, s.targets]).toEqual(['wiki', 8, 16, 8, 20, ['q_proj', 'k_proj', 'v_proj', 'o_proj']]);
+    // refit to the W4 base by default (the HAR keeps its fp32 weights), recorded in the manifest
+    expect(s.refit.modules).toBe(20);
+    expect(s.refit.residualAfter).toBeLessThan(s.refit.residualBefore);
     const b = edgellm('add-lora', path.join(dir, 'rnd'), '--har', both, '--name', 'rnd', '--lora-bits', '4', '--calib-samples', '16');
     expect(b.code, b.stderr).toBe(0);
     expect(b.stderr).toMatch(/added adapter 'rnd' \(r 4, 20 modules: q_proj, gate_proj, up_proj, down_proj; 4-bit A\/B/);
@@ -77,7 +80,22 @@ describe('edgellm add-lora / compile / run --adapter', () => {
       ['wiki', 8, 8, 20, 'q_proj,k_proj,v_proj,o_proj'],
       ['rnd', 4, 4, 20, 'q_proj,gate_proj,up_proj,down_proj'],
     ]);
+    const manifest = h1.manifest as { adapters: { source: { refit: { modules: number } } }[] };
+    expect(manifest.adapters[0].source.refit.modules).toBe(20);
+    expect(manifest.adapters[1].source.refit.modules).toBe(20);
     expect(edgellm('inspect', both).stdout).toMatch(/LoRA adapters \(2\):\n {2}wiki +r 8, alpha 16, 8-bit A\/B, 20 modules \(q_proj, k_proj, v_proj, o_proj\), [\d.]+ KiB/);
+  });
+
+  it('--no-refit keeps A/B as trained; a HAR without fp32 weights is not refit, with one warning', () => {
+    const plain = edgellm('add-lora', WIKI, '--har', base, '--name', 'wiki', '-o', path.join(dir, 'plain.har'), '--calib-samples', '16', '--no-refit', '--json');
+    expect(plain.code, plain.stderr).toBe(0);
+    expect(JSON.parse(plain.stdout).refit).toBeNull();
+    const lean = path.join(dir, 'lean.har');
+    expect(edgellm('quantize', STORIES, '-o', lean, '--calib-samples', '16', '--no-emulation-weights').code).toBe(0);
+    const r = edgellm('add-lora', WIKI, '--har', lean, '--name', 'wiki', '--calib-samples', '16', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).refit).toBeNull();
+    expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^warning: .*lean\.har keeps no fp32 weights .*not refit/)]);
   });
 
   it('switching adapters request by request in one process gives the tokens of separate fresh runs', async () => {
