@@ -54,8 +54,11 @@ const MAX_NAME_BYTES = 99;
 const NAME_SEGMENT = /^[A-Za-z0-9_.+=@-]+$/;
 const EPOCH = new Date(0);
 
+/** sha256 in 1 GiB slices: one Hash.update call takes at most 2³¹ − 1 bytes (a 1.5B model's fp32 weights are 6 GB). */
 function sha256Hex(data: Uint8Array): string {
-  return createHash('sha256').update(data).digest('hex');
+  const h = createHash('sha256');
+  for (let o = 0; o < data.byteLength; o += 2 ** 30) h.update(data.subarray(o, Math.min(data.byteLength, o + 2 ** 30)));
+  return h.digest('hex');
 }
 
 function asBuffer(data: Uint8Array): Buffer {
@@ -111,18 +114,39 @@ export async function writeHar(path: string, manifest: Record<string, unknown>, 
 
 /**
  * Builds `members` as a deterministic tar (tar's Pack, fed in-memory entries) and writes it to
- * `target`. The archive is collected in memory: piping Pack into a file stream stalls once an entry
- * exceeds the stream's buffer (seen with a ~1 MB member).
+ * `target` chunk by chunk with synchronous writes as Pack emits them (piping Pack into a file stream
+ * stalls once an entry exceeds the stream's buffer, seen with a ~1 MB member; collecting the whole
+ * archive first fails past Buffer's 4 GiB limit, reached by a 1.5B model's HAR).
  */
 function packMembers(target: string, members: Array<[string, Uint8Array]>): Promise<void> {
   return new Promise((resolve, reject) => {
     const pack = new Pack({ portable: true, mtime: EPOCH, strict: true });
-    const chunks: Buffer[] = [];
-    pack.on('error', (e: unknown) => reject(e));
-    pack.on('data', (c: Buffer) => chunks.push(Buffer.from(c)));
-    pack.on('end', () => {
+    const fd = fs.openSync(target, 'w');
+    let failed = false;
+    const fail = (e: unknown) => {
+      if (failed) return;
+      failed = true;
       try {
-        fs.writeFileSync(target, Buffer.concat(chunks));
+        fs.closeSync(fd);
+      } catch {
+        // already reporting the first error
+      }
+      reject(e);
+    };
+    pack.on('error', fail);
+    pack.on('data', (c: Buffer) => {
+      if (failed) return;
+      try {
+        // one write takes at most 2³¹ − 1 bytes; a member's body can come as one larger chunk
+        for (let o = 0; o < c.length; ) o += fs.writeSync(fd, c, o, Math.min(c.length - o, 2 ** 30));
+      } catch (e) {
+        fail(e);
+      }
+    });
+    pack.on('end', () => {
+      if (failed) return;
+      try {
+        fs.closeSync(fd);
         resolve();
       } catch (e) {
         reject(e);

@@ -23,11 +23,35 @@
  * rank, no bytes and no run time; the base weights are not touched, and the base without the
  * adapter is unchanged.
  *
- * U_r comes from subspace iteration on G = M·H·Mᵀ (never formed: G·V = M·(H·(Mᵀ·V))) started from
- * B and a few seeded random columns, then Rayleigh–Ritz (Jacobi on the small projected matrix);
- * float64 throughout.
+ * U_r comes from subspace iteration on G = M·H·Mᵀ (never formed: G·V = (M·H)·(Mᵀ·V)) started from
+ * B and a few seeded random columns, then Rayleigh–Ritz (Jacobi on the small projected matrix).
+ * The large products go through a {@link MatMul}: float64 loops by default, onnxruntime Gemm
+ * (float32) from `addLora`; everything else is float64.
  */
 import { rotationRng } from './hadamard.js';
+import type { OrtLinalg } from './gptq-linalg.js';
+
+/**
+ * C = op(A)·B for row-major float64 matrices: A [aRows, aCols] (op(A) = Aᵀ with `transA`),
+ * B [rows of op(A)'s columns, bCols].
+ */
+export type MatMul = (a: Float64Array, aRows: number, aCols: number, b: Float64Array, bCols: number, transA?: boolean) => Promise<Float64Array>;
+
+/** float64 TypeScript loops: exact enough for tests and small models. */
+export const jsMatMul: MatMul = async (a, aRows, aCols, b, bCols, transA = false) =>
+  transA ? matmulT(a, b, aRows, aCols, bCols) : matmul(a, b, aRows, aCols, bCols);
+
+/**
+ * onnxruntime Gemm in float32 (the products of a 1536-wide linear are GFLOPs; the eigenvector
+ * iteration and the final A'/B' stay float64 around them).
+ */
+export function ortMatMul(la: OrtLinalg): MatMul {
+  return async (a, aRows, aCols, b, bCols, transA = false) => {
+    const bRows = transA ? aRows : aCols;
+    const y = await la.gemm({ data: Float32Array.from(a), rows: aRows, cols: aCols }, { data: Float32Array.from(b), rows: bRows, cols: bCols }, { transA });
+    return Float64Array.from(y);
+  };
+}
 
 export interface RefitResult {
   /** A' float32 [rank, in] */
@@ -43,6 +67,8 @@ export interface RefitResult {
 /** Extra columns of the iterated subspace beyond the rank (speeds convergence, guards ties). */
 const OVERSAMPLE = 8;
 const MAX_ITERATIONS = 60;
+/** relative change of tr(Vᵀ·G·V) between iterations that ends the subspace iteration */
+const CONVERGED = 1e-10;
 
 /** Y [rows, k] = X [rows, n] · Z [n, k] (all row-major float64). */
 function matmul(X: Float64Array, Z: Float64Array, rows: number, n: number, k: number): Float64Array {
@@ -137,18 +163,10 @@ export function symmetricEigen(S: Float64Array, n: number): { values: number[]; 
   return { values: order.map((i) => a[i * n + i]), vectors };
 }
 
-/** tr(X·H·Xᵀ) for X [rows, n], H [n, n]. */
-function weightedEnergy(X: Float64Array, H: Float64Array, rows: number, n: number): number {
+/** Σ X ∘ Y (the trace of X·Yᵀ). */
+function dot(X: Float64Array, Y: Float64Array): number {
   let e = 0;
-  for (let i = 0; i < rows; i++) {
-    const x = X.subarray(i * n, (i + 1) * n);
-    for (let a = 0; a < n; a++) {
-      if (x[a] === 0) continue;
-      let hx = 0;
-      for (let b = 0; b < n; b++) hx += H[a * n + b] * x[b];
-      e += x[a] * hx;
-    }
-  }
+  for (let i = 0; i < X.length; i++) e += X[i] * Y[i];
   return e;
 }
 
@@ -158,7 +176,7 @@ function weightedEnergy(X: Float64Array, H: Float64Array, rows: number, n: numbe
  * @param A adapter A [rank, in]; `B` [out, rank]; `scaling` s (alpha/r or alpha/√r)
  * @param H input Hessian [in, in] (any positive scale), float64 row-major
  */
-export function refitLoraModule(
+export async function refitLoraModule(
   W: Float32Array,
   Wq: Float32Array,
   A: Float32Array,
@@ -168,7 +186,8 @@ export function refitLoraModule(
   out: number,
   inFeatures: number,
   rank: number,
-): RefitResult {
+  mm: MatMul = jsMatMul,
+): Promise<RefitResult> {
   const K = inFeatures;
   const E = new Float64Array(out * K);
   const M = new Float64Array(out * K);
@@ -179,9 +198,10 @@ export function refitLoraModule(
       E[o * K + k] = W[o * K + k] - Wq[o * K + k];
       M[o * K + k] = E[o * K + k] + scaling * ba;
     }
-  const residualBefore = weightedEnergy(E, H, out, K);
-  const total = weightedEnergy(M, H, out, K);
-  const apply = (V: Float64Array, k: number) => matmul(M, matmul(H, matmulT(M, V, out, K, k), K, K, k), out, K, k); // G·V
+  const residualBefore = dot(await mm(E, out, K, H, K), E); // tr(E·H·Eᵀ)
+  const MH = await mm(M, out, K, H, K);
+  const total = dot(MH, M);
+  const apply = async (V: Float64Array, k: number) => mm(MH, out, K, await mm(M, out, K, V, k, true), k); // G·V = (M·H)·(Mᵀ·V)
 
   const k = Math.min(out, rank + OVERSAMPLE);
   const V = new Float64Array(out * k);
@@ -190,16 +210,16 @@ export function refitLoraModule(
   orthonormalize(V, out, k);
   let last = -1;
   for (let it = 0; it < MAX_ITERATIONS; it++) {
-    const GV = apply(V, k);
+    const GV = await apply(V, k);
     let trace = 0;
     for (let i = 0; i < V.length; i++) trace += V[i] * GV[i];
     V.set(GV);
     orthonormalize(V, out, k);
-    if (it >= 2 && Math.abs(trace - last) <= 1e-12 * Math.abs(trace)) break;
+    if (it >= 2 && Math.abs(trace - last) <= CONVERGED * Math.abs(trace)) break;
     last = trace;
   }
   // Rayleigh–Ritz: T = Vᵀ·G·V, U = V·eigvecs(T)
-  const T = matmulT(V, apply(V, k), out, k, k);
+  const T = matmulT(V, await apply(V, k), out, k, k);
   for (let i = 0; i < k; i++) for (let j = 0; j < i; j++) T[i * k + j] = T[j * k + i] = 0.5 * (T[i * k + j] + T[j * k + i]);
   const { values, vectors } = symmetricEigen(T, k);
   const U = matmul(V, vectors, out, k, k);

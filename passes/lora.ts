@@ -31,7 +31,8 @@ import { quarotRotations, meta as quarotMeta, type QuarotOptions } from './quaro
 import { meta as foldMeta } from './fold-norms.js';
 import { rotateVector, type KronRotation } from './hadamard.js';
 import { calibrateLora, loraInputHessians, linearInputPoint } from './lora-calibration.js';
-import { refitLoraModule } from './lora-refit.js';
+import { refitLoraModule, ortMatMul } from './lora-refit.js';
+import { OrtLinalg } from './gptq-linalg.js';
 import { EdgeLLMError, UnsupportedModelError, UsageError, ShapeMismatchError } from '../src/errors.js';
 
 export const meta = { name: 'add-lora', requires: [] as string[] };
@@ -347,10 +348,17 @@ export async function addLora(model: Model, peft: PeftAdapter, opts: AddLoraOpti
       ctx.log(`add-lora ${opts.name}: refitting ${onQuantized.length} modules to the W4 base on ${windows.length} windows`);
       const H = await loraInputHessians(model, adapterData(build(tmods, 32)), windows, ctx);
       refit = { modules: onQuantized.length, windows: windows.length, residualBefore: 0, residualAfter: 0 };
-      const summary = refit;
-      mods = tmods.map((m) => {
+      const la = new OrtLinalg();
+      const bar = ctx.progress('lora-refit', onQuantized.length);
+      mods = [];
+      try {
+        for (const m of tmods) mods.push(model.quant.linears[m.linear] ? await refitModule(m) : m);
+      } finally {
+        bar.done();
+        await la.dispose();
+      }
+      async function refitModule(m: TransformedModule): Promise<TransformedModule> {
         const q = model.quant.linears[m.linear];
-        if (!q) return m;
         const W = src.optimized!.weights.get(`${m.linear}.weight`);
         if (!W) throw new UnsupportedModelError(`add-lora: the HAR's fp32 weights have no '${m.linear}.weight'`);
         const get = (n: string) => model.weights.get(`${m.linear}.${n}`)?.load();
@@ -358,11 +366,13 @@ export async function addLora(model: Model, peft: PeftAdapter, opts: AddLoraOpti
         const scales = get('scales');
         if (!qweight || !scales) throw new UnsupportedModelError(`add-lora: ${m.linear} is quantized but its qweight/scales are missing`);
         const Wq = dequantizeW4({ qweight: qweight.data as Uint8Array, scales: toFloat32(scales), outFeatures: m.outFeatures, inFeatures: m.inFeatures, groupSize: q.groupSize });
-        const r = refitLoraModule(toFloat32(W.load()), Wq, m.A, m.B, m.scaling, H.get(linearInputPoint(model, m.linear, m.layer))!, m.outFeatures, m.inFeatures, m.rank);
-        summary.residualBefore += r.residualBefore;
-        summary.residualAfter += r.residualAfter;
+        const H_ = H.get(linearInputPoint(model, m.linear, m.layer))!;
+        const r = await refitLoraModule(toFloat32(W.load()), Wq, m.A, m.B, m.scaling, H_, m.outFeatures, m.inFeatures, m.rank, ortMatMul(la));
+        refit!.residualBefore += r.residualBefore;
+        refit!.residualAfter += r.residualAfter;
+        bar.tick();
         return { ...m, A: r.A, B: r.B };
-      });
+      }
     }
   }
   const adapter = build(mods, opts.bits);

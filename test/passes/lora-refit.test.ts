@@ -5,7 +5,8 @@
  */
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { symmetricEigen, refitLoraModule } from '../../passes/lora-refit.js';
+import { symmetricEigen, refitLoraModule, ortMatMul } from '../../passes/lora-refit.js';
+import { OrtLinalg } from '../../passes/gptq-linalg.js';
 import { addLora } from '../../passes/lora.js';
 import { rtn } from '../../passes/rtn.js';
 import { loadHfModel } from '../../formats/hf.js';
@@ -107,9 +108,9 @@ describe('symmetricEigen', () => {
 describe('refitLoraModule', () => {
   const [out, K, r, s] = [48, 64, 4, 2];
 
-  it('equals the explicit Eckart–Young solution U_r·U_rᵀ·M (top-r eigenvectors of M·H·Mᵀ) and lowers the residual', () => {
+  it('equals the explicit Eckart–Young solution U_r·U_rᵀ·M (top-r eigenvectors of M·H·Mᵀ) and lowers the residual', async () => {
     const { W, Wq, A, B, H } = problem(out, K, r, 1);
-    const res = refitLoraModule(W, Wq, A, B, s, H, out, K, r);
+    const res = await refitLoraModule(W, Wq, A, B, s, H, out, K, r);
     const M = product(A, B, s, out, K, r);
     for (let i = 0; i < M.length; i++) M[i] += W[i] - Wq[i];
     // reference: form G = M·H·Mᵀ and diagonalize it in full
@@ -137,9 +138,9 @@ describe('refitLoraModule', () => {
     expect(res.residualAfter).toBeLessThan(0.95 * res.residualBefore);
   });
 
-  it('keeps the adapter on an unquantized base (W_q = W): s·B′·A′ = s·B·A, zero residuals', () => {
+  it('keeps the adapter on an unquantized base (W_q = W): s·B′·A′ = s·B·A, zero residuals', async () => {
     const { W, A, B, H } = problem(out, K, r, 2);
-    const res = refitLoraModule(W, W, A, B, s, H, out, K, r);
+    const res = await refitLoraModule(W, W, A, B, s, H, out, K, r);
     const want = product(A, B, s, out, K, r);
     const got = product(res.A, res.B, s, out, K, r);
     expect(relDiff(got, want)).toBeLessThan(1e-5);
@@ -147,15 +148,32 @@ describe('refitLoraModule', () => {
     expect(res.residualAfter).toBeLessThan(1e-9 * energy(want, H, out, K));
   });
 
-  it('with rank ≥ out the adapter absorbs the whole error: s·B′·A′ = W − W_q + s·B·A', () => {
+  it('with rank ≥ out the adapter absorbs the whole error: s·B′·A′ = W − W_q + s·B·A', async () => {
     const [o2, r2] = [6, 8];
     const { W, Wq, A, B, H } = problem(o2, K, r2, 3);
-    const res = refitLoraModule(W, Wq, A, B, s, H, o2, K, r2);
+    const res = await refitLoraModule(W, Wq, A, B, s, H, o2, K, r2);
     const M = product(A, B, s, o2, K, r2);
     for (let i = 0; i < M.length; i++) M[i] += W[i] - Wq[i];
     const got = product(res.A, res.B, s, o2, K, r2);
     for (let i = 0; i < M.length; i++) expect(Math.abs(got[i] - M[i])).toBeLessThan(1e-5);
     expect(res.residualAfter).toBeLessThan(1e-9 * res.residualBefore);
+  });
+});
+
+describe('refitLoraModule with onnxruntime Gemm (what addLora uses)', () => {
+  it('agrees with the float64 loops: float32 products move the update by < 1e-4 relative', async () => {
+    const [out, K, r, s] = [48, 64, 4, 2];
+    const { W, Wq, A, B, H } = problem(out, K, r, 4);
+    const la = new OrtLinalg();
+    try {
+      const f64 = await refitLoraModule(W, Wq, A, B, s, H, out, K, r);
+      const f32 = await refitLoraModule(W, Wq, A, B, s, H, out, K, r, ortMatMul(la));
+      expect(relDiff(product(f32.A, f32.B, s, out, K, r), product(f64.A, f64.B, s, out, K, r))).toBeLessThan(1e-4);
+      expect(f32.residualBefore / f64.residualBefore).toBeCloseTo(1, 5);
+      expect(f32.residualAfter / f64.residualAfter).toBeCloseTo(1, 3);
+    } finally {
+      await la.dispose();
+    }
   });
 });
 
