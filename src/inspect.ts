@@ -44,6 +44,8 @@ export interface AdapterInfo {
   bytes: number;
   /** base transforms carried into it */
   transforms: string[];
+  /** add-lora's refit to the W4 base (modules, windows, H-weighted base-error residual before/after), or null */
+  refit: { modules: number; windows: number; residualBefore: number; residualAfter: number } | null;
 }
 
 function adapterInfos(list: unknown, sizeOf: (a: Record<string, any>) => number): AdapterInfo[] {
@@ -56,6 +58,7 @@ function adapterInfos(list: unknown, sizeOf: (a: Record<string, any>) => number)
     modules: (a.modules ?? []).length,
     bytes: sizeOf(a),
     transforms: a.transforms ?? a.source?.transforms ?? [],
+    refit: a.refit ?? a.source?.refit ?? null,
   }));
 }
 
@@ -133,7 +136,8 @@ export function formatInspect(i: InspectInfo): string {
     lines.push(`LoRA adapters (${i.adapters.length}):`);
     for (const a of i.adapters)
       lines.push(
-        `  ${a.name.padEnd(24)} r ${a.r}, alpha ${a.alpha}, ${a.bits === 32 ? 'float' : `${a.bits}-bit`} A/B, ${a.modules} modules (${a.targets.join(', ')}), ${kib(a.bytes)}${a.transforms.length ? `, transformed by ${a.transforms.join(' + ')}` : ''}`,
+        `  ${a.name.padEnd(24)} r ${a.r}, alpha ${a.alpha}, ${a.bits === 32 ? 'float' : `${a.bits}-bit`} A/B, ${a.modules} modules (${a.targets.join(', ')}), ${kib(a.bytes)}${a.transforms.length ? `, transformed by ${a.transforms.join(' + ')}` : ''}` +
+          (a.refit ? `, refit to the W4 base (base-error residual −${(100 * (1 - a.refit.residualAfter / a.refit.residualBefore)).toFixed(1)}%)` : ''),
       );
   }
   lines.push(i.kind === 'hef' ? 'sections:' : 'members:');

@@ -67,6 +67,7 @@ export function writeExecutable(path: string, exe: Executable): void {
         modules: a.modules.map((m) => ({ linear: m.linear, rank: m.rank, scaling: m.scaling, act: m.act })),
         baseModelNameOrPath: a.source.baseModelNameOrPath ?? '',
         transforms: a.source.transforms,
+        ...(a.source.refit ? { refit: a.source.refit } : {}),
       })),
     },
     sections,
@@ -128,7 +129,11 @@ export function readExecutable(path: string): Executable {
           groupSize: a.groupSize,
           modules: (a.modules ?? []).map((m: any) => ({ linear: m.linear, rank: m.rank, scaling: m.scaling, ...(m.act ? { act: { scale: m.act.scale, zeroPoint: m.act.zeroPoint } } : {}) })),
           tensors: decodeSafetensors(hef.readSection(a.section), `${path}:${a.section}`).tensors,
-          source: { baseModelNameOrPath: a.baseModelNameOrPath || null, transforms: a.transforms ?? [] },
+          source: {
+            baseModelNameOrPath: a.baseModelNameOrPath || null,
+            transforms: a.transforms ?? [],
+            ...(a.refit ? { refit: { modules: a.refit.modules, windows: a.refit.windows, residualBefore: a.refit.residualBefore, residualAfter: a.refit.residualAfter } } : {}),
+          },
         };
       }),
     };

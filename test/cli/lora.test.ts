@@ -80,10 +80,13 @@ describe('edgellm add-lora / compile / run --adapter', () => {
       ['wiki', 8, 8, 20, 'q_proj,k_proj,v_proj,o_proj'],
       ['rnd', 4, 4, 20, 'q_proj,gate_proj,up_proj,down_proj'],
     ]);
+    // the refit record travels HAR -> HEF header
+    expect(insp.adapters.map((x: any) => x.refit.modules)).toEqual([20, 20]);
+    expect(insp.adapters[0].refit.residualAfter).toBeLessThan(insp.adapters[0].refit.residualBefore);
     const manifest = h1.manifest as { adapters: { source: { refit: { modules: number } } }[] };
     expect(manifest.adapters[0].source.refit.modules).toBe(20);
     expect(manifest.adapters[1].source.refit.modules).toBe(20);
-    expect(edgellm('inspect', both).stdout).toMatch(/LoRA adapters \(2\):\n {2}wiki +r 8, alpha 16, 8-bit A\/B, 20 modules \(q_proj, k_proj, v_proj, o_proj\), [\d.]+ KiB/);
+    expect(edgellm('inspect', both).stdout).toMatch(/LoRA adapters \(2\):\n {2}wiki +r 8, alpha 16, 8-bit A\/B, 20 modules \(q_proj, k_proj, v_proj, o_proj\), [\d.]+ KiB, refit to the W4 base \(base-error residual −[\d.]+%\)/);
   });
 
   it('--no-refit keeps A/B as trained; a HAR without fp32 weights is not refit, with one warning', () => {
