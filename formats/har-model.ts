@@ -9,6 +9,9 @@
  * |                                 | are tensors `online.r3/r4.factor` in weights.safetensors)     |
  * | weights.safetensors             | every weight: float tensors, and qweight/scales of quantized  |
  * |                                 | linears (MatMulNBits layout, see src/ir/model.ts)             |
+ * |                                 | (any weight set over 2 GiB is split into numbered shards,     |
+ * |                                 | `weights-00001-of-00003.safetensors`, …: one JS typed array   |
+ * |                                 | holds at most 4 GiB; the emulation members likewise)          |
  * | ranges.json                     | static A8 activation ranges and per-layer KV8 ranges          |
  * | report.json                     | per-layer quantization error (when the passes measured it)    |
  * | emulation/native.safetensors    | the source fp32 weights (`eval --emulate native`)             |
@@ -52,17 +55,68 @@ export function sourceWeightsSha256(files: string[]): string {
   return h.digest('hex');
 }
 
-/** Writes `model` as a HAR at `path` (atomically). Materialises every weight. */
-export async function saveModelHar(path: string, model: Model, info: HarInfo, emulation: EmulationModels = {}): Promise<void> {
-  const encodeWeights = (m: Model) => encodeSafetensors([...m.weights].map(([n, t]): [string, Tensor] => [n, t.load()]), { producer: `edgellm ${VERSION}` });
+/** Tensor bytes per safetensors member before a weight set is split into shards. */
+export const SHARD_BYTES = 2 ** 31;
+
+/**
+ * `m`'s weights as safetensors members named `<base>.safetensors`, or, past `shardBytes` of tensor
+ * data, `<base>-00001-of-0000N.safetensors` … (tensors in order, greedily filled).
+ */
+function encodeWeightMembers(base: string, m: Model, shardBytes: number): Map<string, Uint8Array> {
+  const shards: [string, Tensor][][] = [[]];
+  let bytes = 0;
+  for (const [n, lt] of m.weights) {
+    const t = lt.load();
+    if (bytes > 0 && bytes + t.data.byteLength > shardBytes) {
+      shards.push([]);
+      bytes = 0;
+    }
+    shards[shards.length - 1].push([n, t]);
+    bytes += t.data.byteLength;
+  }
+  const pad = (i: number) => String(i).padStart(5, '0');
+  const name = (i: number) => (shards.length === 1 ? `${base}.safetensors` : `${base}-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`);
+  return new Map(shards.map((sh, i) => [name(i), encodeSafetensors(sh, { producer: `edgellm ${VERSION}` })]));
+}
+
+/**
+ * The tensors of the weight set `base` (one member or all its shards), or null when the HAR has
+ * none. @throws FormatError for a missing shard, mixed shard counts or a tensor stored twice
+ */
+function decodeWeightMembers(path: string, files: Map<string, Uint8Array>, base: string): Map<string, Tensor> | null {
+  const single = files.get(`${base}.safetensors`);
+  const re = new RegExp(`^${base}-(\\d{5})-of-(\\d{5})\\.safetensors$`); // base: 'weights' or 'emulation/<level>'
+  const shards = [...files.keys()].map((n) => [n, re.exec(n)] as const).filter(([, m]) => m) as [string, RegExpExecArray][];
+  if (single && shards.length) throw new FormatError(path, `holds both ${base}.safetensors and shards of it`);
+  if (single) return decodeSafetensors(single, `${path}:${base}.safetensors`).tensors;
+  if (!shards.length) return null;
+  const total = Number(shards[0][1][2]);
+  const have = new Set(shards.map(([, m]) => Number(m[1])));
+  for (const [n, m] of shards) if (Number(m[2]) !== total) throw new FormatError(path, `shard ${n} disagrees with ${shards[0][0]} on the shard count`);
+  for (let i = 1; i <= total; i++) if (!have.has(i)) throw new FormatError(path, `shard ${i} of ${total} of ${base} is missing`);
+  const out = new Map<string, Tensor>();
+  for (const [n] of shards.sort(([a], [b]) => a.localeCompare(b)))
+    for (const [tn, t] of decodeSafetensors(files.get(n)!, `${path}:${n}`).tensors) {
+      if (out.has(tn)) throw new FormatError(path, `tensor '${tn}' is stored in two shards of ${base}`);
+      out.set(tn, t);
+    }
+  return out;
+}
+
+/**
+ * Writes `model` as a HAR at `path` (atomically). Materialises every weight.
+ * @param opts.shardBytes tensor bytes per safetensors member before splitting (default {@link SHARD_BYTES})
+ */
+export async function saveModelHar(path: string, model: Model, info: HarInfo, emulation: EmulationModels = {}, opts: { shardBytes?: number } = {}): Promise<void> {
+  const shardBytes = opts.shardBytes ?? SHARD_BYTES;
   const files = new Map<string, Uint8Array>();
-  files.set('weights.safetensors', encodeWeights(model));
+  for (const [n, b] of encodeWeightMembers('weights', model, shardBytes)) files.set(n, b);
   if (model.report) files.set('report.json', enc.encode(JSON.stringify(model.report, null, 1)));
   const emulationPasses: Record<string, unknown> = {};
   for (const level of ['native', 'optimized'] as const) {
     const m = emulation[level];
     if (!m) continue;
-    files.set(`emulation/${level}.safetensors`, encodeWeights(m));
+    for (const [n, b] of encodeWeightMembers(`emulation/${level}`, m, shardBytes)) files.set(n, b);
     // every Model field but the tensors, tokenizer and quantization state (config, passes, online rotations, ...)
     const { weights: _w, tokenizer: _t, quant: _q, report: _r, ...rest } = m;
     emulationPasses[level] = rest;
@@ -142,7 +196,8 @@ export async function loadModelHar(path: string): Promise<LoadedHar> {
       throw new FormatError(path, `member '${name}' is not valid JSON: ${(e as Error).message}`);
     }
   };
-  const { tensors } = decodeSafetensors(need('weights.safetensors'), `${path}:weights.safetensors`);
+  const tensors = decodeWeightMembers(path, files, 'weights');
+  if (!tensors) throw new FormatError(path, `member 'weights.safetensors' is missing`);
   const ranges = json('ranges.json') as Pick<QuantState, 'activations' | 'kvCache' | 'kCacheOffset'>;
   const opt = (name: string) => (files.has(name) ? dec.decode(files.get(name)!) : null);
   const model: Model = {
@@ -172,9 +227,8 @@ export async function loadModelHar(path: string): Promise<LoadedHar> {
   const emulation: EmulationModels = {};
   const emuMeta = (manifest.emulation ?? {}) as Record<string, Omit<Model, 'weights' | 'tokenizer' | 'quant'>>;
   for (const level of ['native', 'optimized'] as const) {
-    const bytes = files.get(`emulation/${level}.safetensors`);
-    if (!bytes || !emuMeta[level]) continue;
-    const t = decodeSafetensors(bytes, `${path}:emulation/${level}.safetensors`).tensors;
+    const t = decodeWeightMembers(path, files, `emulation/${level}`);
+    if (!t || !emuMeta[level]) continue;
     emulation[level] = {
       ...emuMeta[level],
       tokenizer: model.tokenizer,
