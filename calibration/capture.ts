@@ -50,7 +50,7 @@ export async function calibrateRanges(model: Model, windows: number[][], opts: C
     capture: true,
     name: 'calibration',
   });
-  const session = await CheckedSession.create(g.encode(true), 'calibration graph');
+  const session = await CheckedSession.create(g.toModelProto(true), 'calibration graph');
   const points = activationPoints(cfg);
   const kvPts = Array.from({ length: cfg.numLayers }, (_, i) => kvPoints(i));
   const all = [...points, ...kvPts.flatMap((p) => [p.k, p.v])];

@@ -38,7 +38,7 @@ export async function kChannelRanges(model: Model, windows: number[][], ctx: Pas
   const maxLen = Math.max(...windows.map((w) => w.length));
   const base: Model = { ...model, adapters: [], quant: { ...model.quant, activations: {}, kvCache: [], kCacheOffset: undefined } };
   const g = lowerModel(base, { seqLen: 'dynamic', maxContext: Math.max(maxLen, 1), capture: true, name: 'k-centering' });
-  const session = await CheckedSession.create(g.encode(true), 'K-centering capture graph');
+  const session = await CheckedSession.create(g.toModelProto(true), 'K-centering capture graph');
   const ranges = Array.from({ length: nL }, () => ({ min: new Float64Array(nKv * hd).fill(Infinity), max: new Float64Array(nKv * hd).fill(-Infinity) }));
   const fetches = Array.from({ length: nL }, (_, i) => captureName(kvPoints(i).k));
   const bar = ctx.progress('k-centering', windows.length);

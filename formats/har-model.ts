@@ -180,10 +180,14 @@ export interface LoadedHar {
 
 /**
  * Reads a HAR (verified by formats/har.ts) into a Model held in memory.
+ * @param opts.emulation also load the fp32 emulation weights (default true); false leaves
+ *   `emulation` empty and only hashes those members in passing (by far the largest: 6 GB for a
+ *   rotated 1.5B model), so the whole archive is still verified
  * @throws FormatError for any corrupt or inconsistent member
  */
-export async function loadModelHar(path: string): Promise<LoadedHar> {
-  const { manifest, files } = await readHar(path);
+export async function loadModelHar(path: string, opts: { emulation?: boolean } = {}): Promise<LoadedHar> {
+  const withEmulation = opts.emulation ?? true;
+  const { manifest, files } = await readHar(path, { skip: withEmulation ? undefined : (n) => n.startsWith('emulation/') });
   const need = (name: string): Uint8Array => {
     const f = files.get(name);
     if (!f) throw new FormatError(path, `member '${name}' is missing`);

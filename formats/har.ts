@@ -22,6 +22,7 @@
  *   const { manifest, files } = await readHar('model.har');
  */
 import { createHash } from 'node:crypto';
+import { sha256 } from './digest.js';
 import * as fs from 'node:fs';
 import { Header, Pack, Parser, ReadEntry } from 'tar';
 import { EdgeLLMError, FormatError } from '../src/errors.js';
@@ -54,11 +55,8 @@ const MAX_NAME_BYTES = 99;
 const NAME_SEGMENT = /^[A-Za-z0-9_.+=@-]+$/;
 const EPOCH = new Date(0);
 
-/** sha256 in 1 GiB slices: one Hash.update call takes at most 2³¹ − 1 bytes (a 1.5B model's fp32 weights are 6 GB). */
 function sha256Hex(data: Uint8Array): string {
-  const h = createHash('sha256');
-  for (let o = 0; o < data.byteLength; o += 2 ** 30) h.update(data.subarray(o, Math.min(data.byteLength, o + 2 ** 30)));
-  return h.digest('hex');
+  return sha256(data).toString('hex');
 }
 
 function asBuffer(data: Uint8Array): Buffer {
@@ -162,18 +160,19 @@ function packMembers(target: string, members: Array<[string, Uint8Array]>): Prom
   });
 }
 
-/** One member as tar's Parser saw it; `chunks` only for members whose bytes were kept. */
+/** One member as tar's Parser saw it; `chunks` only for members whose bytes were kept, `sha256` (hex) for those hashed in passing. */
 interface TarMember {
   name: string;
   size: number;
   chunks?: Buffer[];
+  sha256?: string;
 }
 
 /**
  * Runs tar's Parser in strict mode over the file, so that every tar warning (bad header checksum,
  * truncated body, unrecognised format) is an error here rather than silently skipped.
  */
-function parseTar(path: string, keep: (name: string) => boolean): Promise<TarMember[]> {
+function parseTar(path: string, keep: (name: string) => boolean, hash: (name: string) => boolean = () => false): Promise<TarMember[]> {
   return new Promise((resolve, reject) => {
     const members: TarMember[] = [];
     const input = fs.createReadStream(path);
@@ -198,6 +197,10 @@ function parseTar(path: string, keep: (name: string) => boolean): Promise<TarMem
       if (keep(entry.path)) {
         const chunks: Buffer[] = (member.chunks = []);
         entry.on('data', (c: Buffer) => chunks.push(c));
+      } else if (hash(entry.path)) {
+        const h = createHash('sha256');
+        entry.on('data', (c: Buffer) => h.update(c));
+        entry.on('end', () => (member.sha256 = h.digest('hex')));
       } else {
         entry.resume();
       }
@@ -327,13 +330,13 @@ function listedFiles(path: string, manifest: Record<string, unknown>): Map<strin
  * Parses and verifies the archive. With `withData` false, member bytes are skipped (not hashed);
  * everything else (tar structure, manifest checksum, format, version, member names and sizes) is checked.
  */
-async function loadHar(path: string, withData: boolean): Promise<HarContents> {
+async function loadHar(path: string, withData: boolean, skip: (name: string) => boolean = () => false): Promise<HarContents> {
   const fd = fs.openSync(path, 'r');
   let members: TarMember[];
   try {
     const fileSize = fs.fstatSync(fd).size;
     checkMagic(path, fd, fileSize);
-    members = await parseTar(path, (name) => withData || name === MANIFEST || name === MANIFEST_SHA);
+    members = await parseTar(path, (name) => (withData && !skip(name)) || name === MANIFEST || name === MANIFEST_SHA, (name) => withData && skip(name));
     checkLayout(path, fd, fileSize, members);
   } finally {
     fs.closeSync(fd);
@@ -388,6 +391,10 @@ async function loadHar(path: string, withData: boolean): Promise<HarContents> {
       throw new FormatError(path, `member ${m.name} is corrupt: ${m.size} bytes, the manifest says ${entry.bytes}`);
     }
     if (!withData) continue;
+    if (skip(m.name)) {
+      if (m.sha256 !== entry.sha256) throw new FormatError(path, `member ${m.name} is corrupt: sha256 mismatch`);
+      continue;
+    }
     const data = bytesOf(m);
     if (sha256Hex(data) !== entry.sha256) throw new FormatError(path, `member ${m.name} is corrupt: sha256 mismatch`);
     files.set(m.name, data);
@@ -403,8 +410,17 @@ async function loadHar(path: string, withData: boolean): Promise<HarContents> {
  * @returns the manifest as stored (with `format`, `formatVersion`, `files`) and the members' bytes
  * @throws FormatError naming `path` and the problem; filesystem errors (e.g. ENOENT) as thrown by node:fs
  */
-export async function readHar(path: string): Promise<HarContents> {
-  return loadHar(path, true);
+export async function readHar(path: string, opts: ReadHarOptions = {}): Promise<HarContents> {
+  return loadHar(path, true, opts.skip);
+}
+
+export interface ReadHarOptions {
+  /**
+   * members not to keep: they are hashed as they stream past and verified like the others, but not
+   * held in memory nor returned in `files`, e.g. a 1.5B model's fp32 emulation weights when only
+   * the quantized model is needed
+   */
+  skip?: (name: string) => boolean;
 }
 
 /**

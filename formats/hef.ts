@@ -20,6 +20,7 @@
  *   writeHef('model.hef', { modelName: 'tiny', kvCache: { numLayers: 2 } }, [{ name: 'weights', kind: 'weights', data }]);
  *   const hef = openHef('model.hef'); const weights = hef.readSection('weights'); hef.close();
  */
+import { sha256 } from './digest.js';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -90,9 +91,6 @@ function headerType(): protobuf.Type {
   return headerTypeCache;
 }
 
-function sha256(data: Uint8Array): Buffer {
-  return createHash('sha256').update(data).digest();
-}
 
 /** Field names in `obj` that `type` does not define (recursing into messages), e.g. "kvCache.numLayer". */
 function unknownFields(type: protobuf.Type, obj: Record<string, unknown>, prefix = ''): string[] {

@@ -212,18 +212,26 @@ export function referencedInitializers(model: onnxProto.onnx.IModelProto): strin
 }
 
 /**
- * Returns ModelProto bytes with the graph's missing initializers taken from `weights`.
+ * The ModelProto with the graph's missing initializers taken from `weights` (tensor data shared,
+ * not copied).
  * @throws FormatError when a referenced initializer is not in `weights`
  */
-export function attachInitializers(model: onnxProto.onnx.ModelProto, weights: Map<string, Tensor>, label: string): Uint8Array {
+export function withInitializers(model: onnxProto.onnx.IModelProto, weights: Map<string, Tensor>, label: string): onnxProto.onnx.IModelProto {
   const add: onnxProto.onnx.ITensorProto[] = [];
   for (const name of referencedInitializers(model)) {
     const t = weights.get(name);
     if (!t) throw new FormatError(label, `graph reads weight '${name}', which the weights section does not hold`);
     add.push(tensorProto(name, t));
   }
-  const m = onnx.ModelProto.create({ ...model, graph: { ...model.graph!, initializer: [...(model.graph!.initializer ?? []), ...add] } });
-  return onnx.ModelProto.encode(m).finish();
+  return { ...model, graph: { ...model.graph!, initializer: [...(model.graph!.initializer ?? []), ...add] } };
+}
+
+/**
+ * {@link withInitializers}, encoded.
+ * @throws FormatError when a referenced initializer is not in `weights`
+ */
+export function attachInitializers(model: onnxProto.onnx.IModelProto, weights: Map<string, Tensor>, label: string): Uint8Array {
+  return onnx.ModelProto.encode(onnx.ModelProto.create(withInitializers(model, weights, label))).finish();
 }
 
 /** ONNX element type name of a DType (for TensorSpec records). */

@@ -42,7 +42,7 @@ async function runAdapterCapture(
   const single: Model = { ...model, adapters: [{ ...adapter, tensors: new Map() }] };
   const maxLen = Math.max(1, ...windows.map((w) => w.length));
   const g = lowerModel(single, { seqLen: 'dynamic', maxContext: maxLen, capture: true, activationQuant: false, kvQuant: false, name: label });
-  const session = await CheckedSession.create(g.encode(true), `LoRA ${label} graph`);
+  const session = await CheckedSession.create(g.toModelProto(true), `LoRA ${label} graph`);
   const lora: Record<string, ort.Tensor> = {};
   for (const [n, f] of loraFeeds(model, adapter, g.inputSpecs)) lora[n] = new ort.Tensor(f.type, f.data, f.dims);
   const bar = ctx.progress(label, windows.length);

@@ -12,7 +12,7 @@ import type { ExecutionBackend, KvContext } from './backend.js';
 import { CheckedSession, type SessionOptions } from './session.js';
 import type { Executable } from '../compiler/compile.js';
 import { kvNames } from '../compiler/lower.js';
-import { attachInitializers, decodeModel } from '../../formats/onnx.js';
+import { withInitializers, decodeModel } from '../../formats/onnx.js';
 import { EdgeLLMError } from '../errors.js';
 import { loraFeeds } from '../../passes/lora.js';
 
@@ -37,7 +37,7 @@ export class SimulatorBackend implements ExecutionBackend {
   /** Builds both sessions. @throws EdgeLLMError when onnxruntime rejects a graph */
   static async load(exe: Executable, opts: SessionOptions = {}): Promise<SimulatorBackend> {
     const build = (bytes: Uint8Array, label: string) =>
-      CheckedSession.create(attachInitializers(decodeModel(bytes, label), exe.weights, label), label, opts);
+      CheckedSession.create(withInitializers(decodeModel(bytes, label), exe.weights, label), label, opts);
     const prefill = await build(exe.prefill.onnx, 'graph.prefill');
     const decode = await build(exe.decode.onnx, 'graph.decode');
     return new SimulatorBackend(exe, prefill, decode);

@@ -50,6 +50,11 @@ describe('HAR weight shards', () => {
       }
     }
 
+    // the quantized model alone: emulation members skipped (not read, not hashed), the rest identical
+    const lean = await loadModelHar(many, { emulation: false });
+    expect(lean.emulation).toEqual({});
+    expect([...lean.model.weights.keys()]).toEqual([...b.model.weights.keys()]);
+
     // drop shard 2 of the weights (re-listed, so only the shard check can catch it)
     const { manifest, files } = await readHar(many);
     const { format: _f, formatVersion: _v, files: _l, ...rest } = manifest;
