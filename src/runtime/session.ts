@@ -20,8 +20,8 @@ import { decodeModel, onnx } from '../../formats/onnx.js';
 /**
  * ModelProto size (bytes) from which initializers are passed to ORT as external data: only where
  * it is needed (ORT's limit is 2 GB; the margin is for the graph itself). Measured on a
- * Qwen2-1.5B-shaped HEF: external data for both sessions cuts `edgellm bench`'s peak RSS from 10.4
- * to 7.3 GB and its load time from 29 to 13 s, but decodes 9% and prefills 7% slower
+ * Qwen2-1.5B-shaped HEF: external data for both sessions cuts `edgellm bench`'s peak RSS from 10.2
+ * to 7.1 GiB and its load time from 29 to 13 s, but decodes 9% and prefills 7% slower
  * (scripts/bench-external-data.ts: same process, alternating pairs), so it stays off below the limit.
  */
 export const EXTERNAL_DATA_BYTES = 1.75 * 2 ** 30;
