@@ -23,9 +23,9 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import { readHar, writeHar } from './har.js';
-import { encodeSafetensors, decodeSafetensors } from './safetensors.js';
+import { encodeSafetensors, decodeSafetensors, SafetensorsFile } from './safetensors.js';
 import { FormatError } from '../src/errors.js';
-import type { Model, QuantState, ModelConfig, PassRecord, LinearQuant, QuantReport, LoraAdapter } from '../src/ir/model.js';
+import type { Model, QuantState, ModelConfig, PassRecord, LinearQuant, QuantReport, LoraAdapter, LazyTensor } from '../src/ir/model.js';
 import { inMemory } from '../src/ir/model.js';
 import type { Tensor } from '../src/ir/tensor.js';
 import { quantSchemeOf } from '../src/compiler/compile.js';
@@ -79,24 +79,45 @@ function encodeWeightMembers(base: string, m: Model, shardBytes: number): Map<st
   return new Map(shards.map((sh, i) => [name(i), encodeSafetensors(sh, { producer: `edgellm ${VERSION}` })]));
 }
 
+/** Where a HAR's members are: in memory (`files`), or only as byte ranges of the archive (lazy loading). */
+interface MemberSource {
+  path: string;
+  files: Map<string, Uint8Array>;
+  ranges: Map<string, { offset: number; size: number }>;
+}
+
+/**
+ * One safetensors member's tensors: decoded from memory, or opened in place in the archive and
+ * read on first `load()` (only the header is read now).
+ */
+function memberTensors(src: MemberSource, name: string): Map<string, LazyTensor> {
+  const label = `${src.path}:${name}`;
+  const bytes = src.files.get(name);
+  if (bytes) return new Map([...decodeSafetensors(bytes, label).tensors].map(([n, t]) => [n, inMemory(t)]));
+  const f = SafetensorsFile.open(src.path, { ...src.ranges.get(name)!, label });
+  return new Map([...f.entries].map(([n, e]) => [n, { dtype: e.dtype, shape: [...e.shape], load: () => f.read(n) }]));
+}
+
 /**
  * The tensors of the weight set `base` (one member or all its shards), or null when the HAR has
  * none. @throws FormatError for a missing shard, mixed shard counts or a tensor stored twice
  */
-function decodeWeightMembers(path: string, files: Map<string, Uint8Array>, base: string): Map<string, Tensor> | null {
-  const single = files.get(`${base}.safetensors`);
+function decodeWeightMembers(src: MemberSource, base: string): Map<string, LazyTensor> | null {
+  const { path } = src;
+  const names = [...src.ranges.keys()];
+  const single = names.includes(`${base}.safetensors`);
   const re = new RegExp(`^${base}-(\\d{5})-of-(\\d{5})\\.safetensors$`); // base: 'weights' or 'emulation/<level>'
-  const shards = [...files.keys()].map((n) => [n, re.exec(n)] as const).filter(([, m]) => m) as [string, RegExpExecArray][];
+  const shards = names.map((n) => [n, re.exec(n)] as const).filter(([, m]) => m) as [string, RegExpExecArray][];
   if (single && shards.length) throw new FormatError(path, `holds both ${base}.safetensors and shards of it`);
-  if (single) return decodeSafetensors(single, `${path}:${base}.safetensors`).tensors;
+  if (single) return memberTensors(src, `${base}.safetensors`);
   if (!shards.length) return null;
   const total = Number(shards[0][1][2]);
   const have = new Set(shards.map(([, m]) => Number(m[1])));
   for (const [n, m] of shards) if (Number(m[2]) !== total) throw new FormatError(path, `shard ${n} disagrees with ${shards[0][0]} on the shard count`);
   for (let i = 1; i <= total; i++) if (!have.has(i)) throw new FormatError(path, `shard ${i} of ${total} of ${base} is missing`);
-  const out = new Map<string, Tensor>();
+  const out = new Map<string, LazyTensor>();
   for (const [n] of shards.sort(([a], [b]) => a.localeCompare(b)))
-    for (const [tn, t] of decodeSafetensors(files.get(n)!, `${path}:${n}`).tensors) {
+    for (const [tn, t] of memberTensors(src, n)) {
       if (out.has(tn)) throw new FormatError(path, `tensor '${tn}' is stored in two shards of ${base}`);
       out.set(tn, t);
     }
@@ -183,11 +204,16 @@ export interface LoadedHar {
  * @param opts.emulation also load the fp32 emulation weights (default true); false leaves
  *   `emulation` empty and only hashes those members in passing (by far the largest: 6 GB for a
  *   rotated 1.5B model), so the whole archive is still verified
+ * @param opts.lazy leave the weight members in the archive: every member is still verified (hashed
+ *   as it streams past), but tensors are read from the file on `load()`, one at a time
  * @throws FormatError for any corrupt or inconsistent member
  */
-export async function loadModelHar(path: string, opts: { emulation?: boolean } = {}): Promise<LoadedHar> {
+export async function loadModelHar(path: string, opts: { emulation?: boolean; lazy?: boolean } = {}): Promise<LoadedHar> {
   const withEmulation = opts.emulation ?? true;
-  const { manifest, files } = await readHar(path, { skip: withEmulation ? undefined : (n) => n.startsWith('emulation/') });
+  const isWeights = (n: string) => /^(weights|emulation\/[a-z]+)(-\d{5}-of-\d{5})?\.safetensors$/.test(n);
+  const har = await readHar(path, { skip: (n) => (!withEmulation && n.startsWith('emulation/')) || (!!opts.lazy && isWeights(n)) });
+  const { manifest, files } = har;
+  const src: MemberSource = { path, files, ranges: har.ranges };
   const need = (name: string): Uint8Array => {
     const f = files.get(name);
     if (!f) throw new FormatError(path, `member '${name}' is missing`);
@@ -200,13 +226,13 @@ export async function loadModelHar(path: string, opts: { emulation?: boolean } =
       throw new FormatError(path, `member '${name}' is not valid JSON: ${(e as Error).message}`);
     }
   };
-  const tensors = decodeWeightMembers(path, files, 'weights');
-  if (!tensors) throw new FormatError(path, `member 'weights.safetensors' is missing`);
+  const weights = decodeWeightMembers(src, 'weights');
+  if (!weights) throw new FormatError(path, `member 'weights.safetensors' is missing`);
   const ranges = json('ranges.json') as Pick<QuantState, 'activations' | 'kvCache' | 'kCacheOffset'>;
   const opt = (name: string) => (files.has(name) ? dec.decode(files.get(name)!) : null);
   const model: Model = {
     config: manifest.config as ModelConfig,
-    weights: new Map([...tensors].map(([n, t]) => [n, inMemory(t)])),
+    weights,
     quant: { linears: (manifest.linears ?? {}) as Record<string, LinearQuant>, activations: ranges.activations ?? {}, kvCache: ranges.kvCache ?? [], ...(ranges.kCacheOffset ? { kCacheOffset: ranges.kCacheOffset } : {}) },
     passes: (manifest.passes ?? []) as PassRecord[],
     tokenizer: {
@@ -231,12 +257,13 @@ export async function loadModelHar(path: string, opts: { emulation?: boolean } =
   const emulation: EmulationModels = {};
   const emuMeta = (manifest.emulation ?? {}) as Record<string, Omit<Model, 'weights' | 'tokenizer' | 'quant'>>;
   for (const level of ['native', 'optimized'] as const) {
-    const t = decodeWeightMembers(path, files, `emulation/${level}`);
+    if (!withEmulation) continue;
+    const t = decodeWeightMembers(src, `emulation/${level}`);
     if (!t || !emuMeta[level]) continue;
     emulation[level] = {
       ...emuMeta[level],
       tokenizer: model.tokenizer,
-      weights: new Map([...t].map(([n, x]) => [n, inMemory(x)])),
+      weights: t,
       quant: { linears: {}, activations: {}, kvCache: [] },
     };
   }

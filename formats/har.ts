@@ -36,6 +36,8 @@ export interface HarContents {
   manifest: Record<string, unknown>;
   /** member name → bytes, in archive order; manifest.json and manifest.sha256 are not included */
   files: Map<string, Uint8Array>;
+  /** member name → where its bytes lie in the (uncompressed) archive, for every listed member */
+  ranges: Map<string, { offset: number; size: number }>;
 }
 
 const MANIFEST = 'manifest.json';
@@ -164,6 +166,8 @@ function packMembers(target: string, members: Array<[string, Uint8Array]>): Prom
 interface TarMember {
   name: string;
   size: number;
+  /** byte offset of the member's data in the file (its 512-byte header precedes it), set by checkLayout */
+  offset: number;
   chunks?: Buffer[];
   sha256?: string;
 }
@@ -192,7 +196,7 @@ function parseTar(path: string, keep: (name: string) => boolean, hash: (name: st
         entry.resume();
         return;
       }
-      const member: TarMember = { name: entry.path, size: entry.size };
+      const member: TarMember = { name: entry.path, size: entry.size, offset: -1 };
       members.push(member);
       if (keep(entry.path)) {
         const chunks: Buffer[] = (member.chunks = []);
@@ -282,6 +286,7 @@ function checkLayout(path: string, fd: number, fileSize: number, members: TarMem
     if (!CANONICAL_CKSUM.test(block.toString('latin1', 148, 156))) {
       throw new FormatError(path, `corrupt tar header of member '${m.name}' at byte ${offset} (malformed checksum field)`);
     }
+    m.offset = offset + BLOCK;
     const dataEnd = offset + BLOCK + m.size;
     const next = offset + BLOCK + roundUp(m.size, BLOCK);
     expectZeros(path, fd, dataEnd, next, () => `non-zero tar padding after member '${m.name}'`);
@@ -384,9 +389,11 @@ async function loadHar(path: string, withData: boolean, skip: (name: string) => 
   if (problems.length > 0) throw new FormatError(path, problems.join('; '));
 
   const files = new Map<string, Uint8Array>();
+  const ranges = new Map<string, { offset: number; size: number }>();
   for (const m of members) {
     const entry = listed.get(m.name);
     if (!entry) continue;
+    ranges.set(m.name, { offset: m.offset, size: m.size });
     if (m.size !== entry.bytes) {
       throw new FormatError(path, `member ${m.name} is corrupt: ${m.size} bytes, the manifest says ${entry.bytes}`);
     }
@@ -399,7 +406,7 @@ async function loadHar(path: string, withData: boolean, skip: (name: string) => 
     if (sha256Hex(data) !== entry.sha256) throw new FormatError(path, `member ${m.name} is corrupt: sha256 mismatch`);
     files.set(m.name, data);
   }
-  return { manifest, files };
+  return { manifest, files, ranges };
 }
 
 /**

@@ -204,8 +204,11 @@ export class SafetensorsFile {
   private constructor(
     readonly path: string,
     fd: number,
+    /** the whole file's size, checked on reopen */
     private readonly size: number,
     header: ParsedHeader,
+    /** where the safetensors bytes start in the file (0, or a member's offset inside an archive) */
+    private readonly base = 0,
   ) {
     this.fd = fd;
     this.metadata = header.metadata;
@@ -213,22 +216,28 @@ export class SafetensorsFile {
   }
 
   /**
-   * Opens `file` and validates its header; reads 8 + N bytes, never the data.
+   * Opens `file` (or the safetensors bytes at `range` inside it, e.g. a member of an uncompressed
+   * archive; `range.label` names it in errors) and validates its header; reads 8 + N bytes, never
+   * the data.
    * @throws FormatError when the file cannot be opened, is shorter than 8 bytes, its header length
    *   runs past the end of file, the header is not a JSON object, or any entry has an unknown dtype,
    *   a bad shape, data_offsets out of range, a byte length ≠ numel(shape) × dtype size, or overlaps
    *   another tensor.
    */
-  static open(file: string): SafetensorsFile {
-    const { fd, size } = openForReading(file);
+  static open(file: string, range?: { offset: number; size: number; label?: string }): SafetensorsFile {
+    const { fd, size: fileSize } = openForReading(file);
+    const base = range?.offset ?? 0;
+    const size = range?.size ?? fileSize;
+    const label = range?.label ?? file;
     try {
-      if (size < 8) throw new FormatError(file, `file is ${size} bytes, shorter than the 8-byte header length prefix`);
+      if (base + size > fileSize) throw new FormatError(label, `bytes ${base}-${base + size} lie past the end of the file (${fileSize} bytes)`);
+      if (size < 8) throw new FormatError(label, `file is ${size} bytes, shorter than the 8-byte header length prefix`);
       const prefix = new Uint8Array(8);
-      readExactly(fd, prefix, 0, file, 'the header length');
-      const n = headerLength(prefix, size, file);
+      readExactly(fd, prefix, base, label, 'the header length');
+      const n = headerLength(prefix, size, label);
       const headerBytes = new Uint8Array(n);
-      readExactly(fd, headerBytes, 8, file, 'the header');
-      return new SafetensorsFile(file, fd, size, parseHeader(headerBytes, 8 + n, size - 8 - n, file));
+      readExactly(fd, headerBytes, base + 8, label, 'the header');
+      return new SafetensorsFile(file, fd, fileSize, parseHeader(headerBytes, 8 + n, size - 8 - n, label), base);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -245,7 +254,7 @@ export class SafetensorsFile {
     const e = this.entries.get(name);
     if (!e) throw new FormatError(this.path, `no tensor '${name}' (the file has ${this.entries.size} tensors)`);
     const bytes = new Uint8Array(e.byteLength);
-    readExactly(this.handle(), bytes, e.offset, this.path, `tensor '${name}'`);
+    readExactly(this.handle(), bytes, this.base + e.offset, this.path, `tensor '${name}'`);
     return { dtype: e.dtype, shape: [...e.shape], data: typedArrayOf(e.dtype, bytes, e.byteLength / DTYPES[e.dtype].bytes) };
   }
 

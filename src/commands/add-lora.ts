@@ -55,7 +55,7 @@ export function registerAddLora(program: Command): void {
       const out: string = o.output ?? o.har;
       outputPathCheck(out);
       const t0 = performance.now();
-      const { model, info, emulation } = await loadModelHar(o.har);
+      const { model, info, emulation } = await loadModelHar(o.har, { lazy: true });
       const peft = loadPeftAdapter(dir, model.config, { baseName: info.modelName });
       if (!g.quiet) for (const w of peft.warnings) process.stderr.write(`warning: ${w}\n`);
       let windows: number[][] = [];

@@ -17,7 +17,7 @@ export function registerCompile(program: Command): void {
     .option('--max-context <n>', 'KV-cache capacity in tokens (default: max_position_embeddings)', int('--max-context'))
     .action(async (har: string, o) => {
       outputPathCheck(o.output);
-      const { model, info } = await loadModelHar(har, { emulation: false });
+      const { model, info } = await loadModelHar(har, { emulation: false, lazy: true });
       const exe = compile(model, { prefillLen: o.prefillLen, maxContext: o.maxContext, modelName: info.modelName, sourceSha256: info.sourceSha256 });
       writeExecutable(o.output, exe);
       if (!program.opts().quiet) process.stderr.write(`wrote ${o.output} (${(fs.statSync(o.output).size / 1024).toFixed(1)} KiB)\n`);

@@ -80,7 +80,7 @@ export async function loadArtifact(p: string, opts: LoadOptions): Promise<Loaded
   if (kind === 'hef') return { kind, exe: readExecutable(p) };
   let model: Model;
   if (kind === 'har') {
-    const har = await loadModelHar(p, { emulation: emulate !== 'quantized' });
+    const har = await loadModelHar(p, { emulation: emulate !== 'quantized', lazy: true });
     const m = emulate === 'quantized' ? har.model : har.emulation[emulate];
     if (!m) throw new UsageError(`${p}: the HAR holds no '${emulate}' model (quantized with --no-emulation-weights?)`);
     model = m;

@@ -50,6 +50,18 @@ describe('HAR weight shards', () => {
       }
     }
 
+    // lazily: tensors read from the archive on load(), the same bytes (also across shards)
+    const lazy = await loadModelHar(many, { lazy: true });
+    for (const [x, y] of [
+      [a.model, lazy.model],
+      [a.emulation.native!, lazy.emulation.native!],
+    ])
+      for (const [n, lt] of x.weights) {
+        const u = y.weights.get(n)!;
+        expect([u.dtype, u.shape]).toEqual([lt.dtype, lt.shape]);
+        expect(bytes(u.load().data).equals(bytes(lt.load().data))).toBe(true);
+      }
+
     // the quantized model alone: emulation members skipped (not read, not hashed), the rest identical
     const lean = await loadModelHar(many, { emulation: false });
     expect(lean.emulation).toEqual({});
