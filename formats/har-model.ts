@@ -22,7 +22,7 @@
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import { readHar, writeHar } from './har.js';
+import { readHar, writeHar, type HarMember } from './har.js';
 import { encodeSafetensors, decodeSafetensors, SafetensorsFile } from './safetensors.js';
 import { FormatError } from '../src/errors.js';
 import type { Model, QuantState, ModelConfig, PassRecord, LinearQuant, QuantReport, LoraAdapter, LazyTensor } from '../src/ir/model.js';
@@ -181,10 +181,13 @@ function encodeAdapter(a: LoraAdapter): { member: string; bytes: Uint8Array; met
  * @throws FormatError when `src` is corrupt or already has an adapter of that name
  */
 export async function addAdapterToHar(src: string, dst: string, adapter: LoraAdapter): Promise<void> {
-  const { manifest, files } = await readHar(src);
-  const { format: _f, formatVersion: _v, files: _l, ...rest } = manifest;
+  // every member is verified as it streams past but none is held: the copy below reads them in pieces
+  const { manifest, ranges } = await readHar(src, { skip: () => true });
+  const { format: _f, formatVersion: _v, files: listing, ...rest } = manifest;
   const list = (rest.adapters ?? []) as { name: string }[];
   if (list.some((a) => a.name === adapter.name)) throw new FormatError(src, `already holds an adapter named '${adapter.name}'`);
+  const sums = listing as Record<string, { sha256: string }>;
+  const files = new Map<string, HarMember>([...ranges].map(([name, r]) => [name, { path: src, ...r, sha256: sums[name].sha256 }]));
   const { member, bytes, meta } = encodeAdapter(adapter);
   files.set(member, bytes);
   await writeHar(dst, { ...rest, adapters: [...list, meta] }, files);

@@ -10,7 +10,7 @@
  *   manifest.sha256   hex sha256 of manifest.json's bytes (64 ASCII characters)
  *   end-of-archive    two zero blocks (tar's marker)
  *
- * Determinism: tar's portable mode (no uid/gid/uname/atime/ctime), mode 0644, mtime 0 and no pax
+ * Determinism: plain ustar headers written with tar's Header (no uid/gid/uname/atime/ctime), mode 0644, mtime 0, no pax
  * headers, so the same input always gives the same bytes.
  *
  * Integrity, so that one flipped byte anywhere is a {@link FormatError}: tar's header checksum covers
@@ -24,7 +24,7 @@
 import { createHash } from 'node:crypto';
 import { sha256 } from './digest.js';
 import * as fs from 'node:fs';
-import { Header, Pack, Parser, ReadEntry } from 'tar';
+import { Header, Parser, type ReadEntry } from 'tar';
 import { EdgeLLMError, FormatError } from '../src/errors.js';
 import { writeAtomic } from './atomic.js';
 
@@ -61,9 +61,6 @@ function sha256Hex(data: Uint8Array): string {
   return sha256(data).toString('hex');
 }
 
-function asBuffer(data: Uint8Array): Buffer {
-  return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-}
 
 const roundUp = (n: number, multiple: number): number => Math.ceil(n / multiple) * multiple;
 
@@ -82,17 +79,34 @@ function memberNameProblem(name: string): string | undefined {
 }
 
 /**
+ * A member's bytes left where they are: a byte range of an existing (verified) archive, with the
+ * sha256 its manifest lists. `writeHar` copies it in 16 MiB pieces, so rewriting a HAR (e.g. adding
+ * an adapter) never holds its largest members in memory.
+ */
+export interface ArchiveRange {
+  path: string;
+  offset: number;
+  size: number;
+  sha256: string;
+}
+
+export type HarMember = Uint8Array | ArchiveRange;
+
+const sizeOf = (m: HarMember) => (m instanceof Uint8Array ? m.byteLength : m.size);
+
+/**
  * Writes a HAR archive atomically (a temporary file beside `path`, renamed over it when complete).
  *
  * @param path target file; overwritten if it exists
  * @param manifest the caller's manifest, JSON-serialisable; must not contain `format`, `formatVersion`
  *   or `files`, which the writer adds
- * @param files member name → bytes. Names are relative paths with '/' separators (at most 99 bytes;
- *   letters, digits, `_ . + = @ -`; no '..', '.', empty segments or leading '/'), written in the Map's order
+ * @param files member name → bytes, or an {@link ArchiveRange} to copy. Names are relative paths with
+ *   '/' separators (at most 99 bytes; letters, digits, `_ . + = @ -`; no '..', '.', empty segments or
+ *   leading '/'), written in the Map's order
  * @throws EdgeLLMError for a bad member name or a reserved manifest key (nothing is written);
  *   filesystem errors as thrown by node:fs (the temporary file is removed)
  */
-export async function writeHar(path: string, manifest: Record<string, unknown>, files: Map<string, Uint8Array>): Promise<void> {
+export async function writeHar(path: string, manifest: Record<string, unknown>, files: Map<string, HarMember>): Promise<void> {
   for (const key of RESERVED_KEYS) {
     if (key in manifest) throw new EdgeLLMError(`writeHar ${path}: manifest key '${key}' is reserved (the writer sets it)`);
   }
@@ -100,11 +114,11 @@ export async function writeHar(path: string, manifest: Record<string, unknown>, 
   for (const [name, data] of files) {
     const problem = memberNameProblem(name);
     if (problem) throw new EdgeLLMError(`writeHar ${path}: bad member name '${name}': ${problem}`);
-    listing[name] = { bytes: data.byteLength, sha256: sha256Hex(data) };
+    listing[name] = { bytes: sizeOf(data), sha256: data instanceof Uint8Array ? sha256Hex(data) : data.sha256 };
   }
   const stored = { format: HAR_FORMAT, formatVersion: HAR_FORMAT_VERSION, ...manifest, files: listing };
   const manifestBytes = Buffer.from(JSON.stringify(stored, null, 2) + '\n', 'utf8');
-  const members: Array<[string, Uint8Array]> = [
+  const members: Array<[string, HarMember]> = [
     [MANIFEST, manifestBytes],
     ...files,
     [MANIFEST_SHA, Buffer.from(sha256Hex(manifestBytes), 'latin1')],
@@ -112,54 +126,45 @@ export async function writeHar(path: string, manifest: Record<string, unknown>, 
   await writeAtomic(path, (tmp) => packMembers(tmp, members));
 }
 
+/** Writes all of `data` at the file's current position (one write takes at most 2³¹ − 1 bytes). */
+function writeAll(fd: number, data: Uint8Array): void {
+  for (let o = 0; o < data.byteLength; ) o += fs.writeSync(fd, data, o, Math.min(data.byteLength - o, 2 ** 30));
+}
+
 /**
- * Builds `members` as a deterministic tar (tar's Pack, fed in-memory entries) and writes it to
- * `target` chunk by chunk with synchronous writes as Pack emits them (piping Pack into a file stream
- * stalls once an entry exceeds the stream's buffer, seen with a ~1 MB member; collecting the whole
- * archive first fails past Buffer's 4 GiB limit, reached by a 1.5B model's HAR).
+ * Writes `members` as a deterministic ustar archive to `target`, streaming: per member a 512-byte
+ * header (tar's Header: regular file, mode 0644, mtime 0, no owner), its bytes, zero padding to
+ * 512; then the two-block end-of-archive marker. Range members are copied from their archive.
  */
-function packMembers(target: string, members: Array<[string, Uint8Array]>): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const pack = new Pack({ portable: true, mtime: EPOCH, strict: true });
-    const fd = fs.openSync(target, 'w');
-    let failed = false;
-    const fail = (e: unknown) => {
-      if (failed) return;
-      failed = true;
-      try {
-        fs.closeSync(fd);
-      } catch {
-        // already reporting the first error
-      }
-      reject(e);
-    };
-    pack.on('error', fail);
-    pack.on('data', (c: Buffer) => {
-      if (failed) return;
-      try {
-        // one write takes at most 2³¹ − 1 bytes; a member's body can come as one larger chunk
-        for (let o = 0; o < c.length; ) o += fs.writeSync(fd, c, o, Math.min(c.length - o, 2 ** 30));
-      } catch (e) {
-        fail(e);
-      }
-    });
-    pack.on('end', () => {
-      if (failed) return;
-      try {
-        fs.closeSync(fd);
-        resolve();
-      } catch (e) {
-        reject(e);
-      }
-    });
+function packMembers(target: string, members: Array<[string, HarMember]>): void {
+  const fd = fs.openSync(target, 'w');
+  try {
+    const piece = Buffer.allocUnsafe(16 << 20);
     for (const [name, data] of members) {
-      const header = new Header({ path: name, type: 'File', size: data.byteLength, mode: 0o644, mtime: EPOCH });
-      const entry = new ReadEntry(header);
-      entry.end(asBuffer(data));
-      pack.add(entry);
+      const size = sizeOf(data);
+      const header = new Header({ path: name, type: 'File', size, mode: 0o644, mtime: EPOCH });
+      if (header.encode() || !header.block) throw new EdgeLLMError(`writeHar: member '${name}' needs a tar extension header`);
+      writeAll(fd, header.block);
+      if (data instanceof Uint8Array) writeAll(fd, data);
+      else {
+        const src = fs.openSync(data.path, 'r');
+        try {
+          for (let o = 0; o < size; ) {
+            const n = readAt(src, piece, data.offset + o, Math.min(piece.length, size - o));
+            if (n === 0) throw new FormatError(data.path, `truncated: ends inside member '${name}'`);
+            writeAll(fd, piece.subarray(0, n));
+            o += n;
+          }
+        } finally {
+          fs.closeSync(src);
+        }
+      }
+      writeAll(fd, new Uint8Array(roundUp(size, BLOCK) - size));
     }
-    pack.end();
-  });
+    writeAll(fd, new Uint8Array(EOF_BYTES));
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /** One member as tar's Parser saw it; `chunks` only for members whose bytes were kept, `sha256` (hex) for those hashed in passing. */
