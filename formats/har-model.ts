@@ -22,12 +22,12 @@
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import { readHar, writeHar, type HarMember } from './har.js';
+import { readHar, writeHar, type HarMember, type ProducedMember } from './har.js';
 import { encodeSafetensors, decodeSafetensors, SafetensorsFile } from './safetensors.js';
 import { FormatError } from '../src/errors.js';
 import type { Model, QuantState, ModelConfig, PassRecord, LinearQuant, QuantReport, LoraAdapter, LazyTensor } from '../src/ir/model.js';
 import { inMemory } from '../src/ir/model.js';
-import type { Tensor } from '../src/ir/tensor.js';
+import { DTYPES, type Tensor } from '../src/ir/tensor.js';
 import { quantSchemeOf } from '../src/compiler/compile.js';
 import { VERSION } from '../src/version.js';
 
@@ -62,21 +62,23 @@ export const SHARD_BYTES = 2 ** 31;
  * `m`'s weights as safetensors members named `<base>.safetensors`, or, past `shardBytes` of tensor
  * data, `<base>-00001-of-0000N.safetensors` … (tensors in order, greedily filled).
  */
-function encodeWeightMembers(base: string, m: Model, shardBytes: number): Map<string, Uint8Array> {
-  const shards: [string, Tensor][][] = [[]];
+function encodeWeightMembers(base: string, m: Model, shardBytes: number): Map<string, ProducedMember> {
+  const shards: [string, LazyTensor][][] = [[]];
   let bytes = 0;
   for (const [n, lt] of m.weights) {
-    const t = lt.load();
-    if (bytes > 0 && bytes + t.data.byteLength > shardBytes) {
+    const size = lt.shape.reduce((a, b) => a * b, 1) * DTYPES[lt.dtype].bytes;
+    if (bytes > 0 && bytes + size > shardBytes) {
       shards.push([]);
       bytes = 0;
     }
-    shards[shards.length - 1].push([n, t]);
-    bytes += t.data.byteLength;
+    shards[shards.length - 1].push([n, lt]);
+    bytes += size;
   }
   const pad = (i: number) => String(i).padStart(5, '0');
   const name = (i: number) => (shards.length === 1 ? `${base}.safetensors` : `${base}-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`);
-  return new Map(shards.map((sh, i) => [name(i), encodeSafetensors(sh, { producer: `edgellm ${VERSION}` })]));
+  // built when written (twice: for the manifest's sha256, then for the archive), one shard at a time
+  const produce = (sh: [string, LazyTensor][]) => () => encodeSafetensors(sh.map(([n, lt]): [string, Tensor] => [n, lt.load()]), { producer: `edgellm ${VERSION}` });
+  return new Map(shards.map((sh, i) => [name(i), { produce: produce(sh) }]));
 }
 
 /** Where a HAR's members are: in memory (`files`), or only as byte ranges of the archive (lazy loading). */
@@ -130,7 +132,7 @@ function decodeWeightMembers(src: MemberSource, base: string): Map<string, LazyT
  */
 export async function saveModelHar(path: string, model: Model, info: HarInfo, emulation: EmulationModels = {}, opts: { shardBytes?: number } = {}): Promise<void> {
   const shardBytes = opts.shardBytes ?? SHARD_BYTES;
-  const files = new Map<string, Uint8Array>();
+  const files = new Map<string, HarMember>();
   for (const [n, b] of encodeWeightMembers('weights', model, shardBytes)) files.set(n, b);
   if (model.report) files.set('report.json', enc.encode(JSON.stringify(model.report, null, 1)));
   const emulationPasses: Record<string, unknown> = {};

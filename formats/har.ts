@@ -90,9 +90,18 @@ export interface ArchiveRange {
   sha256: string;
 }
 
-export type HarMember = Uint8Array | ArchiveRange;
+/**
+ * A member built on demand, twice: once to list its size and sha256 in the manifest (which comes
+ * first in the archive), once to write it. `produce` must return the same bytes both times. Lets a
+ * HAR hold several GB of weights while only one member is ever in memory.
+ */
+export interface ProducedMember {
+  produce(): Uint8Array;
+}
 
-const sizeOf = (m: HarMember) => (m instanceof Uint8Array ? m.byteLength : m.size);
+export type HarMember = Uint8Array | ArchiveRange | ProducedMember;
+
+const isRange = (m: HarMember): m is ArchiveRange => !(m instanceof Uint8Array) && 'path' in m;
 
 /**
  * Writes a HAR archive atomically (a temporary file beside `path`, renamed over it when complete).
@@ -114,7 +123,11 @@ export async function writeHar(path: string, manifest: Record<string, unknown>, 
   for (const [name, data] of files) {
     const problem = memberNameProblem(name);
     if (problem) throw new EdgeLLMError(`writeHar ${path}: bad member name '${name}': ${problem}`);
-    listing[name] = { bytes: sizeOf(data), sha256: data instanceof Uint8Array ? sha256Hex(data) : data.sha256 };
+    if (isRange(data)) listing[name] = { bytes: data.size, sha256: data.sha256 };
+    else {
+      const bytes = data instanceof Uint8Array ? data : data.produce();
+      listing[name] = { bytes: bytes.byteLength, sha256: sha256Hex(bytes) };
+    }
   }
   const stored = { format: HAR_FORMAT, formatVersion: HAR_FORMAT_VERSION, ...manifest, files: listing };
   const manifestBytes = Buffer.from(JSON.stringify(stored, null, 2) + '\n', 'utf8');
@@ -123,7 +136,7 @@ export async function writeHar(path: string, manifest: Record<string, unknown>, 
     ...files,
     [MANIFEST_SHA, Buffer.from(sha256Hex(manifestBytes), 'latin1')],
   ];
-  await writeAtomic(path, (tmp) => packMembers(tmp, members));
+  await writeAtomic(path, (tmp) => packMembers(tmp, members, listing));
 }
 
 /** Writes all of `data` at the file's current position (one write takes at most 2³¹ − 1 bytes). */
@@ -134,14 +147,17 @@ function writeAll(fd: number, data: Uint8Array): void {
 /**
  * Writes `members` as a deterministic ustar archive to `target`, streaming: per member a 512-byte
  * header (tar's Header: regular file, mode 0644, mtime 0, no owner), its bytes, zero padding to
- * 512; then the two-block end-of-archive marker. Range members are copied from their archive.
+ * 512; then the two-block end-of-archive marker. Range members are copied from their archive,
+ * produced members built again (and checked against their listed size).
  */
-function packMembers(target: string, members: Array<[string, HarMember]>): void {
+function packMembers(target: string, members: Array<[string, HarMember]>, listing: Record<string, { bytes: number }>): void {
   const fd = fs.openSync(target, 'w');
   try {
     const piece = Buffer.allocUnsafe(16 << 20);
-    for (const [name, data] of members) {
-      const size = sizeOf(data);
+    for (const [name, member] of members) {
+      const data = member instanceof Uint8Array || isRange(member) ? member : member.produce();
+      const size = isRange(data) ? data.size : data.byteLength;
+      if (listing[name] && listing[name].bytes !== size) throw new EdgeLLMError(`writeHar: member '${name}' came out ${size} bytes on the second pass, ${listing[name].bytes} on the first`);
       const header = new Header({ path: name, type: 'File', size, mode: 0o644, mtime: EPOCH });
       if (header.encode() || !header.block) throw new EdgeLLMError(`writeHar: member '${name}' needs a tar extension header`);
       writeAll(fd, header.block);
