@@ -43,3 +43,12 @@ export function writeAtomicSync(target: string, write: (tmpPath: string) => void
 export function writeFileAtomicSync(target: string, data: Uint8Array | string): void {
   writeAtomicSync(target, (tmp) => fs.writeFileSync(tmp, data));
 }
+
+/**
+ * Writes all of `data` to `fd` at its current position, or from `position` on: one write call
+ * takes at most 2³¹ − 1 bytes, and weights sections and HAR members can be several GB.
+ */
+export function writeFully(fd: number, data: Uint8Array, position?: number): void {
+  for (let done = 0; done < data.byteLength; )
+    done += fs.writeSync(fd, data, done, Math.min(data.byteLength - done, 1 << 30), position === undefined ? null : position + done);
+}

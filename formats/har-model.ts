@@ -58,6 +58,14 @@ export function sourceWeightsSha256(files: string[]): string {
 /** Tensor bytes per safetensors member before a weight set is split into shards. */
 export const SHARD_BYTES = 2 ** 31;
 
+/** A weight-set member: `<base>.safetensors` or shard i of n `<base>-0000i-of-0000n.safetensors`. */
+const WEIGHT_MEMBER = /^(weights|emulation\/[a-z]+)(?:-(\d{5})-of-(\d{5}))?\.safetensors$/;
+
+function weightMemberName(base: string, i: number, n: number): string {
+  const pad = (k: number) => String(k).padStart(5, '0');
+  return n === 1 ? `${base}.safetensors` : `${base}-${pad(i + 1)}-of-${pad(n)}.safetensors`;
+}
+
 /**
  * `m`'s weights as safetensors members named `<base>.safetensors`, or, past `shardBytes` of tensor
  * data, `<base>-00001-of-0000N.safetensors` … (tensors in order, greedily filled).
@@ -74,11 +82,9 @@ function encodeWeightMembers(base: string, m: Model, shardBytes: number): Map<st
     shards[shards.length - 1].push([n, lt]);
     bytes += size;
   }
-  const pad = (i: number) => String(i).padStart(5, '0');
-  const name = (i: number) => (shards.length === 1 ? `${base}.safetensors` : `${base}-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`);
   // built when written (twice: for the manifest's sha256, then for the archive), one shard at a time
   const produce = (sh: [string, LazyTensor][]) => () => encodeSafetensors(sh.map(([n, lt]): [string, Tensor] => [n, lt.load()]), { producer: `edgellm ${VERSION}` });
-  return new Map(shards.map((sh, i) => [name(i), { produce: produce(sh) }]));
+  return new Map(shards.map((sh, i) => [weightMemberName(base, i, shards.length), { produce: produce(sh) }]));
 }
 
 /** Where a HAR's members are: in memory (`files`), or only as byte ranges of the archive (lazy loading). */
@@ -106,19 +112,17 @@ function memberTensors(src: MemberSource, name: string): Map<string, LazyTensor>
  */
 function decodeWeightMembers(src: MemberSource, base: string): Map<string, LazyTensor> | null {
   const { path } = src;
-  const names = [...src.ranges.keys()];
-  const single = names.includes(`${base}.safetensors`);
-  const re = new RegExp(`^${base}-(\\d{5})-of-(\\d{5})\\.safetensors$`); // base: 'weights' or 'emulation/<level>'
-  const shards = names.map((n) => [n, re.exec(n)] as const).filter(([, m]) => m) as [string, RegExpExecArray][];
-  if (single && shards.length) throw new FormatError(path, `holds both ${base}.safetensors and shards of it`);
-  if (single) return memberTensors(src, `${base}.safetensors`);
-  if (!shards.length) return null;
-  const total = Number(shards[0][1][2]);
-  const have = new Set(shards.map(([, m]) => Number(m[1])));
-  for (const [n, m] of shards) if (Number(m[2]) !== total) throw new FormatError(path, `shard ${n} disagrees with ${shards[0][0]} on the shard count`);
+  const members = [...src.ranges.keys()].map((n) => [n, WEIGHT_MEMBER.exec(n)] as const).filter(([, m]) => m?.[1] === base) as [string, RegExpExecArray][];
+  if (!members.length) return null;
+  const single = members.find(([, m]) => m[2] === undefined);
+  if (single && members.length > 1) throw new FormatError(path, `holds both ${base}.safetensors and shards of it`);
+  if (single) return memberTensors(src, single[0]);
+  const total = Number(members[0][1][3]);
+  const have = new Set(members.map(([, m]) => Number(m[2])));
+  for (const [n, m] of members) if (Number(m[3]) !== total) throw new FormatError(path, `shard ${n} disagrees with ${members[0][0]} on the shard count`);
   for (let i = 1; i <= total; i++) if (!have.has(i)) throw new FormatError(path, `shard ${i} of ${total} of ${base} is missing`);
   const out = new Map<string, LazyTensor>();
-  for (const [n] of shards.sort(([a], [b]) => a.localeCompare(b)))
+  for (const [n] of members.sort(([a], [b]) => a.localeCompare(b)))
     for (const [tn, t] of memberTensors(src, n)) {
       if (out.has(tn)) throw new FormatError(path, `tensor '${tn}' is stored in two shards of ${base}`);
       out.set(tn, t);
@@ -215,8 +219,7 @@ export interface LoadedHar {
  */
 export async function loadModelHar(path: string, opts: { emulation?: boolean; lazy?: boolean } = {}): Promise<LoadedHar> {
   const withEmulation = opts.emulation ?? true;
-  const isWeights = (n: string) => /^(weights|emulation\/[a-z]+)(-\d{5}-of-\d{5})?\.safetensors$/.test(n);
-  const har = await readHar(path, { skip: (n) => (!withEmulation && n.startsWith('emulation/')) || (!!opts.lazy && isWeights(n)) });
+  const har = await readHar(path, { skip: (n) => (!withEmulation && n.startsWith('emulation/')) || (!!opts.lazy && WEIGHT_MEMBER.test(n)) });
   const { manifest, files } = har;
   const src: MemberSource = { path, files, ranges: har.ranges };
   const need = (name: string): Uint8Array => {
@@ -261,8 +264,7 @@ export async function loadModelHar(path: string, opts: { emulation?: boolean; la
     }));
   const emulation: EmulationModels = {};
   const emuMeta = (manifest.emulation ?? {}) as Record<string, Omit<Model, 'weights' | 'tokenizer' | 'quant'>>;
-  for (const level of ['native', 'optimized'] as const) {
-    if (!withEmulation) continue;
+  for (const level of withEmulation ? (['native', 'optimized'] as const) : []) {
     const t = decodeWeightMembers(src, `emulation/${level}`);
     if (!t || !emuMeta[level]) continue;
     emulation[level] = {

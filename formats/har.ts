@@ -26,7 +26,7 @@ import { sha256 } from './digest.js';
 import * as fs from 'node:fs';
 import { Header, Parser, type ReadEntry } from 'tar';
 import { EdgeLLMError, FormatError } from '../src/errors.js';
-import { writeAtomic } from './atomic.js';
+import { writeAtomic, writeFully } from './atomic.js';
 
 export const HAR_FORMAT = 'edgellm-har';
 export const HAR_FORMAT_VERSION = 1;
@@ -60,7 +60,6 @@ const EPOCH = new Date(0);
 function sha256Hex(data: Uint8Array): string {
   return sha256(data).toString('hex');
 }
-
 
 const roundUp = (n: number, multiple: number): number => Math.ceil(n / multiple) * multiple;
 
@@ -139,11 +138,6 @@ export async function writeHar(path: string, manifest: Record<string, unknown>, 
   await writeAtomic(path, (tmp) => packMembers(tmp, members, listing));
 }
 
-/** Writes all of `data` at the file's current position (one write takes at most 2³¹ − 1 bytes). */
-function writeAll(fd: number, data: Uint8Array): void {
-  for (let o = 0; o < data.byteLength; ) o += fs.writeSync(fd, data, o, Math.min(data.byteLength - o, 2 ** 30));
-}
-
 /**
  * Writes `members` as a deterministic ustar archive to `target`, streaming: per member a 512-byte
  * header (tar's Header: regular file, mode 0644, mtime 0, no owner), its bytes, zero padding to
@@ -160,30 +154,30 @@ function packMembers(target: string, members: Array<[string, HarMember]>, listin
       if (listing[name] && listing[name].bytes !== size) throw new EdgeLLMError(`writeHar: member '${name}' came out ${size} bytes on the second pass, ${listing[name].bytes} on the first`);
       const header = new Header({ path: name, type: 'File', size, mode: 0o644, mtime: EPOCH });
       if (header.encode() || !header.block) throw new EdgeLLMError(`writeHar: member '${name}' needs a tar extension header`);
-      writeAll(fd, header.block);
-      if (data instanceof Uint8Array) writeAll(fd, data);
+      writeFully(fd, header.block);
+      if (data instanceof Uint8Array) writeFully(fd, data);
       else {
         const src = fs.openSync(data.path, 'r');
         try {
           for (let o = 0; o < size; ) {
             const n = readAt(src, piece, data.offset + o, Math.min(piece.length, size - o));
             if (n === 0) throw new FormatError(data.path, `truncated: ends inside member '${name}'`);
-            writeAll(fd, piece.subarray(0, n));
+            writeFully(fd, piece.subarray(0, n));
             o += n;
           }
         } finally {
           fs.closeSync(src);
         }
       }
-      writeAll(fd, new Uint8Array(roundUp(size, BLOCK) - size));
+      writeFully(fd, new Uint8Array(roundUp(size, BLOCK) - size));
     }
-    writeAll(fd, new Uint8Array(EOF_BYTES));
+    writeFully(fd, new Uint8Array(EOF_BYTES));
   } finally {
     fs.closeSync(fd);
   }
 }
 
-/** One member as tar's Parser saw it; `chunks` only for members whose bytes were kept, `sha256` (hex) for those hashed in passing. */
+/** One member as tar's Parser saw it; `chunks` only for members whose bytes were kept, `sha256` (hex) for those hashed as they streamed past. */
 interface TarMember {
   name: string;
   size: number;
@@ -197,7 +191,7 @@ interface TarMember {
  * Runs tar's Parser in strict mode over the file, so that every tar warning (bad header checksum,
  * truncated body, unrecognised format) is an error here rather than silently skipped.
  */
-function parseTar(path: string, keep: (name: string) => boolean, hash: (name: string) => boolean = () => false): Promise<TarMember[]> {
+function parseTar(path: string, keep: (name: string) => boolean, hash: (name: string) => boolean): Promise<TarMember[]> {
   return new Promise((resolve, reject) => {
     const members: TarMember[] = [];
     const input = fs.createReadStream(path);
@@ -219,15 +213,15 @@ function parseTar(path: string, keep: (name: string) => boolean, hash: (name: st
       }
       const member: TarMember = { name: entry.path, size: entry.size, offset: -1 };
       members.push(member);
-      if (keep(entry.path)) {
-        const chunks: Buffer[] = (member.chunks = []);
-        entry.on('data', (c: Buffer) => chunks.push(c));
-      } else if (hash(entry.path)) {
-        const h = createHash('sha256');
-        entry.on('data', (c: Buffer) => h.update(c));
-        entry.on('end', () => (member.sha256 = h.digest('hex')));
-      } else {
-        entry.resume();
+      const chunks: Buffer[] | undefined = keep(entry.path) ? (member.chunks = []) : undefined;
+      const h = hash(entry.path) ? createHash('sha256') : undefined;
+      if (!chunks && !h) entry.resume();
+      else {
+        entry.on('data', (c: Buffer) => {
+          chunks?.push(c);
+          h?.update(c);
+        });
+        if (h) entry.on('end', () => (member.sha256 = h.digest('hex')));
       }
     });
     parser.on('eof', () => (sawEof = true));
@@ -362,7 +356,7 @@ async function loadHar(path: string, withData: boolean, skip: (name: string) => 
   try {
     const fileSize = fs.fstatSync(fd).size;
     checkMagic(path, fd, fileSize);
-    members = await parseTar(path, (name) => (withData && !skip(name)) || name === MANIFEST || name === MANIFEST_SHA, (name) => withData && skip(name));
+    members = await parseTar(path, (name) => (withData && !skip(name)) || name === MANIFEST || name === MANIFEST_SHA, () => withData);
     checkLayout(path, fd, fileSize, members);
   } finally {
     fs.closeSync(fd);
@@ -419,13 +413,8 @@ async function loadHar(path: string, withData: boolean, skip: (name: string) => 
       throw new FormatError(path, `member ${m.name} is corrupt: ${m.size} bytes, the manifest says ${entry.bytes}`);
     }
     if (!withData) continue;
-    if (skip(m.name)) {
-      if (m.sha256 !== entry.sha256) throw new FormatError(path, `member ${m.name} is corrupt: sha256 mismatch`);
-      continue;
-    }
-    const data = bytesOf(m);
-    if (sha256Hex(data) !== entry.sha256) throw new FormatError(path, `member ${m.name} is corrupt: sha256 mismatch`);
-    files.set(m.name, data);
+    if (m.sha256 !== entry.sha256) throw new FormatError(path, `member ${m.name} is corrupt: sha256 mismatch`);
+    if (!skip(m.name)) files.set(m.name, bytesOf(m));
   }
   return { manifest, files, ranges };
 }

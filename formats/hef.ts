@@ -26,7 +26,7 @@ import * as fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
 import { EdgeLLMError, FormatError } from '../src/errors.js';
-import { writeAtomicSync } from './atomic.js';
+import { writeAtomicSync, writeFully } from './atomic.js';
 
 export const HEF_MAGIC: Uint8Array = new Uint8Array([0x45, 0x44, 0x47, 0x45, 0x48, 0x45, 0x46, 0x00]); // "EDGEHEF\0"
 export const HEF_FORMAT_VERSION = 1;
@@ -91,7 +91,6 @@ function headerType(): protobuf.Type {
   return headerTypeCache;
 }
 
-
 /** Field names in `obj` that `type` does not define (recursing into messages), e.g. "kvCache.numLayer". */
 function unknownFields(type: protobuf.Type, obj: Record<string, unknown>, prefix = ''): string[] {
   const out: string[] = [];
@@ -112,12 +111,6 @@ function unknownFields(type: protobuf.Type, obj: Record<string, unknown>, prefix
     });
   }
   return out;
-}
-
-function writeFully(fd: number, data: Uint8Array): void {
-  for (let done = 0; done < data.byteLength; ) {
-    done += fs.writeSync(fd, data, done, Math.min(data.byteLength - done, 1 << 30));
-  }
 }
 
 /**

@@ -6,7 +6,7 @@
  *
  * Initializers are kept apart from the graph so that one weight set can serve several graphs
  * (prefill and decode): {@link GraphBuilder.toModelProto} can leave them out, and
- * {@link attachInitializers} adds them back from a shared store at load time.
+ * {@link withInitializers} adds them back from a shared store at load time.
  */
 import onnxProto from 'onnx-proto';
 import { DTYPES, type DType, type Tensor } from '../src/ir/tensor.js';
@@ -160,7 +160,7 @@ export class GraphBuilder {
 
   /**
    * The ModelProto. With `includeInitializers: false` the weights are left out (they are attached
-   * at load time by {@link attachInitializers}).
+   * at load time by {@link withInitializers}).
    */
   toModelProto(includeInitializers = true): onnxProto.onnx.IModelProto {
     const vi = (v: ValueSpec): onnxProto.onnx.IValueInfoProto => ({
@@ -224,14 +224,6 @@ export function withInitializers(model: onnxProto.onnx.IModelProto, weights: Map
     add.push(tensorProto(name, t));
   }
   return { ...model, graph: { ...model.graph!, initializer: [...(model.graph!.initializer ?? []), ...add] } };
-}
-
-/**
- * {@link withInitializers}, encoded.
- * @throws FormatError when a referenced initializer is not in `weights`
- */
-export function attachInitializers(model: onnxProto.onnx.IModelProto, weights: Map<string, Tensor>, label: string): Uint8Array {
-  return onnx.ModelProto.encode(onnx.ModelProto.create(withInitializers(model, weights, label))).finish();
 }
 
 /** ONNX element type name of a DType (for TensorSpec records). */

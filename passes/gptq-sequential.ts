@@ -36,7 +36,7 @@ import { bf16ToFloat, halfToFloat, toFloat32 } from '../src/ir/tensor.js';
 import { dequantizeW4, quantizeRtnW4, type PackedW4 } from '../src/ir/quant.js';
 import { lowerLayerGraph, captureName, kvNames } from '../src/compiler/lower.js';
 import { Lowering } from '../src/compiler/lowering.js';
-import { GraphBuilder, onnx, attachInitializers } from '../formats/onnx.js';
+import { GraphBuilder, onnx, withInitializers } from '../formats/onnx.js';
 import type onnxProto from 'onnx-proto';
 import { CheckedSession } from '../src/runtime/session.js';
 import { UnsupportedModelError, UsageError } from '../src/errors.js';
@@ -307,7 +307,7 @@ class LayerState {
     for (const point of this.cached.keys()) cuts.set(captureInput(g, point), point);
     const proto = cutGraph(g, cuts, outputs);
     const label = `gptq layer ${this.layer} → ${outputs.join(', ')}`;
-    const session = await CheckedSession.create(attachInitializers(onnx.ModelProto.create(proto), g.initializers, label), label);
+    const session = await CheckedSession.create(withInitializers(proto, g.initializers, label), label);
     const kv = kvNames(this.layer);
     const empty = () => new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
     try {

@@ -11,7 +11,8 @@
 import * as ort from 'onnxruntime-node';
 import type { Model, QParams } from '../src/ir/model.js';
 import { lowerModel, captureName, loraPoint } from '../src/compiler/lower.js';
-import { actPointName, layerLinears } from '../src/ir/architectures.js';
+import { actPointName, decoderLinear } from '../src/ir/architectures.js';
+import { EdgeLLMError } from '../src/errors.js';
 import { windowFeeds } from '../calibration/capture.js';
 import { HessianAccumulator } from '../calibration/hessian.js';
 import { CheckedSession } from '../src/runtime/session.js';
@@ -58,20 +59,19 @@ async function runAdapterCapture(
   }
 }
 
-/** The activation point a linear reads, e.g. `model.layers.3.attn_in` for its q_proj. */
-export function linearInputPoint(model: Pick<Model, 'config'>, linear: string, layer: number): string {
-  const spec = layerLinears(model.config, layer).find((s) => s.name === linear);
-  if (!spec) throw new Error(`no linear '${linear}' in layer ${layer}`);
-  return actPointName(layer, spec.input);
+/** The activation point a decoder linear reads, e.g. `model.layers.3.attn_in` for its q_proj. */
+function linearInputPoint(model: Pick<Model, 'config'>, linear: string): string {
+  const spec = decoderLinear(model.config, linear);
+  if (!spec) throw new EdgeLLMError(`no decoder-layer linear '${linear}'`);
+  return actPointName(spec.layer, spec.input);
 }
 
 /**
  * Input Hessians of the linears `adapter` adapts, on `windows`, with the adapter applied.
- * @returns input point (see {@link linearInputPoint}) -> H = mean x·xᵀ, float64 [in, in] row-major
+ * @returns input point (`model.layers.{i}.attn_in`, …) -> H = mean x·xᵀ, float64 [in, in] row-major
  */
 export async function loraInputHessians(model: Model, adapter: LoraAdapterData, windows: number[][], ctx: PassContext): Promise<Map<string, Float64Array>> {
-  const layerOf = (linear: string) => Number(/^model\.layers\.(\d+)\./.exec(linear)?.[1] ?? -1);
-  const points = [...new Set(adapter.modules.map((m) => linearInputPoint(model, m.linear, layerOf(m.linear))))];
+  const points = [...new Set(adapter.modules.map((m) => linearInputPoint(model, m.linear)))];
   const acc = new Map(points.map((p) => [p, null as HessianAccumulator | null]));
   try {
     await runAdapterCapture(model, adapter, windows, points, 'lora-hessians', ctx, async (captured, w) => {

@@ -28,8 +28,15 @@
  * The large products go through a {@link MatMul}: float64 loops by default, onnxruntime Gemm
  * (float32) from `addLora`; everything else is float64.
  */
+import type { Model, LoraAdapter } from '../src/ir/model.js';
+import { toFloat32 } from '../src/ir/tensor.js';
+import { actPointName, decoderLinear } from '../src/ir/architectures.js';
+import type { PassContext } from '../src/pipeline-context.js';
+import { UnsupportedModelError } from '../src/errors.js';
 import { rotationRng } from './hadamard.js';
-import type { OrtLinalg } from './gptq-linalg.js';
+import { OrtLinalg } from './gptq-linalg.js';
+import { dequantizedWeight } from './rtn.js';
+import type { TransformedModule } from './lora-transform.js';
 
 /**
  * C = op(A)·B for row-major float64 matrices: A [aRows, aCols] (op(A) = Aᵀ with `transA`),
@@ -242,4 +249,51 @@ export async function refitLoraModule(
     }
   }
   return { A: An, B: Bn, residualBefore, residualAfter: Math.max(0, total - captured) };
+}
+
+/** What the refit did, kept in the adapter's `source.refit` (H-weighted residuals, summed over modules). */
+export type LoraRefitSummary = NonNullable<LoraAdapter['source']['refit']>;
+
+/**
+ * Refits every module of `modules` whose base linear is W4-quantized in `model` ({@link refitLoraModule},
+ * onnxruntime products); the others are returned as they are.
+ * @param fp32 the base's fp32 weights in the same (transformed) space: a HAR's `emulation/optimized`
+ * @param hessians input point → H of the adapted linears' inputs (passes/lora-calibration.ts)
+ * @throws UnsupportedModelError when `fp32` lacks an adapted linear's weight
+ */
+export async function refitToBase(
+  model: Model,
+  fp32: Model,
+  modules: TransformedModule[],
+  hessians: Map<string, Float64Array>,
+  windows: number,
+  ctx: PassContext,
+): Promise<{ modules: TransformedModule[]; summary: LoraRefitSummary }> {
+  const onQuantized = modules.filter((m) => model.quant.linears[m.linear]);
+  const summary: LoraRefitSummary = { modules: onQuantized.length, windows, residualBefore: 0, residualAfter: 0 };
+  const la = new OrtLinalg();
+  const mm = ortMatMul(la);
+  const bar = ctx.progress('lora-refit', onQuantized.length);
+  const out: TransformedModule[] = [];
+  try {
+    for (const m of modules) {
+      const spec = model.quant.linears[m.linear] ? decoderLinear(model.config, m.linear) : undefined;
+      if (!spec) {
+        out.push(m);
+        continue;
+      }
+      const W = fp32.weights.get(`${m.linear}.weight`);
+      if (!W) throw new UnsupportedModelError(`add-lora: the HAR's fp32 weights have no '${m.linear}.weight'`);
+      const H = hessians.get(actPointName(spec.layer, spec.input))!;
+      const r = await refitLoraModule(toFloat32(W.load()), dequantizedWeight(model, spec), m.A, m.B, m.scaling, H, m.outFeatures, m.inFeatures, m.rank, mm);
+      summary.residualBefore += r.residualBefore;
+      summary.residualAfter += r.residualAfter;
+      out.push({ ...m, A: r.A, B: r.B });
+      bar.tick();
+    }
+  } finally {
+    bar.done();
+    await la.dispose();
+  }
+  return { modules: out, summary };
 }

@@ -25,12 +25,13 @@ import type { ExecutableAdapter } from '../src/compiler/compile.js';
 import type { PeftAdapter } from '../formats/peft.js';
 import type { PassContext } from '../src/pipeline-context.js';
 import { transformAdapter, type TransformedModule, type TransformSources } from './lora-transform.js';
-import { calibrateLora, loraInputHessians, linearInputPoint } from './lora-calibration.js';
-import { refitLoraModule, ortMatMul } from './lora-refit.js';
-import { OrtLinalg } from './gptq-linalg.js';
+import { calibrateLora, loraInputHessians } from './lora-calibration.js';
+import { refitToBase, type LoraRefitSummary } from './lora-refit.js';
+import { decoderLinear } from '../src/ir/architectures.js';
 import { EdgeLLMError, UnsupportedModelError, UsageError, ShapeMismatchError } from '../src/errors.js';
 
 export { transformAdapter, type TransformedModule, type TransformSources } from './lora-transform.js';
+export type { LoraRefitSummary } from './lora-refit.js';
 
 export const meta = { name: 'add-lora', requires: [] as string[] };
 export const mergeMeta = { name: 'merge-lora', requires: [] as string[] };
@@ -48,9 +49,6 @@ export interface AddLoraOptions {
    */
   refit?: boolean;
 }
-
-/** What the refit did, kept in the adapter's `source.refit` (H-weighted residuals, summed over modules). */
-export type LoraRefitSummary = NonNullable<LoraAdapter['source']['refit']>;
 
 export const DEFAULT_ADD_LORA_OPTIONS: Omit<AddLoraOptions, 'name'> = { bits: 8, groupSize: 32 };
 
@@ -128,16 +126,9 @@ export function dequantizeLoraMatrix(get: (name: string) => Tensor | undefined, 
 
 /** Shapes of a module's A [rank, in] and B [out, rank] from the model config. */
 function moduleDims(model: Pick<Model, 'config'>, linear: string): { inFeatures: number; outFeatures: number } {
-  const c = model.config;
-  const role = linear.slice(linear.lastIndexOf('.') + 1);
-  const q = c.numHeads * c.headDim;
-  const kv = c.numKvHeads * c.headDim;
-  const h = c.hiddenSize;
-  const m = c.intermediateSize;
-  const dims: Record<string, [number, number]> = { q_proj: [h, q], k_proj: [h, kv], v_proj: [h, kv], o_proj: [q, h], gate_proj: [h, m], up_proj: [h, m], down_proj: [m, h] };
-  const d = dims[role];
-  if (!d) throw new EdgeLLMError(`LoRA module '${linear}' is not a decoder-layer linear`);
-  return { inFeatures: d[0], outFeatures: d[1] };
+  const spec = decoderLinear(model.config, linear);
+  if (!spec) throw new EdgeLLMError(`LoRA module '${linear}' is not a decoder-layer linear`);
+  return spec;
 }
 
 /**
@@ -246,39 +237,13 @@ export async function addLora(model: Model, peft: PeftAdapter, opts: AddLoraOpti
   const build = (mods: TransformedModule[], bits: 32 | 8 | 4) => buildAdapter(opts.name, peft, mods, bits, opts.groupSize, applied);
   let mods = tmods;
   let refit: LoraRefitSummary | undefined;
-  const onQuantized = tmods.filter((m) => model.quant.linears[m.linear]);
-  if (opts.refit !== false && onQuantized.length > 0) {
+  if (opts.refit !== false && tmods.some((m) => model.quant.linears[m.linear])) {
     if (!src.optimized) ctx.log(`add-lora ${opts.name}: not refit to the quantized base: the HAR keeps no fp32 weights (quantized with --no-emulation-weights)`);
     else {
       if (windows.length === 0) throw new UsageError('add-lora: refitting the adapter to the quantized base needs calibration windows (or --no-refit)');
-      ctx.log(`add-lora ${opts.name}: refitting ${onQuantized.length} modules to the W4 base on ${windows.length} windows`);
+      ctx.log(`add-lora ${opts.name}: refitting to the W4 base on ${windows.length} windows`);
       const H = await loraInputHessians(model, adapterData(build(tmods, 32)), windows, ctx);
-      refit = { modules: onQuantized.length, windows: windows.length, residualBefore: 0, residualAfter: 0 };
-      const la = new OrtLinalg();
-      const bar = ctx.progress('lora-refit', onQuantized.length);
-      mods = [];
-      try {
-        for (const m of tmods) mods.push(model.quant.linears[m.linear] ? await refitModule(m) : m);
-      } finally {
-        bar.done();
-        await la.dispose();
-      }
-      async function refitModule(m: TransformedModule): Promise<TransformedModule> {
-        const q = model.quant.linears[m.linear];
-        const W = src.optimized!.weights.get(`${m.linear}.weight`);
-        if (!W) throw new UnsupportedModelError(`add-lora: the HAR's fp32 weights have no '${m.linear}.weight'`);
-        const get = (n: string) => model.weights.get(`${m.linear}.${n}`)?.load();
-        const qweight = get('qweight');
-        const scales = get('scales');
-        if (!qweight || !scales) throw new UnsupportedModelError(`add-lora: ${m.linear} is quantized but its qweight/scales are missing`);
-        const Wq = dequantizeW4({ qweight: qweight.data as Uint8Array, scales: toFloat32(scales), outFeatures: m.outFeatures, inFeatures: m.inFeatures, groupSize: q.groupSize });
-        const H_ = H.get(linearInputPoint(model, m.linear, m.layer))!;
-        const r = await refitLoraModule(toFloat32(W.load()), Wq, m.A, m.B, m.scaling, H_, m.outFeatures, m.inFeatures, m.rank, ortMatMul(la));
-        refit!.residualBefore += r.residualBefore;
-        refit!.residualAfter += r.residualAfter;
-        bar.tick();
-        return { ...m, A: r.A, B: r.B };
-      }
+      ({ modules: mods, summary: refit } = await refitToBase(model, src.optimized, tmods, H, windows.length, ctx));
     }
   }
   const adapter = build(mods, opts.bits);

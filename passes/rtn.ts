@@ -11,7 +11,7 @@ import type { Model, LazyTensor } from '../src/ir/model.js';
 import { inMemory } from '../src/ir/model.js';
 import { allLinears, type LinearSpec } from '../src/ir/architectures.js';
 import { toFloat32 } from '../src/ir/tensor.js';
-import { quantizeRtnW4 } from '../src/ir/quant.js';
+import { quantizeRtnW4, dequantizeW4 } from '../src/ir/quant.js';
 import { UsageError } from '../src/errors.js';
 import type { PassContext } from '../src/pipeline-context.js';
 
@@ -30,6 +30,19 @@ export function linearWeight(model: Model, spec: LinearSpec): LazyTensor {
   const t = model.weights.get(name);
   if (!t) throw new UsageError(`rtn: weight '${name}' is missing (already quantized?)`);
   return t;
+}
+
+/**
+ * The dequantized W4 weight W_q float32 [out, in] of a linear quantized by rtn/gptq: (q − 8)·scale
+ * from its `.qweight` / `.scales`.
+ * @throws UsageError when the linear is not weight-quantized or its tensors are missing
+ */
+export function dequantizedWeight(model: Model, spec: LinearSpec): Float32Array {
+  const q = model.quant.linears[spec.name];
+  const qweight = model.weights.get(`${spec.name}.qweight`);
+  const scales = model.weights.get(`${spec.name}.scales`);
+  if (!q || !qweight || !scales) throw new UsageError(`${spec.name} is not a W4-quantized linear (no qweight/scales)`);
+  return dequantizeW4({ qweight: qweight.load().data as Uint8Array, scales: toFloat32(scales.load()), outFeatures: spec.outFeatures, inFeatures: spec.inFeatures, groupSize: q.groupSize });
 }
 
 /** Checks a group size for MatMulNBits. @throws UsageError */

@@ -59,8 +59,9 @@ export function registerAddLora(program: Command): void {
       const peft = loadPeftAdapter(dir, model.config, { baseName: info.modelName });
       if (!g.quiet) for (const w of peft.warnings) process.stderr.write(`warning: ${w}\n`);
       let windows: number[][] = [];
-      const needsWindows = Object.keys(model.quant.activations).length > 0 || (o.refit && Object.keys(model.quant.linears).length > 0 && emulation.optimized);
-      if (needsWindows) {
+      // the refit needs W4 linears to refit against and the HAR's fp32 weights to refit towards
+      const wantsRefit = o.refit && Object.keys(model.quant.linears).length > 0;
+      if (Object.keys(model.quant.activations).length > 0 || (wantsRefit && emulation.optimized)) {
         const calib = o.calib ?? defaultCalibration();
         if (!calib) throw new UsageError('no calibration data for the adapter: pass --calib <file.txt|file.jsonl|file.tokens.json>');
         if (isTokenWindowFile(calib)) windows = loadTokenWindows(calib, { vocabSize: model.config.vocabSize }).slice(0, o.calibSamples);
@@ -88,7 +89,7 @@ export function registerAddLora(program: Command): void {
         seconds: (performance.now() - t0) / 1000,
       };
       const rf = adapter.source.refit;
-      if (o.refit && !rf && Object.keys(model.quant.linears).length > 0 && !g.quiet)
+      if (wantsRefit && !emulation.optimized && !g.quiet)
         process.stderr.write(`warning: ${o.har} keeps no fp32 weights (quantized with --no-emulation-weights): the adapter is not refit to the W4 base\n`);
       if (o.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
       else if (!g.quiet)

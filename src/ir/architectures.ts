@@ -55,6 +55,15 @@ export function layerLinears(cfg: ModelConfig, i: number): LinearSpec[] {
   ];
 }
 
+/**
+ * The decoder-layer linear named `name` (e.g. `model.layers.3.self_attn.q_proj`), or undefined when
+ * the model has no such linear.
+ */
+export function decoderLinear(cfg: ModelConfig, name: string): LinearSpec | undefined {
+  const layer = Number(/^model\.layers\.(\d+)\./.exec(name)?.[1] ?? -1);
+  return layer >= 0 && layer < cfg.numLayers ? layerLinears(cfg, layer).find((s) => s.name === name) : undefined;
+}
+
 /** The output head. Its weight is `lm_head.weight` (untied) or `model.embed_tokens.weight` (tied). */
 export function lmHead(cfg: ModelConfig): LinearSpec {
   return { name: 'lm_head', role: 'lm_head', inFeatures: cfg.hiddenSize, outFeatures: cfg.vocabSize, hasBias: false, input: 'lm_head_in', layer: -1 };

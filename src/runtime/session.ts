@@ -16,6 +16,7 @@ import * as ort from 'onnxruntime-node';
 import { EdgeLLMError } from '../errors.js';
 import type onnxProto from 'onnx-proto';
 import { decodeModel, onnx } from '../../formats/onnx.js';
+import { writeFully } from '../../formats/atomic.js';
 
 /**
  * ModelProto size (bytes) from which initializers are passed to ORT as external data: only where
@@ -54,7 +55,7 @@ function writeFiles(m: onnxProto.onnx.IModelProto, dir: string): void {
       const raw = t.rawData;
       if (!raw || raw.byteLength < EXTERNAL_MIN_TENSOR) continue;
       const start = Math.ceil(offset / ALIGN) * ALIGN;
-      for (let o = 0; o < raw.byteLength; ) o += fs.writeSync(fd, raw, o, Math.min(raw.byteLength - o, 2 ** 30), start + o);
+      writeFully(fd, raw, start);
       offset = start + raw.byteLength;
       t.rawData = new Uint8Array(0);
       t.dataLocation = onnx.TensorProto.DataLocation.EXTERNAL;

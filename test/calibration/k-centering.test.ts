@@ -14,9 +14,9 @@ import { rtn } from '../../passes/rtn.js';
 import { mulberry32 } from '../../calibration/sampler.js';
 import { silentContext } from '../../src/pipeline-context.js';
 import { kvPoints } from '../../src/compiler/lower.js';
-import { makeCheckpoint } from '../../fixtures/make-fixture.js';
 import { quantizeModel, DEFAULT_QUANTIZE_OPTIONS } from '../../src/pipeline.js';
 import type { Model } from '../../src/ir/model.js';
+import { tinyQwen2, randomWindows } from '../helpers/fixtures.js';
 
 const SHARED = path.resolve(__dirname, '../../../shared');
 const STORIES = path.join(SHARED, 'models/stories260K');
@@ -115,11 +115,8 @@ describe('K-cache centering on a generated Qwen2 fixture (GQA, q/k/v biases)', (
   it('quantizes with the default recipe and the offsets leave the float-cache logits unchanged', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kc-qwen2-'));
     try {
-      const config = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../fixtures/tiny-qwen2/config.json'), 'utf8'));
-      makeCheckpoint(config, dir, { dtype: 'BF16', seed: 3 });
-      const model = loadHfModel(dir);
-      const rng = mulberry32(4);
-      const calib = Array.from({ length: 4 }, () => Array.from({ length: 40 }, () => Math.floor(rng() * model.config.vocabSize)));
+      const model = tinyQwen2(dir, { dtype: 'BF16', seed: 3 });
+      const calib = randomWindows(4, 40, model.config.vocabSize, 4);
       const { quantized } = await quantizeModel(model, { ...DEFAULT_QUANTIZE_OPTIONS, groupSize: 16 }, calib, silentContext);
       const { numLayers, numKvHeads, headDim } = model.config;
       expect(quantized.passes.map((p) => p.name)).toEqual(['gptq', 'k-centering', 'calibrate']);

@@ -8,9 +8,9 @@ import { referenceForward } from '../../src/ir/reference.js';
 import { rtn } from '../../passes/rtn.js';
 import { silentContext } from '../../src/pipeline-context.js';
 import type { Model } from '../../src/ir/model.js';
-import { makeCheckpoint } from '../../fixtures/make-fixture.js';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
+import { tinyQwen2 } from '../helpers/fixtures.js';
 
 export const STORIES = path.resolve(__dirname, '../../../shared/models/stories260K');
 
@@ -76,9 +76,7 @@ describe('lowerModel on a generated Qwen2 fixture (q/k/v biases, tied embeddings
   let model: Model;
   beforeAll(() => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-qwen2-'));
-    const config = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../fixtures/tiny-qwen2/config.json'), 'utf8'));
-    makeCheckpoint(config, dir, { seed: 5 });
-    model = loadHfModel(dir);
+    model = tinyQwen2(dir, { seed: 5 });
   });
 
   it('normalises the config: qwen2 family, biases, tied, GQA 4/2', () => {

@@ -8,9 +8,7 @@ import { OrtLinalg } from '../../passes/gptq-linalg.js';
 import { weightedSquaredErrors } from '../../passes/gptq.js';
 import { HessianAccumulator } from '../../calibration/hessian.js';
 import { loadTokenWindows } from '../../calibration/datasets.js';
-import { mulberry32 } from '../../calibration/sampler.js';
 import { loadHfModel } from '../../formats/hf.js';
-import { makeCheckpoint } from '../../fixtures/make-fixture.js';
 import { compile } from '../../src/compiler/compile.js';
 import { lowerModel, captureName, kvNames } from '../../src/compiler/lower.js';
 import { SimulatorBackend } from '../../src/runtime/simulator.js';
@@ -22,6 +20,7 @@ import { toFloat32 } from '../../src/ir/tensor.js';
 import { silentContext } from '../../src/pipeline-context.js';
 import { UsageError } from '../../src/errors.js';
 import type { Model } from '../../src/ir/model.js';
+import { tinyQwen2, randomWindows } from '../helpers/fixtures.js';
 
 const SHARED = path.resolve(__dirname, '../../../shared');
 const windows = loadTokenWindows(path.join(SHARED, 'data/calibration/c4-calib-128x256-seed0.tokens.json')).slice(0, 4);
@@ -153,11 +152,8 @@ describe('gptqModel on a generated Qwen2 fixture (GQA, q/k/v biases, bf16 weight
   it('quantizes every linear and the ONNX logits match the dequantized reference forward (1e-4)', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gptq-qwen2-'));
     try {
-      const config = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../fixtures/tiny-qwen2/config.json'), 'utf8'));
-      makeCheckpoint(config, dir, { dtype: 'BF16', seed: 5 });
-      const model = loadHfModel(dir);
-      const rng = mulberry32(9);
-      const calib = Array.from({ length: 3 }, () => Array.from({ length: 48 }, () => Math.floor(rng() * model.config.vocabSize)));
+      const model = tinyQwen2(dir, { dtype: 'BF16', seed: 5 });
+      const calib = randomWindows(3, 48, model.config.vocabSize, 9);
       const q = await gptqModel(model, calib, { groupSize: 16 }, silentContext);
       const rep = gptqReport(q)!;
       expect(rep).toHaveLength(model.config.numLayers * 7);
