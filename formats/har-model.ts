@@ -29,7 +29,7 @@ import type { Model, QuantState, ModelConfig, PassRecord, LinearQuant, QuantRepo
 import { inMemory } from '../src/ir/model.js';
 import { DTYPES, type Tensor } from '../src/ir/tensor.js';
 import { quantSchemeOf } from '../src/compiler/compile.js';
-import { VERSION } from '../src/version.js';
+import { VERSION, artifactTimestamp } from '../src/version.js';
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -154,7 +154,7 @@ export async function saveModelHar(path: string, model: Model, info: HarInfo, em
   if (model.tokenizer.generationConfigJson != null) files.set('tokenizer/generation_config.json', enc.encode(model.tokenizer.generationConfigJson));
   const manifest = {
     edgellmVersion: VERSION,
-    createdAt: new Date().toISOString(),
+    createdAt: artifactTimestamp(),
     modelName: info.modelName,
     sourceSha256: info.sourceSha256,
     config: model.config,

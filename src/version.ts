@@ -17,3 +17,16 @@ function findVersion(): string {
 }
 
 export const VERSION = findVersion();
+
+/**
+ * The time stamp written into artifacts (HAR manifest, HEF header, eval reports), ISO 8601 UTC.
+ * With `SOURCE_DATE_EPOCH` set (seconds since 1970, the reproducible-builds convention) it is that
+ * moment, so the same inputs give the same bytes; otherwise the current time.
+ * @throws Error when SOURCE_DATE_EPOCH is set but is not a whole number of seconds
+ */
+export function artifactTimestamp(env: NodeJS.ProcessEnv = process.env): string {
+  const epoch = env.SOURCE_DATE_EPOCH;
+  if (epoch == null || epoch === '') return new Date().toISOString();
+  if (!/^\d+$/.test(epoch)) throw new Error(`SOURCE_DATE_EPOCH must be a whole number of seconds, got '${epoch}'`);
+  return new Date(Number(epoch) * 1000).toISOString();
+}

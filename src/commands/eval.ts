@@ -12,7 +12,7 @@ import { TextTokenizer } from '../../formats/tokenizer.js';
 import { slidingWindows } from '../../calibration/sampler.js';
 import { defaultSharedDir } from '../../calibration/datasets.js';
 import { UsageError } from '../errors.js';
-import { VERSION } from '../version.js';
+import { VERSION, artifactTimestamp } from '../version.js';
 import { int, float, textPath, outputPathCheck } from './common.js';
 
 const TASKS = ['ppl', 'kld', 'hellaswag'] as const;
@@ -112,7 +112,7 @@ export function registerEval(program: Command): void {
       if (o.adapter !== undefined) backend.selectAdapter(o.adapter);
       const report: EvalReport = {
         edgellmVersion: VERSION,
-        createdAt: new Date().toISOString(),
+        createdAt: artifactTimestamp(),
         model: file,
         kind: art.kind,
         modelSha256: modelSha256(file),

@@ -19,7 +19,7 @@ import { encodeSafetensors, decodeSafetensors } from '../../formats/safetensors.
 import { FormatError } from '../errors.js';
 import type { Executable, GraphPart } from './compile.js';
 import type { ValueSpec, ElemType } from '../../formats/onnx.js';
-import { VERSION } from '../version.js';
+import { VERSION, artifactTimestamp } from '../version.js';
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -55,7 +55,7 @@ export function writeExecutable(path: string, exe: Executable): void {
       prefill: graph(exe.prefill, 'graph.prefill'),
       decode: graph(exe.decode, 'graph.decode'),
       sourceSha256: exe.sourceSha256,
-      createdAt: new Date().toISOString(),
+      createdAt: artifactTimestamp(),
       adapters: (exe.adapters ?? []).map((a) => ({
         name: a.name,
         section: `adapter.${a.name}`,
