@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FormatError, UsageError } from '../src/errors.js';
+import { FormatError, UsageError } from '../src/core/errors.js';
 
 /** Datasets known by name; each maps to one file under `<sharedDir>/data`. */
 export type DatasetName = 'wikitext2' | 'c4' | 'tinystories';

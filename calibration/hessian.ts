@@ -14,8 +14,8 @@
  */
 import * as ort from 'onnxruntime-node';
 import { GraphBuilder } from '../formats/onnx.js';
-import { CheckedSession } from '../src/runtime/session.js';
-import { ShapeMismatchError } from '../src/errors.js';
+import { CheckedSession } from '../src/engine/session.js';
+import { ShapeMismatchError } from '../src/core/errors.js';
 
 export interface HessianOptions {
   /**

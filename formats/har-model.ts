@@ -24,12 +24,12 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import { readHar, writeHar, type HarMember, type ProducedMember } from './har.js';
 import { encodeSafetensors, decodeSafetensors, SafetensorsFile } from './safetensors.js';
-import { FormatError } from '../src/errors.js';
+import { FormatError } from '../src/core/errors.js';
 import type { Model, QuantState, ModelConfig, PassRecord, LinearQuant, QuantReport, LoraAdapter, LazyTensor } from '../src/ir/model.js';
 import { inMemory } from '../src/ir/model.js';
 import { DTYPES, type Tensor } from '../src/ir/tensor.js';
 import { quantSchemeOf } from '../src/compiler/compile.js';
-import { VERSION, artifactTimestamp } from '../src/version.js';
+import { VERSION, artifactTimestamp } from '../src/core/version.js';
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();

@@ -22,11 +22,11 @@
  *   const { manifest, files } = await readHar('model.har');
  */
 import { createHash } from 'node:crypto';
-import { sha256 } from './digest.js';
+import { sha256 } from '../src/core/digest.js';
 import * as fs from 'node:fs';
 import { Header, Parser, type ReadEntry } from 'tar';
-import { EdgeLLMError, FormatError } from '../src/errors.js';
-import { writeAtomic, writeFully } from './atomic.js';
+import { EdgeLLMError, FormatError } from '../src/core/errors.js';
+import { writeAtomic, writeFully } from '../src/core/atomic.js';
 
 export const HAR_FORMAT = 'edgellm-har';
 export const HAR_FORMAT_VERSION = 1;

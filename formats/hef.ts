@@ -20,13 +20,13 @@
  *   writeHef('model.hef', { modelName: 'tiny', kvCache: { numLayers: 2 } }, [{ name: 'weights', kind: 'weights', data }]);
  *   const hef = openHef('model.hef'); const weights = hef.readSection('weights'); hef.close();
  */
-import { sha256 } from './digest.js';
+import { sha256 } from '../src/core/digest.js';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
-import { EdgeLLMError, FormatError } from '../src/errors.js';
-import { writeAtomicSync, writeFully } from './atomic.js';
+import { EdgeLLMError, FormatError } from '../src/core/errors.js';
+import { writeAtomicSync, writeFully } from '../src/core/atomic.js';
 
 export const HEF_MAGIC: Uint8Array = new Uint8Array([0x45, 0x44, 0x47, 0x45, 0x48, 0x45, 0x46, 0x00]); // "EDGEHEF\0"
 export const HEF_FORMAT_VERSION = 1;

@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FormatError, UnsupportedModelError } from '../src/errors.js';
+import { FormatError, UnsupportedModelError } from '../src/core/errors.js';
 import type { Model, ModelConfig, ModelFamily, LazyTensor, TokenizerFiles } from '../src/ir/model.js';
 import { emptyQuantState } from '../src/ir/model.js';
 import { SafetensorsCheckpoint } from './safetensors.js';

@@ -10,7 +10,7 @@
  */
 import onnxProto from 'onnx-proto';
 import { DTYPES, type DType, type Tensor } from '../src/ir/tensor.js';
-import { EdgeLLMError, FormatError } from '../src/errors.js';
+import { EdgeLLMError, FormatError } from '../src/core/errors.js';
 
 export const onnx = onnxProto.onnx;
 

@@ -19,12 +19,12 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FormatError, ShapeMismatchError, UnsupportedModelError, UsageError } from '../src/errors.js';
+import { FormatError, ShapeMismatchError, UnsupportedModelError, UsageError } from '../src/core/errors.js';
 import type { ModelConfig } from '../src/ir/model.js';
 import { layerLinears, type LinearSpec } from '../src/ir/architectures.js';
 import { toFloat32, type Tensor } from '../src/ir/tensor.js';
 import { SafetensorsFile, encodeSafetensors } from './safetensors.js';
-import { writeFileAtomicSync } from './atomic.js';
+import { writeFileAtomicSync } from '../src/core/atomic.js';
 
 export const PEFT_CONFIG = 'adapter_config.json';
 export const PEFT_WEIGHTS = 'adapter_model.safetensors';

@@ -21,10 +21,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { EdgeLLMError, FormatError, ShapeMismatchError } from '../src/errors.js';
+import { EdgeLLMError, FormatError, ShapeMismatchError } from '../src/core/errors.js';
 import { DTYPES, isDType, numel } from '../src/ir/tensor.js';
 import type { DType, Tensor, TypedArray } from '../src/ir/tensor.js';
-import { tempPathFor } from './atomic.js';
+import { tempPathFor } from '../src/core/atomic.js';
 
 /** The reference library refuses headers larger than this (bytes); so do we. */
 export const MAX_HEADER_BYTES = 100_000_000;

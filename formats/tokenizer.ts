@@ -4,7 +4,7 @@
  */
 import { Tokenizer as HfTokenizer } from 'tokenizers';
 import { Template } from '@huggingface/jinja';
-import { FormatError } from '../src/errors.js';
+import { FormatError } from '../src/core/errors.js';
 import type { TokenizerFiles } from '../src/ir/model.js';
 
 export interface ChatMessage {

@@ -24,8 +24,8 @@
 import type { LazyTensor, Model } from '../src/ir/model.js';
 import { layerLinears, layerNorms, lmHead } from '../src/ir/architectures.js';
 import { toFloat32, type Tensor } from '../src/ir/tensor.js';
-import { PassOrderError, ShapeMismatchError, UsageError } from '../src/errors.js';
-import type { PassContext } from '../src/pipeline-context.js';
+import { PassOrderError, ShapeMismatchError, UsageError } from '../src/core/errors.js';
+import type { PassContext } from '../src/core/context.js';
 
 export type FoldNormsOptions = Record<string, never>;
 

@@ -38,11 +38,11 @@ import { lowerLayerGraph, captureName, kvNames } from '../src/compiler/lower.js'
 import { Lowering } from '../src/compiler/lowering.js';
 import { GraphBuilder, onnx, withInitializers } from '../formats/onnx.js';
 import type onnxProto from 'onnx-proto';
-import { CheckedSession } from '../src/runtime/session.js';
-import { UnsupportedModelError, UsageError } from '../src/errors.js';
-import type { PassContext } from '../src/pipeline-context.js';
+import { CheckedSession } from '../src/engine/session.js';
+import { UnsupportedModelError, UsageError } from '../src/core/errors.js';
+import type { PassContext } from '../src/core/context.js';
 import { HessianAccumulator } from '../calibration/hessian.js';
-import { OrtLinalg } from './gptq-linalg.js';
+import { OrtLinalg } from '../src/engine/linalg.js';
 import { gptq, weightedSquaredErrors, GPTQ_DEFAULTS, type GptqOptions } from './gptq.js';
 import { checkGroupSize, linearWeight } from './rtn.js';
 

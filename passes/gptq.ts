@@ -28,9 +28,9 @@
  *   the original column order, so the packed groups stay contiguous blocks of `groupSize` columns,
  *   which is what com.microsoft MatMulNBits decodes (no g_idx).
  */
-import { OrtLinalg, inverseCholesky, NotPositiveDefiniteError } from './gptq-linalg.js';
+import { OrtLinalg, inverseCholesky, NotPositiveDefiniteError } from '../src/engine/linalg.js';
 import { numGroups, packW4, quantizeW4, symmetricScale, W4_ZERO, type PackedW4 } from '../src/ir/quant.js';
-import { EdgeLLMError, ShapeMismatchError, UsageError } from '../src/errors.js';
+import { EdgeLLMError, ShapeMismatchError, UsageError } from '../src/core/errors.js';
 
 export interface GptqOptions {
   /** input columns per scale (MatMulNBits block size); even */

@@ -31,8 +31,8 @@
 import type { LazyTensor, Model, ModelConfig, OnlineRotation, OnlineRotations } from '../src/ir/model.js';
 import { layerLinears, lmHead } from '../src/ir/architectures.js';
 import { toFloat32 } from '../src/ir/tensor.js';
-import { PassOrderError, UsageError } from '../src/errors.js';
-import type { PassContext } from '../src/pipeline-context.js';
+import { PassOrderError, UsageError } from '../src/core/errors.js';
+import type { PassContext } from '../src/core/context.js';
 import { derived, need, normsFolded } from './fold-norms.js';
 import { denseRotation, hadamardRotation, rotateVector, rotationRng, type KronRotation } from './hadamard.js';
 

@@ -12,8 +12,8 @@ import { inMemory } from '../src/ir/model.js';
 import { allLinears, type LinearSpec } from '../src/ir/architectures.js';
 import { toFloat32 } from '../src/ir/tensor.js';
 import { quantizeRtnW4, dequantizeW4 } from '../src/ir/quant.js';
-import { UsageError } from '../src/errors.js';
-import type { PassContext } from '../src/pipeline-context.js';
+import { UsageError } from '../src/core/errors.js';
+import type { PassContext } from '../src/core/context.js';
 
 export interface RtnOptions {
   /** input columns per scale (MatMulNBits block size: a power of two ≥ 16) */

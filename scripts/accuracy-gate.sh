@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 SHARED=${EDGELLM_SHARED_DIR:-../shared}
 MODEL="$SHARED/models/stories260K"
 BASELINE=ci/baselines/stories260K.json
-EDGELLM="node dist/src/cli.js"
+EDGELLM="node dist/src/cli/main.js"
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${EDGELLM_SHARED_DIR:-../shared}
 MODEL="$SHARED/models/stories260K"
-EDGELLM="node dist/src/cli.js"
+EDGELLM="node dist/src/cli/main.js"
 OUT=${1:-$(mktemp -d)}
 mkdir -p "$OUT"
 

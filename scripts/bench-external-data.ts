@@ -6,9 +6,9 @@
  *
  *   npx vite-node scripts/bench-external-data.ts -- model.hef [--pairs 2] [--runs 3]
  */
-import { readExecutable } from '../src/compiler/hef-io.js';
+import { readExecutable } from '../formats/hef-executable.js';
 import { SimulatorBackend } from '../src/runtime/simulator.js';
-import { benchmark, median, DEFAULT_BENCH } from '../src/runtime/bench.js';
+import { benchmark, median, DEFAULT_BENCH } from '../src/eval/bench.js';
 
 const argv = process.argv.slice(2).filter((a) => a !== '--');
 const num = (f: string, d: number) => (argv.includes(f) ? Number(argv[argv.indexOf(f) + 1]) : d);

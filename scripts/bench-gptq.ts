@@ -17,11 +17,11 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { makeCheckpoint } from '../fixtures/make-fixture.js';
 import { loadHfModel } from '../formats/hf.js';
-import { mulberry32 } from '../calibration/sampler.js';
+import { mulberry32 } from '../calibration/windows.js';
 import { gptqModel } from '../passes/gptq-sequential.js';
 import { foldNorms } from '../passes/fold-norms.js';
 import { quarot, DEFAULT_QUAROT_OPTIONS } from '../passes/quarot.js';
-import type { PassContext } from '../src/pipeline-context.js';
+import type { PassContext } from '../src/core/context.js';
 import type { Model } from '../src/ir/model.js';
 
 const QWEN2_1_5B = {

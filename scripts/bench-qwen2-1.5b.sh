@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/edgellm-qwen2-1.5b}
 SHARED=${EDGELLM_SHARED_DIR:-../shared}
-EDGELLM="node dist/src/cli.js"
+EDGELLM="node dist/src/cli/main.js"
 RUNS=${RUNS:-5}
 QUANT_FLAGS=${QUANT_FLAGS:---method rtn --no-emulation-weights}
 mkdir -p "$WORK"

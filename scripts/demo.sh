@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${EDGELLM_SHARED_DIR:-../shared}
 MODEL="$SHARED/models/stories260K"
-EDGELLM="node dist/src/cli.js"
+EDGELLM="node dist/src/cli/main.js"
 mkdir -p out
 
 echo "== quantize: W4 g64 RTN + static A8 + KV8 (min/max on 128 C4 calibration windows)"

@@ -17,13 +17,13 @@
  */
 import * as path from 'node:path';
 import { defaultSharedDir } from '../calibration/datasets.js';
-import { slidingWindows } from '../calibration/sampler.js';
+import { slidingWindows } from '../calibration/windows.js';
 import { TextTokenizer } from '../formats/tokenizer.js';
-import { loadArtifact } from '../src/runtime/load.js';
+import { loadArtifact } from '../src/cli/load-artifact.js';
 import { SimulatorBackend } from '../src/runtime/simulator.js';
-import { klDivergence, type KldResult } from '../src/runtime/kld.js';
-import { loadEvalText } from '../src/runtime/eval.js';
-import { textPath } from '../src/commands/common.js';
+import { klDivergence, type KldResult } from '../src/eval/kld.js';
+import { loadEvalText } from '../src/eval/ppl.js';
+import { textPath } from '../src/cli/common.js';
 
 const argv = process.argv.slice(2).filter((a) => a !== '--');
 const opt = (f: string, d: string) => (argv.includes(f) ? argv[argv.indexOf(f) + 1] : d);

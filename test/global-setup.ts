@@ -1,4 +1,4 @@
-/** Builds dist/ once before the tests that spawn the CLI as a user would (`node dist/src/cli.js`). */
+/** Builds dist/ once before the tests that spawn the CLI as a user would (`node dist/src/cli/main.js`). */
 import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
 

@@ -9,7 +9,7 @@ import { kvLayoutOf, type KvLayout } from './kv-layout.js';
 import type { Model, ModelConfig, TokenizerFiles, LoraAdapter } from '../ir/model.js';
 import type { Tensor } from '../ir/tensor.js';
 import type { ValueSpec } from '../../formats/onnx.js';
-import { UsageError } from '../errors.js';
+import { UsageError } from '../core/errors.js';
 
 export interface QuantSchemeSummary {
   weightBits: number;

@@ -29,7 +29,7 @@ import { GraphBuilder, type Dim } from '../../formats/onnx.js';
 import type { Model } from '../ir/model.js';
 import { lmHead, allLinears, layerLinears } from '../ir/architectures.js';
 import type { Tensor } from '../ir/tensor.js';
-import { UnsupportedModelError } from '../errors.js';
+import { UnsupportedModelError } from '../core/errors.js';
 import { Lowering } from './lowering.js';
 import { lowerDecoderLayer, kvNames, type LayerInputs } from './lower-layer.js';
 

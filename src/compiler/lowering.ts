@@ -8,7 +8,7 @@ import { GraphBuilder, type ElemType } from '../../formats/onnx.js';
 import type { Model, QParams } from '../ir/model.js';
 import { actPointName, type LinearSpec, type LinearInput } from '../ir/architectures.js';
 import { toFloat32, type Tensor } from '../ir/tensor.js';
-import { UnsupportedModelError } from '../errors.js';
+import { UnsupportedModelError } from '../core/errors.js';
 
 /** Capture output name of a quantization point. */
 export const captureName = (point: string) => `capture.${point}`;

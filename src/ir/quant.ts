@@ -10,7 +10,7 @@
  *   q = saturate(roundHalfEven(x/scale) + zeroPoint), x' = (q − zeroPoint)·scale.
  */
 import type { QParams } from './model.js';
-import { ShapeMismatchError } from '../errors.js';
+import { ShapeMismatchError } from '../core/errors.js';
 
 /** Round half to even, as ONNX QuantizeLinear and torch.round do. */
 export function roundHalfEven(x: number): number {

@@ -18,7 +18,7 @@
  * Weight-quantized linears (model.quant.linears) are dequantized, w = (q − 8)·scale, which emulates
  * "weights only" quantization. Activation and KV-cache quantization are ignored.
  */
-import { EdgeLLMError, ShapeMismatchError, UsageError } from '../errors.js';
+import { EdgeLLMError, ShapeMismatchError, UsageError } from '../core/errors.js';
 import { layerLinears, layerNorms, lmHead, type LinearSpec } from './architectures.js';
 import type { Model, ModelConfig, OnlineRotation } from './model.js';
 import { toFloat32 } from './tensor.js';

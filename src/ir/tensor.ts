@@ -2,7 +2,7 @@
  * Tensors of the model IR: a dtype, a shape and a typed array. One {@link DTYPES} table serves every
  * format (safetensors names, ONNX TensorProto.DataType codes, byte sizes).
  */
-import { ShapeMismatchError } from '../errors.js';
+import { ShapeMismatchError } from '../core/errors.js';
 
 /** Safetensors dtype names; the canonical dtype vocabulary of edgellm. */
 export type DType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';

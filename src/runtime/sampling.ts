@@ -3,7 +3,7 @@
  * et al. 2019) over a seeded PRNG, in the order llama.cpp and HF apply them: top-k, then
  * softmax at temperature, then top-p.
  */
-import { mulberry32 } from '../../calibration/sampler.js';
+import { mulberry32 } from '../../calibration/windows.js';
 
 export { mulberry32 };
 

@@ -9,12 +9,12 @@
  */
 import * as ort from 'onnxruntime-node';
 import type { ExecutionBackend, KvContext } from './backend.js';
-import { CheckedSession, type SessionOptions } from './session.js';
+import { CheckedSession, type SessionOptions } from '../engine/session.js';
 import type { Executable } from '../compiler/compile.js';
 import { kvNames } from '../compiler/lower.js';
 import { withInitializers, decodeModel } from '../../formats/onnx.js';
-import { EdgeLLMError } from '../errors.js';
-import { loraFeeds } from '../../passes/lora.js';
+import { EdgeLLMError } from '../core/errors.js';
+import { loraFeeds } from '../../passes/lora/add.js';
 
 interface SimContext extends KvContext {
   length: number;

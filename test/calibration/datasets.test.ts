@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isTokenWindowFile, loadTextFile, loadTokenWindows, namedDataset } from '../../calibration/datasets.js';
-import { FormatError, UsageError } from '../../src/errors.js';
+import { FormatError, UsageError } from '../../src/core/errors.js';
 
 const SHARED = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../shared');
 const CALIB = path.join(SHARED, 'data/calibration/c4-calib-128x256-seed0.tokens.json');

@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { HessianAccumulator } from '../../calibration/hessian.js';
-import { mulberry32 } from '../../calibration/sampler.js';
-import { ShapeMismatchError } from '../../src/errors.js';
+import { mulberry32 } from '../../calibration/windows.js';
+import { ShapeMismatchError } from '../../src/core/errors.js';
 
 /** rows × K integers in [−3, 3] */
 function intBatch(rows: number, K: number, rng: () => number): Float32Array {

@@ -7,7 +7,7 @@ import { edgellm, STORIES, SHARED } from '../helpers/cli.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { saveModelHar } from '../../formats/har-model.js';
 import { rtn } from '../../passes/rtn.js';
-import { silentContext } from '../../src/pipeline-context.js';
+import { silentContext } from '../../src/core/context.js';
 
 describe('edgellm eval / bench --adapter', () => {
   it('evaluates the WikiText-trained adapter (lower WikiText-2 ppl than the base) and records it', async () => {

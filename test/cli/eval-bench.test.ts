@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { edgellm, STORIES } from '../helpers/cli.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { compile } from '../../src/compiler/compile.js';
-import { writeExecutable } from '../../src/compiler/hef-io.js';
+import { writeExecutable } from '../../formats/hef-executable.js';
 
 describe('edgellm bench', () => {
   it('reports TTFT, decode tokens/s, peak RSS and file size for a HEF, as a table and as JSON', () => {

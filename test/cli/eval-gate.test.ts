@@ -12,7 +12,7 @@ import { loadHfModel } from '../../formats/hf.js';
 import { loadModelHar, saveModelHar } from '../../formats/har-model.js';
 import { inMemory } from '../../src/ir/model.js';
 import { rtn } from '../../passes/rtn.js';
-import { silentContext } from '../../src/pipeline-context.js';
+import { silentContext } from '../../src/core/context.js';
 
 // a few windows and tasks: the CI gate's size, seconds per run
 const EVAL = ['--task', 'ppl,kld,hellaswag', '--text', 'tinystories', '--max-windows', '8', '--reference', STORIES, '--limit', '50'];

@@ -14,13 +14,13 @@ import { readHar } from '../../formats/har.js';
 import { writePeftAdapter, type PeftModuleWeights } from '../../formats/peft.js';
 import { normalizeConfig } from '../../formats/hf.js';
 import { layerLinears } from '../../src/ir/architectures.js';
-import { readExecutable } from '../../src/compiler/hef-io.js';
+import { readExecutable } from '../../formats/hef-executable.js';
 import { SimulatorBackend } from '../../src/runtime/simulator.js';
 import { generate } from '../../src/runtime/generate.js';
-import { perplexity } from '../../src/runtime/eval.js';
+import { perplexity } from '../../src/eval/ppl.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
 import { loadTextFile } from '../../calibration/datasets.js';
-import { slidingWindows } from '../../calibration/sampler.js';
+import { slidingWindows } from '../../calibration/windows.js';
 
 const WIKI = path.join(SHARED, 'adapters/stories260K-lora-wiki');
 const cfg = normalizeConfig(JSON.parse(fs.readFileSync(path.join(STORIES, 'config.json'), 'utf8')));

@@ -6,7 +6,7 @@ import { lowerModel } from '../../src/compiler/lower.js';
 import { SimulatorBackend } from '../../src/runtime/simulator.js';
 import { referenceForward } from '../../src/ir/reference.js';
 import { rtn } from '../../passes/rtn.js';
-import { silentContext } from '../../src/pipeline-context.js';
+import { silentContext } from '../../src/core/context.js';
 import type { Model } from '../../src/ir/model.js';
 import * as fs from 'node:fs';
 import * as os from 'node:os';

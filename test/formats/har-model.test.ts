@@ -10,8 +10,8 @@ import { loadHfModel } from '../../formats/hf.js';
 import { saveModelHar, loadModelHar } from '../../formats/har-model.js';
 import { readHar, writeHar } from '../../formats/har.js';
 import { rtn } from '../../passes/rtn.js';
-import { silentContext } from '../../src/pipeline-context.js';
-import { FormatError } from '../../src/errors.js';
+import { silentContext } from '../../src/core/context.js';
+import { FormatError } from '../../src/core/errors.js';
 
 const STORIES = path.resolve(__dirname, '../../../shared/models/stories260K');
 

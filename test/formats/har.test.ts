@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tar from 'tar';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EdgeLLMError, FormatError } from '../../src/errors.js';
+import { EdgeLLMError, FormatError } from '../../src/core/errors.js';
 import { HAR_FORMAT, HAR_FORMAT_VERSION, readHar, readHarManifest, writeHar } from '../../formats/har.js';
 import { writeHef } from '../../formats/hef.js';
 

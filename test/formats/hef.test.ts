@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EdgeLLMError, FormatError } from '../../src/errors.js';
+import { EdgeLLMError, FormatError } from '../../src/core/errors.js';
 import { HEF_FORMAT_VERSION, HEF_MAGIC, SECTION_ALIGN, openHef, verifyHef, writeHef, type HefSectionInput } from '../../formats/hef.js';
 import { writeHar } from '../../formats/har.js';
 

@@ -11,7 +11,7 @@ import { loadPeftAdapter, writePeftAdapter, readPeftConfig, type PeftModuleWeigh
 import { SafetensorsFile, encodeSafetensors } from '../../formats/safetensors.js';
 import { normalizeConfig } from '../../formats/hf.js';
 import { layerLinears } from '../../src/ir/architectures.js';
-import { FormatError, ShapeMismatchError, UnsupportedModelError } from '../../src/errors.js';
+import { FormatError, ShapeMismatchError, UnsupportedModelError } from '../../src/core/errors.js';
 import type { ModelConfig } from '../../src/ir/model.js';
 
 const SHARED = path.resolve(__dirname, '../../../shared');

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EdgeLLMError, FormatError, ShapeMismatchError } from '../../src/errors.js';
+import { EdgeLLMError, FormatError, ShapeMismatchError } from '../../src/core/errors.js';
 import { DTYPES, numel } from '../../src/ir/tensor.js';
 import type { DType, Tensor, TypedArray } from '../../src/ir/tensor.js';
 import {

@@ -13,6 +13,6 @@ export interface CliResult {
 }
 
 export function edgellm(...args: string[]): CliResult {
-  const r = spawnSync(process.execPath, [path.join(ROOT, 'dist/src/cli.js'), ...args], { cwd: ROOT, encoding: 'utf8', timeout: 300_000 });
+  const r = spawnSync(process.execPath, [path.join(ROOT, 'dist/src/cli/main.js'), ...args], { cwd: ROOT, encoding: 'utf8', timeout: 300_000 });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }

@@ -10,8 +10,8 @@ import { rtn } from '../../passes/rtn.js';
 import { referenceForward } from '../../src/ir/reference.js';
 import { layerLinears, layerNorms } from '../../src/ir/architectures.js';
 import { toFloat32 } from '../../src/ir/tensor.js';
-import { PassOrderError } from '../../src/errors.js';
-import { silentContext } from '../../src/pipeline-context.js';
+import { PassOrderError } from '../../src/core/errors.js';
+import { silentContext } from '../../src/core/context.js';
 import type { Model } from '../../src/ir/model.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');

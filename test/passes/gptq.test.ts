@@ -2,17 +2,17 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { gptq, weightedSquaredErrors, MAX_DAMP_RETRIES } from '../../passes/gptq.js';
-import { OrtLinalg, upperCholeskyOfInverse } from '../../passes/gptq-linalg.js';
+import { OrtLinalg, upperCholeskyOfInverse } from '../../src/engine/linalg.js';
 import { HessianAccumulator } from '../../calibration/hessian.js';
-import { mulberry32 } from '../../calibration/sampler.js';
+import { mulberry32 } from '../../calibration/windows.js';
 import { loadTokenWindows } from '../../calibration/datasets.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { lowerModel, captureName, kvNames } from '../../src/compiler/lower.js';
-import { CheckedSession } from '../../src/runtime/session.js';
+import { CheckedSession } from '../../src/engine/session.js';
 import { layerLinears } from '../../src/ir/architectures.js';
 import { dequantizeW4, quantizeRtnW4 } from '../../src/ir/quant.js';
 import { toFloat32 } from '../../src/ir/tensor.js';
-import { EdgeLLMError, ShapeMismatchError, UsageError } from '../../src/errors.js';
+import { EdgeLLMError, ShapeMismatchError, UsageError } from '../../src/core/errors.js';
 
 const SHARED = path.resolve(__dirname, '../../../shared');
 

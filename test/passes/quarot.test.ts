@@ -13,14 +13,14 @@ import { SimulatorBackend } from '../../src/runtime/simulator.js';
 import { referenceForward } from '../../src/ir/reference.js';
 import { toFloat32 } from '../../src/ir/tensor.js';
 import { inMemory, type Model } from '../../src/ir/model.js';
-import { PassOrderError } from '../../src/errors.js';
+import { PassOrderError } from '../../src/core/errors.js';
 import { emptyQuantState } from '../../src/ir/model.js';
 import { GraphBuilder } from '../../formats/onnx.js';
 import { Lowering } from '../../src/compiler/lowering.js';
 import { onlineRotation } from '../../src/compiler/lower-layer.js';
 import { hadamardRotation, rotationRng, rotateVector } from '../../passes/hadamard.js';
 import * as ort from 'onnxruntime-node';
-import { silentContext } from '../../src/pipeline-context.js';
+import { silentContext } from '../../src/core/context.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const STORIES = path.resolve(ROOT, '../shared/models/stories260K');

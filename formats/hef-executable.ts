@@ -1,0 +1,143 @@
+/**
+ * Executable <-> HEF file. Sections:
+ *
+ * | section                   | kind      | contents                                               |
+ * | ------------------------- | --------- | ------------------------------------------------------ |
+ * | graph.prefill             | graph     | ONNX ModelProto, no initializers, `prefillLen` tokens  |
+ * | graph.decode              | graph     | ONNX ModelProto, no initializers, one token            |
+ * | weights                   | weights   | safetensors: the one weight copy both graphs read      |
+ * | tokenizer.json            | tokenizer | HuggingFace tokenizer                                  |
+ * | tokenizer_config.json, generation_config.json | json | when the source has them            |
+ * | adapter.<name>            | adapter   | safetensors: one LoRA adapter's A/B codes and scales   |
+ *
+ * The header (formats/hef.proto HefHeader) carries the config, the quantization scheme, the KV-cache
+ * layout with per-layer KV8 parameters, both graphs' I/O tables and the LoRA adapters (name, rank,
+ * scaling, per-module A8 of A·x, the section holding the tensors).
+ */
+import { writeHef, openHef, type HefFile } from './hef.js';
+import { encodeSafetensors, decodeSafetensors } from './safetensors.js';
+import { FormatError } from '../src/core/errors.js';
+import type { Executable, GraphPart } from '../src/compiler/compile.js';
+import type { ValueSpec, ElemType } from './onnx.js';
+import { VERSION, artifactTimestamp } from '../src/core/version.js';
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+const specOut = (v: ValueSpec) => ({ name: v.name, dtype: v.type, shape: (v.shape ?? []).map(String) });
+const specIn = (v: { name: string; dtype: string; shape: string[] }): ValueSpec => ({
+  name: v.name,
+  type: v.dtype as ElemType,
+  shape: v.shape.map((d) => (/^\d+$/.test(d) ? Number(d) : d)),
+});
+
+/** Writes `exe` as a HEF (atomically). */
+export function writeExecutable(path: string, exe: Executable): void {
+  const sections = [
+    { name: 'graph.prefill', kind: 'graph', data: exe.prefill.onnx },
+    { name: 'graph.decode', kind: 'graph', data: exe.decode.onnx },
+    { name: 'weights', kind: 'weights', data: encodeSafetensors(exe.weights, { producer: `edgellm ${VERSION}` }) },
+    { name: 'tokenizer.json', kind: 'tokenizer', data: enc.encode(exe.tokenizer.tokenizerJson) },
+  ];
+  if (exe.tokenizer.tokenizerConfigJson != null) sections.push({ name: 'tokenizer_config.json', kind: 'json', data: enc.encode(exe.tokenizer.tokenizerConfigJson) });
+  if (exe.tokenizer.generationConfigJson != null) sections.push({ name: 'generation_config.json', kind: 'json', data: enc.encode(exe.tokenizer.generationConfigJson) });
+  for (const a of exe.adapters ?? []) sections.push({ name: `adapter.${a.name}`, kind: 'adapter', data: encodeSafetensors(a.tensors, { producer: `edgellm ${VERSION}` }) });
+  const l = exe.kvLayout;
+  const graph = (g: GraphPart, section: string) => ({ section, seqLen: g.seqLen, inputs: g.inputs.map(specOut), outputs: g.outputs.map(specOut) });
+  writeHef(
+    path,
+    {
+      modelName: exe.modelName,
+      edgellmVersion: VERSION,
+      configJson: JSON.stringify(exe.config),
+      quant: exe.quant,
+      kvCache: { numLayers: l.numLayers, numKvHeads: l.numKvHeads, headDim: l.headDim, maxContext: l.maxContext, dtype: l.dtype, layers: l.layers },
+      prefill: graph(exe.prefill, 'graph.prefill'),
+      decode: graph(exe.decode, 'graph.decode'),
+      sourceSha256: exe.sourceSha256,
+      createdAt: artifactTimestamp(),
+      adapters: (exe.adapters ?? []).map((a) => ({
+        name: a.name,
+        section: `adapter.${a.name}`,
+        r: a.r,
+        alpha: a.alpha,
+        useRslora: a.useRslora,
+        bits: a.bits,
+        groupSize: a.groupSize,
+        modules: a.modules.map((m) => ({ linear: m.linear, rank: m.rank, scaling: m.scaling, act: m.act })),
+        baseModelNameOrPath: a.source.baseModelNameOrPath ?? '',
+        transforms: a.source.transforms,
+        ...(a.source.refit ? { refit: a.source.refit } : {}),
+      })),
+    },
+    sections,
+  );
+}
+
+/**
+ * Reads a HEF into an Executable (every section it uses is checksum-verified on read).
+ * @throws FormatError for a corrupt or inconsistent file
+ */
+export function readExecutable(path: string): Executable {
+  const hef: HefFile = openHef(path);
+  try {
+    const h = hef.header;
+    const text = (name: string) => (hef.sections.has(name) ? dec.decode(hef.readSection(name)) : null);
+    const graph = (g: any): GraphPart => {
+      if (!g || !hef.sections.has(g.section)) throw new FormatError(path, `header names graph section '${g?.section}', which the file does not hold`);
+      return { onnx: hef.readSection(g.section), seqLen: g.seqLen, inputs: (g.inputs ?? []).map(specIn), outputs: (g.outputs ?? []).map(specIn) };
+    };
+    let config;
+    try {
+      config = JSON.parse(h.configJson);
+    } catch {
+      throw new FormatError(path, 'header config is not valid JSON');
+    }
+    const { tensors } = decodeSafetensors(hef.readSection('weights'), `${path}:weights`);
+    const tokenizerJson = text('tokenizer.json');
+    if (tokenizerJson == null) throw new FormatError(path, "section 'tokenizer.json' is missing");
+    const kv = h.kvCache;
+    return {
+      modelName: h.modelName,
+      config,
+      quant: h.quant,
+      kvLayout: {
+        numLayers: kv.numLayers,
+        numKvHeads: kv.numKvHeads,
+        headDim: kv.headDim,
+        maxContext: kv.maxContext,
+        dtype: kv.dtype,
+        layers: (kv.layers ?? []).map((x: any) => ({
+          k: { scale: x.k.scale, zeroPoint: x.k.zeroPoint },
+          v: { scale: x.v.scale, zeroPoint: x.v.zeroPoint },
+          ...(x.kOffset?.length ? { kOffset: Array.from(x.kOffset as number[]) } : {}),
+        })),
+      },
+      prefill: graph(h.prefill),
+      decode: graph(h.decode),
+      weights: tensors,
+      tokenizer: { tokenizerJson, tokenizerConfigJson: text('tokenizer_config.json'), generationConfigJson: text('generation_config.json') },
+      sourceSha256: h.sourceSha256,
+      adapters: (h.adapters ?? []).map((a: any) => {
+        if (!hef.sections.has(a.section)) throw new FormatError(path, `header names adapter section '${a.section}', which the file does not hold`);
+        return {
+          name: a.name,
+          r: a.r,
+          alpha: a.alpha,
+          useRslora: a.useRslora,
+          bits: a.bits,
+          groupSize: a.groupSize,
+          modules: (a.modules ?? []).map((m: any) => ({ linear: m.linear, rank: m.rank, scaling: m.scaling, ...(m.act ? { act: { scale: m.act.scale, zeroPoint: m.act.zeroPoint } } : {}) })),
+          tensors: decodeSafetensors(hef.readSection(a.section), `${path}:${a.section}`).tensors,
+          source: {
+            baseModelNameOrPath: a.baseModelNameOrPath || null,
+            transforms: a.transforms ?? [],
+            ...(a.refit ? { refit: { modules: a.refit.modules, windows: a.refit.windows, residualBefore: a.refit.residualBefore, residualAfter: a.refit.residualAfter } } : {}),
+          },
+        };
+      }),
+    };
+  } finally {
+    hef.close();
+  }
+}

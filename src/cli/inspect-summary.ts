@@ -1,0 +1,147 @@
+/**
+ * `edgellm inspect`: what a HAR or HEF holds — format version, members/sections with sizes (bytes),
+ * the quantization scheme and an estimate of device memory (weights + KV cache at max context).
+ */
+import * as fs from 'node:fs';
+import { readHar } from '../../formats/har.js';
+import { verifyHef } from '../../formats/hef.js';
+import { artifactKind } from './load-artifact.js';
+import { kvCacheBytes, type KvLayout } from '../compiler/kv-layout.js';
+import { UsageError } from '../core/errors.js';
+import type { ModelConfig, QuantReport } from '../ir/model.js';
+
+export interface InspectInfo {
+  file: string;
+  kind: 'har' | 'hef';
+  formatVersion: number;
+  edgellmVersion: string;
+  fileBytes: number;
+  modelName: string;
+  sections: { name: string; kind: string; bytes: number; offset?: number }[];
+  quantScheme: Record<string, unknown>;
+  config: ModelConfig;
+  passes?: unknown[];
+  /** per-layer quantization report (HAR only) */
+  report?: QuantReport;
+  kvCache?: Omit<KvLayout, 'layers'> & { layers: number };
+  /** LoRA adapters (name, rank, targets, stored bytes) */
+  adapters?: AdapterInfo[];
+  /** estimated device memory: weights + KV cache at max context (bytes) */
+  memory: { weightBytes: number; kvCacheBytes: number; totalBytes: number };
+}
+
+/** One LoRA adapter as inspect lists it. */
+export interface AdapterInfo {
+  name: string;
+  r: number;
+  alpha: number;
+  /** A/B storage: 8 (int8), 4 (group-wise) or 32 (float) */
+  bits: number;
+  /** adapted roles (q_proj, ...) and how many linears */
+  targets: string[];
+  modules: number;
+  /** bytes of its HAR member / HEF section */
+  bytes: number;
+  /** base transforms carried into it */
+  transforms: string[];
+  /** add-lora's refit to the W4 base (modules, windows, H-weighted base-error residual before/after), or null */
+  refit: { modules: number; windows: number; residualBefore: number; residualAfter: number } | null;
+}
+
+function adapterInfos(list: unknown, sizeOf: (a: Record<string, any>) => number): AdapterInfo[] {
+  return ((list ?? []) as Record<string, any>[]).map((a) => ({
+    name: a.name,
+    r: a.r,
+    alpha: a.alpha,
+    bits: a.bits,
+    targets: [...new Set((a.modules ?? []).map((m: { linear: string }) => m.linear.slice(m.linear.lastIndexOf('.') + 1)))] as string[],
+    modules: (a.modules ?? []).length,
+    bytes: sizeOf(a),
+    transforms: a.transforms ?? a.source?.transforms ?? [],
+    refit: a.refit ?? a.source?.refit ?? null,
+  }));
+}
+
+/** Reads and fully verifies `file`, returning what it holds. @throws FormatError, UsageError */
+export async function inspectArtifact(file: string): Promise<InspectInfo> {
+  const kind = artifactKind(file);
+  const fileBytes = fs.statSync(file).size;
+  if (kind === 'hef') {
+    const hef = verifyHef(file);
+    hef.close();
+    const h = hef.header;
+    const kv: KvLayout = { ...h.kvCache, layers: h.kvCache.layers ?? [] };
+    const weightBytes = hef.sections.get('weights')?.length ?? 0;
+    const kvBytes = kvCacheBytes(kv);
+    return {
+      file,
+      kind,
+      formatVersion: hef.version,
+      edgellmVersion: h.edgellmVersion,
+      fileBytes,
+      modelName: h.modelName,
+      sections: [...hef.sections.values()].map((s) => ({ name: s.name, kind: s.kind, bytes: s.length, offset: s.offset })),
+      quantScheme: h.quant,
+      config: JSON.parse(h.configJson),
+      kvCache: { ...kv, layers: kv.layers.length },
+      adapters: adapterInfos(h.adapters, (a) => hef.sections.get(a.section)?.length ?? 0),
+      memory: { weightBytes, kvCacheBytes: kvBytes, totalBytes: weightBytes + kvBytes },
+    };
+  }
+  if (kind !== 'har') throw new UsageError(`${file}: inspect takes a HAR or HEF file, not a directory`);
+  const { manifest, files } = await readHar(file);
+  const config = manifest.config as ModelConfig;
+  const weightBytes = files.get('weights.safetensors')?.length ?? 0;
+  const quantScheme = (manifest.quantScheme ?? {}) as Record<string, unknown>;
+  const kvLayout: KvLayout = {
+    numLayers: config.numLayers,
+    numKvHeads: config.numKvHeads,
+    headDim: config.headDim,
+    maxContext: config.maxPositionEmbeddings,
+    dtype: quantScheme.kvScheme === 'none' ? 'float32' : 'uint8',
+    layers: [],
+  };
+  const kvBytes = kvCacheBytes(kvLayout);
+  return {
+    file,
+    kind,
+    formatVersion: Number(manifest.formatVersion),
+    edgellmVersion: String(manifest.edgellmVersion ?? ''),
+    fileBytes,
+    modelName: String(manifest.modelName ?? ''),
+    sections: [...files].map(([name, data]) => ({ name, kind: 'member', bytes: data.length })),
+    quantScheme,
+    config,
+    passes: manifest.passes as unknown[],
+    report: files.has('report.json') ? (JSON.parse(new TextDecoder().decode(files.get('report.json')!)) as QuantReport) : undefined,
+    adapters: adapterInfos(manifest.adapters, (a) => files.get(a.member)?.length ?? 0),
+    memory: { weightBytes, kvCacheBytes: kvBytes, totalBytes: weightBytes + kvBytes },
+  };
+}
+
+const kib = (b: number) => (b >= 1 << 20 ? `${(b / (1 << 20)).toFixed(2)} MiB` : `${(b / 1024).toFixed(1)} KiB`);
+
+/** Human-readable rendering of {@link inspectArtifact}'s result. */
+export function formatInspect(i: InspectInfo): string {
+  const lines = [
+    `${i.file}: edgellm ${i.kind.toUpperCase()} format version ${i.formatVersion} (written by edgellm ${i.edgellmVersion}), ${kib(i.fileBytes)}`,
+    `model: ${i.modelName} (${i.config.modelType}, ${i.config.numLayers} layers, hidden ${i.config.hiddenSize}, heads ${i.config.numHeads}/${i.config.numKvHeads} kv, vocab ${i.config.vocabSize})`,
+    `quantization: ${Object.entries(i.quantScheme)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(', ')}`,
+  ];
+  if (i.passes) lines.push(`passes: ${(i.passes as { name: string }[]).map((p) => p.name).join(' -> ') || '(none)'}`);
+  if (i.kvCache) lines.push(`KV cache: ${i.kvCache.dtype}, ${i.kvCache.numLayers} layers x ${i.kvCache.numKvHeads} kv heads x ${i.kvCache.headDim} head_dim, max context ${i.kvCache.maxContext}`);
+  if (i.adapters?.length) {
+    lines.push(`LoRA adapters (${i.adapters.length}):`);
+    for (const a of i.adapters)
+      lines.push(
+        `  ${a.name.padEnd(24)} r ${a.r}, alpha ${a.alpha}, ${a.bits === 32 ? 'float' : `${a.bits}-bit`} A/B, ${a.modules} modules (${a.targets.join(', ')}), ${kib(a.bytes)}${a.transforms.length ? `, transformed by ${a.transforms.join(' + ')}` : ''}` +
+          (a.refit ? `, refit to the W4 base (base-error residual −${(100 * (1 - a.refit.residualAfter / a.refit.residualBefore)).toFixed(1)}%)` : ''),
+      );
+  }
+  lines.push(i.kind === 'hef' ? 'sections:' : 'members:');
+  for (const s of i.sections) lines.push(`  ${s.name.padEnd(32)} ${s.kind.padEnd(10)} ${kib(s.bytes).padStart(12)}${s.offset !== undefined ? `  @ ${s.offset}` : ''}`);
+  lines.push(`device memory estimate: weights ${kib(i.memory.weightBytes)} + KV cache ${kib(i.memory.kvCacheBytes)} = ${kib(i.memory.totalBytes)}`);
+  return lines.join('\n') + '\n';
+}

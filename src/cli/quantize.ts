@@ -1,0 +1,129 @@
+/** edgellm quantize (see `edgellm quantize --help`). */
+import type { Command } from 'commander';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { UsageError } from '../core/errors.js';
+import { cliContext } from './progress.js';
+import { loadHfModel } from '../../formats/hf.js';
+import { sourceWeightsSha256, saveModelHar } from '../../formats/har-model.js';
+import { SafetensorsCheckpoint } from '../../formats/safetensors.js';
+import { loadPeftAdapter } from '../../formats/peft.js';
+import { mergeLora } from '../../passes/lora/add.js';
+import { TextTokenizer } from '../../formats/tokenizer.js';
+import { quantizeModel, DEFAULT_QUANTIZE_OPTIONS, type QuantizeOptions } from '../../passes/pipeline.js';
+import { OBSERVER_KINDS } from '../../calibration/observers.js';
+import { loadTextFile, loadTokenWindows, isTokenWindowFile, namedDataset } from '../../calibration/datasets.js';
+import { sampleWindows } from '../../calibration/windows.js';
+import { int, float, outputPathCheck } from './common.js';
+
+function defaultCalibration(): string | undefined {
+  try {
+    const p = path.join(path.dirname(namedDataset('c4')), '..', 'calibration', 'c4-calib-128x256-seed0.tokens.json');
+    return fs.existsSync(p) ? p : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Calibration windows from a text/JSONL file (tokenized, sampled) or a pre-tokenized file. */
+async function calibrationWindows(file: string, tok: TextTokenizer, n: number, seqLen: number, seed: number): Promise<number[][]> {
+  if (isTokenWindowFile(file)) return loadTokenWindows(file).slice(0, n);
+  const ids = await tok.encode(loadTextFile(file), false);
+  return sampleWindows(ids, n, seqLen, seed);
+}
+
+/** Maps and validates the command's flags. @throws UsageError */
+function quantizeOptions(o: Record<string, any>): QuantizeOptions {
+  if (!['gptq', 'rtn'].includes(o.method)) throw new UsageError(`--method ${o.method}: expected gptq or rtn`);
+  if (!OBSERVER_KINDS.includes(o.actObserver)) throw new UsageError(`--act-observer ${o.actObserver}: expected ${OBSERVER_KINDS.join(', ')}`);
+  const online = String(o.onlineHadamard ?? '')
+    .split(',')
+    .map((x) => x.trim().toLowerCase())
+    .filter(Boolean);
+  for (const r of online) if (r !== 'r3' && r !== 'r4') throw new UsageError(`--online-hadamard ${o.onlineHadamard}: expected r3, r4 or r3,r4`);
+  if (o.rotationSeeds < 1) throw new UsageError(`--rotation-seeds ${o.rotationSeeds}: must be >= 1`);
+  return {
+    ...DEFAULT_QUANTIZE_OPTIONS,
+    method: o.method,
+    groupSize: o.groupSize,
+    percDamp: o.damp,
+    actOrder: !!o.actOrder,
+    quantizeLmHead: !!o.quantizeLmHead,
+    observer: o.actObserver,
+    activationQuant: o.actQuant,
+    kvQuant: o.kvQuant,
+    kCentering: o.kCentering,
+    rotate: !!o.rotate || o.rotationSeeds > 1 || online.length > 0,
+    rotationSeed: o.rotationSeed,
+    rotationSeeds: o.rotationSeeds,
+    onlineHadamard: { r3: online.includes('r3'), r4: online.includes('r4') },
+  };
+}
+
+/** `edgellm quantize`: HF model directory -> HAR. */
+export function registerQuantize(program: Command): void {
+  program
+    .command('quantize')
+    .description('HF model directory -> HAR: W4 group-wise weights (GPTQ or RTN, optionally on a QuaRot-rotated model), static A8 activation and KV8 ranges')
+    .argument('<model-dir>', 'HuggingFace checkpoint directory (config.json, *.safetensors, tokenizer.json)')
+    .requiredOption('-o, --output <file.har>', 'output HAR archive')
+    .option('--calib <file>', 'calibration data: .txt, .jsonl (text field) or pre-tokenized .tokens.json (default: ../shared c4 calibration windows)')
+    .option('--calib-samples <n>', 'calibration windows', int('--calib-samples'), 128)
+    .option('--seqlen <n>', 'tokens per calibration window', int('--seqlen'), 256)
+    .option('--seed <n>', 'seed of the calibration window sampler', int('--seed'), 0)
+    .option('--method <m>', 'weight quantizer: gptq | rtn', DEFAULT_QUANTIZE_OPTIONS.method)
+    .option('--group-size <n>', 'weight group size (power of two >= 16)', int('--group-size'), DEFAULT_QUANTIZE_OPTIONS.groupSize)
+    .option('--damp <f>', 'GPTQ damping, fraction of mean(diag H)', float('--damp'), DEFAULT_QUANTIZE_OPTIONS.percDamp)
+    .option('--act-order', 'GPTQ act-order (static groups, so groups stay block-wise)')
+    .option('--quantize-lm-head', 'quantize lm_head to W4 too (default: kept float)')
+    .option('--act-observer <kind>', 'A8/KV8 range observer: minmax | percentile | mse', DEFAULT_QUANTIZE_OPTIONS.observer)
+    .option('--no-act-quant', 'skip static A8 activation quantization')
+    .option('--no-kv-quant', 'skip KV8 cache quantization')
+    .option('--no-k-centering', 'KV8 without K-cache centering (default: subtract a calibrated per-channel offset from K before the cache; exact for attention, narrower K range)')
+    .option('--rotate', 'fold norms and apply QuaRot rotations (R1 residual, R2 per head) before quantizing')
+    .option('--rotation-seed <n>', 'QuaRot seed (with --rotation-seeds: the first one tried)', int('--rotation-seed'), 0)
+    .option('--rotation-seeds <n>', 'try N rotation seeds, keep the lowest calibration loss (implies --rotate)', int('--rotation-seeds'), 1)
+    .option('--online-hadamard <list>', 'online rotations as graph ops: r3, r4 or r3,r4 (implies --rotate)', '')
+    .option('--merge-lora <adapter-dir>', 'fold a PEFT LoRA adapter into the fp32 weights (W + s·B·A) before quantizing: one task, best accuracy')
+    .option('--no-emulation-weights', 'do not keep the native/optimized fp32 weights in the HAR (smaller; no --emulate native|optimized)')
+    .option('--json', 'print a JSON summary on stdout')
+    .action(async (dir: string, o) => {
+      const g = program.opts();
+      const ctx = cliContext(g);
+      outputPathCheck(o.output);
+      const t0 = performance.now();
+      let model = loadHfModel(dir);
+      if (o.mergeLora) {
+        const peft = loadPeftAdapter(o.mergeLora, model.config, { baseName: path.basename(path.resolve(dir)) });
+        if (!g.quiet) for (const w of peft.warnings) process.stderr.write(`warning: ${w}\n`);
+        model = mergeLora(model, peft, ctx); // before every pass: GPTQ quantizes the merged weights
+      }
+      const tok = new TextTokenizer(model.tokenizer);
+      const calib = o.calib ?? defaultCalibration();
+      if (!calib) throw new UsageError('no calibration data: pass --calib <file.txt|file.jsonl|file.tokens.json>');
+      const windows = await calibrationWindows(calib, tok, o.calibSamples, o.seqlen, o.seed);
+      const ckpt = SafetensorsCheckpoint.open(dir);
+      const files = [...new Set(ckpt.names().map((n) => ckpt.entry(n).file))];
+      ckpt.close();
+      const opts = quantizeOptions(o);
+      const r = await quantizeModel(model, opts, windows, ctx);
+      const q = r.quantized;
+      await saveModelHar(
+        o.output,
+        q,
+        { modelName: path.basename(path.resolve(dir)), sourceSha256: sourceWeightsSha256(files) },
+        o.emulationWeights ? { native: model, optimized: opts.rotate ? r.optimized : undefined } : {},
+      );
+      const summary = {
+        output: o.output,
+        bytes: fs.statSync(o.output).size,
+        seconds: (performance.now() - t0) / 1000,
+        calibration: { file: calib, windows: windows.length, seqLen: windows[0]?.length ?? 0 },
+        passes: q.passes,
+        bitsPerWeight: 4 + 32 / opts.groupSize, // 4-bit codes + one float32 scale per group
+        seedSearch: r.seedSearch,
+      };
+      if (o.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
+      else if (!g.quiet) process.stderr.write(`wrote ${o.output} (${(summary.bytes / 1024).toFixed(1)} KiB) in ${summary.seconds.toFixed(1)} s\n`);
+    });
+}
