@@ -28,7 +28,7 @@ import { FormatError } from '../src/core/errors.js';
 import type { Model, QuantState, ModelConfig, PassRecord, LinearQuant, QuantReport, LoraAdapter, LazyTensor } from '../src/ir/model.js';
 import { inMemory } from '../src/ir/model.js';
 import { DTYPES, type Tensor } from '../src/ir/tensor.js';
-import { quantSchemeOf } from '../src/compiler/compile.js';
+import { quantSchemeOf } from '../src/ir/quant-scheme.js';
 import { VERSION, artifactTimestamp } from '../src/core/version.js';
 
 const enc = new TextEncoder();

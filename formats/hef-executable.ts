@@ -17,7 +17,7 @@
 import { writeHef, openHef, type HefFile } from './hef.js';
 import { encodeSafetensors, decodeSafetensors } from './safetensors.js';
 import { FormatError } from '../src/core/errors.js';
-import type { Executable, GraphPart } from '../src/compiler/compile.js';
+import type { Executable, GraphPart } from '../src/ir/executable.js';
 import type { ValueSpec, ElemType } from './onnx.js';
 import { VERSION, artifactTimestamp } from '../src/core/version.js';
 

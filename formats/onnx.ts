@@ -11,23 +11,17 @@
 import onnxProto from 'onnx-proto';
 import { DTYPES, type DType, type Tensor } from '../src/ir/tensor.js';
 import { EdgeLLMError, FormatError } from '../src/core/errors.js';
+import type { ElemType, Dim, ValueSpec } from '../src/ir/executable.js';
+
+export type { ElemType, Dim, ValueSpec } from '../src/ir/executable.js';
 
 export const onnx = onnxProto.onnx;
 
-/** Element types used in graph I/O, by ONNX name. */
-export type ElemType = 'float32' | 'int64' | 'uint8' | 'int32' | 'bool';
 
 const ELEM: Record<ElemType, number> = { float32: 1, uint8: 2, int32: 6, int64: 7, bool: 9 };
 
-export type Dim = number | string;
 export type AttrValue = number | string | number[] | { float: number } | { floats: number[] } | Tensor;
 
-export interface ValueSpec {
-  name: string;
-  type: ElemType;
-  /** null: rank and dims unknown */
-  shape: Dim[] | null;
-}
 
 /** Default opsets: ai.onnx 17 and com.microsoft 1 (MatMulNBits). */
 export const OPSETS = { '': 17, 'com.microsoft': 1 } as const;

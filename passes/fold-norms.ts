@@ -25,7 +25,8 @@ import type { LazyTensor, Model } from '../src/ir/model.js';
 import { layerLinears, layerNorms, lmHead } from '../src/ir/architectures.js';
 import { toFloat32, type Tensor } from '../src/ir/tensor.js';
 import { PassOrderError, ShapeMismatchError, UsageError } from '../src/core/errors.js';
-import type { PassContext } from '../src/core/context.js';
+import type { RunContext } from '../src/core/context.js';
+import type { Pass } from './pass.js';
 
 export type FoldNormsOptions = Record<string, never>;
 
@@ -79,7 +80,7 @@ export function normsFolded(model: Model): boolean {
  * @throws PassOrderError when a linear is already weight-quantized; UsageError for a missing weight;
  *   ShapeMismatchError for inconsistent shapes
  */
-export function foldNorms(model: Model, opts: FoldNormsOptions, ctx: PassContext): Model {
+export function foldNorms(model: Model, opts: FoldNormsOptions, ctx: RunContext): Model {
   if (Object.keys(model.quant.linears).length > 0) throw new PassOrderError('fold-norms must run before weight quantization (rtn/gptq): the model already has quantized linears');
   if (normsFolded(model)) throw new PassOrderError('fold-norms has already run on this model');
   const cfg = model.config;
@@ -115,4 +116,9 @@ export function foldNorms(model: Model, opts: FoldNormsOptions, ctx: PassContext
     weights,
     passes: [...model.passes, { name: meta.name, options: { ...opts } }],
   };
+}
+
+/** fold-norms as a {@link Pass} (stage transform: the fp32 function is unchanged). */
+export function foldNormsPass(options: FoldNormsOptions = {}): Pass<FoldNormsOptions> {
+  return { name: meta.name, requires: meta.requires, stage: 'transform', options, run: async (model, ctx) => foldNorms(model, options, ctx) };
 }

@@ -34,17 +34,20 @@ import { inMemory } from '../src/ir/model.js';
 import { actPointName, layerLinears, lmHead, type LinearInput, type LinearSpec } from '../src/ir/architectures.js';
 import { bf16ToFloat, halfToFloat, toFloat32 } from '../src/ir/tensor.js';
 import { dequantizeW4, quantizeRtnW4, type PackedW4 } from '../src/ir/quant.js';
-import { lowerLayerGraph, captureName, kvNames } from '../src/compiler/lower.js';
+import { lowerLayerGraph } from '../src/compiler/lower.js';
+import { captureName, kvNames, HIDDEN_STATES, HIDDEN_STATES_OUT } from '../src/compiler/io-contract.js';
 import { Lowering } from '../src/compiler/lowering.js';
 import { GraphBuilder, onnx, withInitializers } from '../formats/onnx.js';
 import type onnxProto from 'onnx-proto';
-import { CheckedSession } from '../src/engine/session.js';
+import { captureWindows } from '../src/engine/capture.js';
+import { silentContext } from '../src/core/context.js';
 import { UnsupportedModelError, UsageError } from '../src/core/errors.js';
-import type { PassContext } from '../src/core/context.js';
+import type { RunContext } from '../src/core/context.js';
 import { HessianAccumulator } from '../calibration/hessian.js';
 import { OrtLinalg } from '../src/engine/linalg.js';
 import { gptq, weightedSquaredErrors, GPTQ_DEFAULTS, type GptqOptions } from './gptq.js';
 import { checkGroupSize, linearWeight } from './rtn.js';
+import type { Pass } from './pass.js';
 
 export interface GptqPassOptions extends Partial<Omit<GptqOptions, 'groupSize'>> {
   /** input columns per scale (MatMulNBits block size: a power of two ≥ 16) */
@@ -81,7 +84,7 @@ const DEFAULT_CACHE_BYTES = 4 * 2 ** 30;
  *   UnsupportedModelError (a layer graph without the expected capture points), EdgeLLMError when a
  *   Hessian stays indefinite after the damping retries
  */
-export async function gptqModel(model: Model, windows: number[][], opts: GptqPassOptions, ctx: PassContext): Promise<Model> {
+export async function gptqModel(model: Model, windows: number[][], opts: GptqPassOptions, ctx: RunContext): Promise<Model> {
   checkGroupSize(opts.groupSize);
   if (windows.length === 0 || windows.some((w) => w.length === 0)) throw new UsageError('gptq: needs at least one non-empty calibration window');
   const solveOpts: GptqOptions = { ...GPTQ_DEFAULTS, ...stripUndefined(opts), groupSize: opts.groupSize };
@@ -232,16 +235,12 @@ function embed(model: Model, windows: number[][]): Float32Array[] {
 async function finalNormHessian(model: Model, hidden: Float32Array[]): Promise<Float64Array> {
   const Hd = model.config.hiddenSize;
   const L = new Lowering(new GraphBuilder('gptq_final_norm'), model, { capture: false, actQuant: false, kvQuant: false });
-  const x = L.g.input('hidden_states', 'float32', [1, 'sequence_length', Hd]);
+  const x = L.g.input(HIDDEN_STATES, 'float32', [1, 'sequence_length', Hd]);
   L.g.node('Identity', [L.rmsNorm(x, 'model.norm.weight', '/model/norm')], { name: '/model/norm/output', outputNames: ['normed'] });
   L.g.output('normed', 'float32', [1, 'sequence_length', Hd]);
-  const session = await CheckedSession.create(L.g.encode(true), 'gptq final norm');
   const acc = new HessianAccumulator(Hd);
-  for (const h of hidden) {
-    const out = await session.run({ hidden_states: new ort.Tensor('float32', h, [1, h.length / Hd, Hd]) });
-    await acc.addBatch(out.normed.data as Float32Array);
-  }
-  await session.release();
+  const feeds = (w: number) => ({ [HIDDEN_STATES]: new ort.Tensor('float32', hidden[w], [1, hidden[w].length / Hd, Hd]) });
+  await captureWindows({ graph: L.g.encode(true), label: 'gptq final norm', count: hidden.length, feeds, fetches: ['normed'] }, silentContext, (_w, out) => acc.addBatch(out.normed.data as Float32Array));
   await acc.dispose();
   return acc.H;
 }
@@ -282,7 +281,7 @@ class LayerState {
   /** The layer's output x^{i+1} per window (the layer fully quantized). */
   async output(hidden: Float32Array[]): Promise<Float32Array[]> {
     const out: Float32Array[] = [];
-    await this.run(hidden, ['hidden_states_out'], async (w, res) => void (out[w] = res.hidden_states_out.data as Float32Array));
+    await this.run(hidden, [HIDDEN_STATES_OUT], async (w, res) => void (out[w] = res[HIDDEN_STATES_OUT].data as Float32Array));
     return out;
   }
 
@@ -307,26 +306,22 @@ class LayerState {
     for (const point of this.cached.keys()) cuts.set(captureInput(g, point), point);
     const proto = cutGraph(g, cuts, outputs);
     const label = `gptq layer ${this.layer} → ${outputs.join(', ')}`;
-    const session = await CheckedSession.create(withInitializers(proto, g.initializers, label), label);
     const kv = kvNames(this.layer);
     const empty = () => new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
-    try {
-      for (let w = 0; w < hidden.length; w++) {
-        const S = hidden[w].length / cfg.hiddenSize;
-        const feeds: Record<string, ort.Tensor> = {};
-        for (const name of session.inputNames) {
-          if (name === 'hidden_states') feeds[name] = new ort.Tensor('float32', hidden[w], [1, S, cfg.hiddenSize]);
-          else if (name === kv.pastKey || name === kv.pastValue) feeds[name] = empty();
-          else {
-            const x = this.cached.get(cuts.get(name)!)![w];
-            feeds[name] = new ort.Tensor('float32', x, [1, S, x.length / S]);
-          }
+    const feeds = (w: number, inputNames: readonly string[]) => {
+      const S = hidden[w].length / cfg.hiddenSize;
+      const f: Record<string, ort.Tensor> = {};
+      for (const name of inputNames) {
+        if (name === HIDDEN_STATES) f[name] = new ort.Tensor('float32', hidden[w], [1, S, cfg.hiddenSize]);
+        else if (name === kv.pastKey || name === kv.pastValue) f[name] = empty();
+        else {
+          const x = this.cached.get(cuts.get(name)!)![w];
+          f[name] = new ort.Tensor('float32', x, [1, S, x.length / S]);
         }
-        await each(w, await session.run(feeds, outputs));
       }
-    } finally {
-      await session.release();
-    }
+      return f;
+    };
+    await captureWindows({ graph: withInitializers(proto, g.initializers, label), label, count: hidden.length, feeds, fetches: outputs }, silentContext, each);
   }
 }
 
@@ -385,4 +380,9 @@ function cutGraph(g: GraphBuilder, cuts: Map<string, string>, outputs: string[])
       output: outSpecs,
     },
   };
+}
+
+/** GPTQ W4 as a {@link Pass}: layer by layer on `ctx.windows`. */
+export function gptqPass(options: GptqPassOptions): Pass<GptqPassOptions> {
+  return { name: meta.name, requires: meta.requires, stage: 'quantize', options, run: (model, ctx) => gptqModel(model, ctx.windows as number[][], options, ctx) };
 }

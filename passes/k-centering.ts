@@ -18,11 +18,13 @@
  * K observers then see K − c.
  */
 import type { Model } from '../src/ir/model.js';
-import { lowerModel, captureName, kvPoints } from '../src/compiler/lower.js';
-import { windowFeeds } from './calibrate-ranges.js';
-import { CheckedSession } from '../src/engine/session.js';
-import type { PassContext } from '../src/core/context.js';
+import { lowerModel } from '../src/compiler/lower.js';
+import { captureName, kvPoints } from '../src/compiler/io-contract.js';
+import { windowFeeds } from '../calibration/window-feeds.js';
+import { captureWindows } from '../src/engine/capture.js';
+import type { RunContext } from '../src/core/context.js';
 import { UsageError } from '../src/core/errors.js';
+import type { Pass } from './pass.js';
 
 export const meta = { name: 'k-centering', requires: [] as string[] };
 
@@ -31,41 +33,33 @@ export const meta = { name: 'k-centering', requires: [] as string[] };
  * position 0), with the model as it runs (quantized weights, float activations, no offsets).
  * @returns per layer { min, max }, float64 [numKvHeads·headDim] each
  */
-export async function kChannelRanges(model: Model, windows: number[][], ctx: PassContext): Promise<{ min: Float64Array; max: Float64Array }[]> {
+export async function kChannelRanges(model: Model, windows: number[][], ctx: RunContext): Promise<{ min: Float64Array; max: Float64Array }[]> {
   const cfg = model.config;
   const { numLayers: nL, numKvHeads: nKv, headDim: hd } = cfg;
   if (windows.length === 0) throw new UsageError('k-centering: no calibration windows');
   const maxLen = Math.max(...windows.map((w) => w.length));
   const base: Model = { ...model, adapters: [], quant: { ...model.quant, activations: {}, kvCache: [], kCacheOffset: undefined } };
   const g = lowerModel(base, { seqLen: 'dynamic', maxContext: Math.max(maxLen, 1), capture: true, name: 'k-centering' });
-  const session = await CheckedSession.create(g.toModelProto(true), 'K-centering capture graph');
   const ranges = Array.from({ length: nL }, () => ({ min: new Float64Array(nKv * hd).fill(Infinity), max: new Float64Array(nKv * hd).fill(-Infinity) }));
   const fetches = Array.from({ length: nL }, (_, i) => captureName(kvPoints(i).k));
-  const bar = ctx.progress('k-centering', windows.length);
-  try {
-    for (const w of windows) {
-      const res = await session.run(windowFeeds(cfg, w), fetches);
-      const S = w.length;
-      for (let i = 0; i < nL; i++) {
-        const k = res[fetches[i]].data as Float32Array; // [1, nKv, S, hd]
-        const { min, max } = ranges[i];
-        for (let h = 0; h < nKv; h++)
-          for (let s = 0; s < S; s++) {
-            const row = (h * S + s) * hd;
-            for (let j = 0; j < hd; j++) {
-              const v = k[row + j];
-              const c = h * hd + j;
-              if (v < min[c]) min[c] = v;
-              if (v > max[c]) max[c] = v;
-            }
+  const run = { graph: g.toModelProto(true), label: 'K-centering capture graph', count: windows.length, feeds: (w: number) => windowFeeds(cfg, windows[w]), fetches, progress: 'k-centering' };
+  await captureWindows(run, ctx, (w, res) => {
+    const S = windows[w].length;
+    for (let i = 0; i < nL; i++) {
+      const k = res[fetches[i]].data as Float32Array; // [1, nKv, S, hd]
+      const { min, max } = ranges[i];
+      for (let h = 0; h < nKv; h++)
+        for (let s = 0; s < S; s++) {
+          const row = (h * S + s) * hd;
+          for (let j = 0; j < hd; j++) {
+            const v = k[row + j];
+            const c = h * hd + j;
+            if (v < min[c]) min[c] = v;
+            if (v > max[c]) max[c] = v;
           }
-      }
-      bar.tick();
+        }
     }
-  } finally {
-    bar.done();
-    await session.release();
-  }
+  });
   return ranges;
 }
 
@@ -75,7 +69,7 @@ export async function kChannelRanges(model: Model, windows: number[][], ctx: Pas
  * @returns a new Model; the input is not modified
  * @throws UsageError with no windows
  */
-export async function centerKCache(model: Model, windows: number[][], ctx: PassContext): Promise<Model> {
+export async function centerKCache(model: Model, windows: number[][], ctx: RunContext): Promise<Model> {
   const ranges = await kChannelRanges(model, windows, ctx);
   const kCacheOffset = ranges.map(({ min, max }) => Array.from(min, (lo, c) => Math.fround((lo + max[c]) / 2)));
   return {
@@ -83,4 +77,9 @@ export async function centerKCache(model: Model, windows: number[][], ctx: PassC
     quant: { ...model.quant, kCacheOffset },
     passes: [...model.passes, { name: meta.name, options: { statistic: 'midrange', windows: windows.length } }],
   };
+}
+
+/** K-cache centering as a {@link Pass} (stage calibrate: offsets measured on `ctx.windows`). */
+export function kCenteringPass(): Pass<Record<string, never>> {
+  return { name: meta.name, requires: meta.requires, stage: 'calibrate', options: {}, run: (model, ctx) => centerKCache(model, ctx.windows as number[][], ctx) };
 }

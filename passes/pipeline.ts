@@ -13,7 +13,7 @@
  * quantized one so the HAR can keep it for `eval --emulate optimized`.
  */
 import type { Model } from '../src/ir/model.js';
-import type { PassContext } from '../src/core/context.js';
+import type { RunContext } from '../src/core/context.js';
 import { PassOrderError } from '../src/core/errors.js';
 import { rtn, meta as rtnMeta } from './rtn.js';
 import { gptqModel, meta as gptqMeta } from './gptq-sequential.js';
@@ -98,7 +98,7 @@ export interface QuantizeResult {
  * Calibration loss of a rotation: NLL (nats/token) of the W4-RTN-quantized rotated model on
  * `windows`. A cheap proxy of the final recipe used to rank seeds; never looks at evaluation text.
  */
-async function rotationLoss(rotated: Model, opts: QuantizeOptions, windows: number[][], ctx: PassContext): Promise<number> {
+async function rotationLoss(rotated: Model, opts: QuantizeOptions, windows: number[][], ctx: RunContext): Promise<number> {
   const w4 = rtn(rotated, { groupSize: opts.groupSize, quantizeLmHead: opts.quantizeLmHead }, ctx);
   const backend = await SimulatorBackend.load(compile(w4, { prefillLen: Math.max(...windows.map((w) => w.length)) }));
   const r = await perplexity(backend, windows);
@@ -110,7 +110,7 @@ async function rotationLoss(rotated: Model, opts: QuantizeOptions, windows: numb
  * Runs the quantization pipeline on `model` with calibration `windows` (token ids).
  * @throws PassOrderError, UsageError (bad options), FormatError (unreadable weights)
  */
-export async function quantizeModel(model: Model, opts: QuantizeOptions, windows: number[][], ctx: PassContext): Promise<QuantizeResult> {
+export async function quantizeModel(model: Model, opts: QuantizeOptions, windows: number[][], ctx: RunContext): Promise<QuantizeResult> {
   const steps = [
     ...(opts.rotate ? [foldMeta, quarotMeta] : []),
     opts.method === 'gptq' ? gptqMeta : rtnMeta,

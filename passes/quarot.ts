@@ -32,9 +32,10 @@ import type { LazyTensor, Model, ModelConfig, OnlineRotation, OnlineRotations } 
 import { layerLinears, lmHead } from '../src/ir/architectures.js';
 import { toFloat32 } from '../src/ir/tensor.js';
 import { PassOrderError, UsageError } from '../src/core/errors.js';
-import type { PassContext } from '../src/core/context.js';
+import type { RunContext } from '../src/core/context.js';
 import { derived, need, normsFolded } from './fold-norms.js';
 import { denseRotation, hadamardRotation, rotateVector, rotationRng, type KronRotation } from './hadamard.js';
+import type { Pass } from './pass.js';
 
 export interface QuarotOptions {
   /** seed of the random signs of R1 and R2 (an integer in [0, 2^32)) */
@@ -162,7 +163,7 @@ function onlineRecord(R: KronRotation, name: string, weights: Map<string, LazyTe
  * @throws PassOrderError when fold-norms has not run, quarot already ran or a linear is already
  *   quantized; UsageError for a bad seed or a missing weight
  */
-export function quarot(model: Model, opts: QuarotOptions, ctx: PassContext): Model {
+export function quarot(model: Model, opts: QuarotOptions, ctx: RunContext): Model {
   if (!Number.isInteger(opts.seed) || opts.seed < 0 || opts.seed >= 2 ** 32) throw new UsageError(`quarot: seed must be an integer in [0, 2^32), got ${opts.seed}`);
   if (!normsFolded(model)) throw new PassOrderError("pass 'quarot' requires 'fold-norms' to run before it (RMSNorm γ must be folded before rotating)");
   if (quarotOptionsOf(model) || model.online) throw new PassOrderError('quarot has already run on this model');
@@ -218,4 +219,9 @@ export function quarot(model: Model, opts: QuarotOptions, ctx: PassContext): Mod
     ...(R.r3 || R.r4 ? { online } : {}),
     passes: [...model.passes, { name: meta.name, options: { seed: opts.seed, online: { ...opts.online } } }],
   };
+}
+
+/** QuaRot as a {@link Pass} (stage transform: the fp32 function is unchanged). */
+export function quarotPass(options: QuarotOptions): Pass<QuarotOptions> {
+  return { name: meta.name, requires: meta.requires, stage: 'transform', options, run: async (model, ctx) => quarot(model, options, ctx) };
 }

@@ -13,7 +13,8 @@ import { allLinears, type LinearSpec } from '../src/ir/architectures.js';
 import { toFloat32 } from '../src/ir/tensor.js';
 import { quantizeRtnW4, dequantizeW4 } from '../src/ir/quant.js';
 import { UsageError } from '../src/core/errors.js';
-import type { PassContext } from '../src/core/context.js';
+import type { RunContext } from '../src/core/context.js';
+import type { Pass } from './pass.js';
 
 export interface RtnOptions {
   /** input columns per scale (MatMulNBits block size: a power of two ≥ 16) */
@@ -51,7 +52,7 @@ export function checkGroupSize(g: number): void {
 }
 
 /** Quantizes the linears selected by `opts` with RTN; returns a new Model (the input is not modified). */
-export function rtn(model: Model, opts: RtnOptions, ctx: PassContext): Model {
+export function rtn(model: Model, opts: RtnOptions, ctx: RunContext): Model {
   checkGroupSize(opts.groupSize);
   const weights = new Map(model.weights);
   const linears = { ...model.quant.linears };
@@ -69,4 +70,9 @@ export function rtn(model: Model, opts: RtnOptions, ctx: PassContext): Model {
   }
   bar.done();
   return { ...model, weights, quant: { ...model.quant, linears }, passes: [...model.passes, { name: meta.name, options: { ...opts } }] };
+}
+
+/** RTN W4 as a {@link Pass}. */
+export function rtnPass(options: RtnOptions): Pass<RtnOptions> {
+  return { name: meta.name, requires: meta.requires, stage: 'quantize', options, run: async (model, ctx) => rtn(model, options, ctx) };
 }

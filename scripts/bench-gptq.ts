@@ -21,7 +21,7 @@ import { mulberry32 } from '../calibration/windows.js';
 import { gptqModel } from '../passes/gptq-sequential.js';
 import { foldNorms } from '../passes/fold-norms.js';
 import { quarot, DEFAULT_QUAROT_OPTIONS } from '../passes/quarot.js';
-import type { PassContext } from '../src/core/context.js';
+import type { RunContext } from '../src/core/context.js';
 import type { Model } from '../src/ir/model.js';
 
 const QWEN2_1_5B = {
@@ -52,7 +52,7 @@ const t0 = performance.now();
 const stamp = () => `[${((performance.now() - t0) / 1000).toFixed(0).padStart(5)} s, peak RSS ${rssGiB()} GiB]`;
 
 /** Prints progress lines and times each tick by the status text set before it (the linear's role). */
-function timingContext(times: Map<string, number>): PassContext {
+function timingContext(times: Map<string, number>): RunContext {
   return {
     log: (m) => console.log(`${stamp()} ${m}`),
     progress: (label, total) => {

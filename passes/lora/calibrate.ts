@@ -10,15 +10,17 @@
  */
 import * as ort from 'onnxruntime-node';
 import type { Model, QParams } from '../../src/ir/model.js';
-import { lowerModel, captureName, loraPoint } from '../../src/compiler/lower.js';
+import { lowerModel } from '../../src/compiler/lower.js';
+import { captureName, loraPoint } from '../../src/compiler/io-contract.js';
 import { actPointName, decoderLinear } from '../../src/ir/architectures.js';
 import { EdgeLLMError } from '../../src/core/errors.js';
-import { windowFeeds } from '../calibrate-ranges.js';
+import { windowFeeds } from '../../calibration/window-feeds.js';
+import { captureWindows } from '../../src/engine/capture.js';
 import { HessianAccumulator } from '../../calibration/hessian.js';
-import { CheckedSession } from '../../src/engine/session.js';
 import { OBSERVERS, type ObserverKind } from '../../calibration/observers.js';
-import type { PassContext } from '../../src/core/context.js';
-import { loraFeeds, type LoraAdapterData } from './add.js';
+import type { RunContext } from '../../src/core/context.js';
+import { loraFeeds } from '../../src/compiler/lora-feeds.js';
+import type { LoraAdapterData } from '../../src/ir/lora-storage.js';
 
 /** The observer kind the base's `calibrate` pass used (minmax when unknown). */
 function baseObserver(model: Model): ObserverKind {
@@ -37,26 +39,16 @@ async function runAdapterCapture(
   windows: number[][],
   points: string[],
   label: string,
-  ctx: PassContext,
+  ctx: RunContext,
   onWindow: (captured: Record<string, Float32Array>, window: number[]) => Promise<void> | void,
 ): Promise<void> {
   const single: Model = { ...model, adapters: [{ ...adapter, tensors: new Map() }] };
   const maxLen = Math.max(1, ...windows.map((w) => w.length));
   const g = lowerModel(single, { seqLen: 'dynamic', maxContext: maxLen, capture: true, activationQuant: false, kvQuant: false, name: label });
-  const session = await CheckedSession.create(g.toModelProto(true), `LoRA ${label} graph`);
   const lora: Record<string, ort.Tensor> = {};
   for (const [n, f] of loraFeeds(model, adapter, g.inputSpecs)) lora[n] = new ort.Tensor(f.type, f.data, f.dims);
-  const bar = ctx.progress(label, windows.length);
-  try {
-    for (const w of windows) {
-      const res = await session.run({ ...lora, ...windowFeeds(model.config, w) }, points.map(captureName));
-      await onWindow(Object.fromEntries(points.map((p) => [p, res[captureName(p)].data as Float32Array])), w);
-      bar.tick();
-    }
-  } finally {
-    bar.done();
-    await session.release();
-  }
+  const run = { graph: g.toModelProto(true), label: `LoRA ${label} graph`, count: windows.length, feeds: (w: number) => ({ ...lora, ...windowFeeds(model.config, windows[w]) }), fetches: points.map(captureName), progress: label };
+  await captureWindows(run, ctx, (w, res) => onWindow(Object.fromEntries(points.map((p) => [p, res[captureName(p)].data as Float32Array])), windows[w]));
 }
 
 /** The activation point a decoder linear reads, e.g. `model.layers.3.attn_in` for its q_proj. */
@@ -70,7 +62,7 @@ function linearInputPoint(model: Pick<Model, 'config'>, linear: string): string 
  * Input Hessians of the linears `adapter` adapts, on `windows`, with the adapter applied.
  * @returns input point (`model.layers.{i}.attn_in`, …) -> H = mean x·xᵀ, float64 [in, in] row-major
  */
-export async function loraInputHessians(model: Model, adapter: LoraAdapterData, windows: number[][], ctx: PassContext): Promise<Map<string, Float64Array>> {
+export async function loraInputHessians(model: Model, adapter: LoraAdapterData, windows: number[][], ctx: RunContext): Promise<Map<string, Float64Array>> {
   const points = [...new Set(adapter.modules.map((m) => linearInputPoint(model, m.linear)))];
   const acc = new Map(points.map((p) => [p, null as HessianAccumulator | null]));
   try {
@@ -93,7 +85,7 @@ export async function loraInputHessians(model: Model, adapter: LoraAdapterData, 
  * quantized A and B), with the observer of the base's `calibrate` pass.
  * @returns linear -> QParams
  */
-export async function calibrateLora(model: Model, adapter: LoraAdapterData, windows: number[][], ctx: PassContext): Promise<Map<string, QParams>> {
+export async function calibrateLora(model: Model, adapter: LoraAdapterData, windows: number[][], ctx: RunContext): Promise<Map<string, QParams>> {
   const kind = baseObserver(model);
   const obs = new Map(adapter.modules.map((m) => [m.linear, OBSERVERS[kind]()]));
   const points = adapter.modules.map((m) => loraPoint(m.linear));

@@ -31,7 +31,7 @@
 import type { Model, LoraAdapter } from '../../src/ir/model.js';
 import { toFloat32 } from '../../src/ir/tensor.js';
 import { actPointName, decoderLinear } from '../../src/ir/architectures.js';
-import type { PassContext } from '../../src/core/context.js';
+import type { RunContext } from '../../src/core/context.js';
 import { UnsupportedModelError } from '../../src/core/errors.js';
 import { rotationRng } from '../hadamard.js';
 import { OrtLinalg } from '../../src/engine/linalg.js';
@@ -267,7 +267,7 @@ export async function refitToBase(
   modules: TransformedModule[],
   hessians: Map<string, Float64Array>,
   windows: number,
-  ctx: PassContext,
+  ctx: RunContext,
 ): Promise<{ modules: TransformedModule[]; summary: LoraRefitSummary }> {
   const onQuantized = modules.filter((m) => model.quant.linears[m.linear]);
   const summary: LoraRefitSummary = { modules: onQuantized.length, windows, residualBefore: 0, residualAfter: 0 };

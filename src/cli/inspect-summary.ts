@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import { readHar } from '../../formats/har.js';
 import { verifyHef } from '../../formats/hef.js';
 import { artifactKind } from './load-artifact.js';
-import { kvCacheBytes, type KvLayout } from '../compiler/kv-layout.js';
+import { kvCacheBytes, type KvLayout } from '../ir/executable.js';
 import { UsageError } from '../core/errors.js';
 import type { ModelConfig, QuantReport } from '../ir/model.js';
 

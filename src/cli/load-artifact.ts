@@ -7,12 +7,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadHfModel } from '../../formats/hf.js';
 import { loadPeftAdapter } from '../../formats/peft.js';
-import { mergeLora } from '../../passes/lora/add.js';
+import { mergeLora } from '../../passes/lora/merge.js';
 import { silentContext } from '../core/context.js';
 import { loadModelHar, type EmulationLevel } from '../../formats/har-model.js';
 import { HEF_MAGIC } from '../../formats/hef.js';
 import { readExecutable } from '../../formats/hef-executable.js';
-import { compile, type Executable } from '../compiler/compile.js';
+import { compile } from '../compiler/compile.js';
+import { type Executable } from '../ir/executable.js';
 import type { Model } from '../ir/model.js';
 import { FormatError, UsageError } from '../core/errors.js';
 

@@ -1,11 +1,11 @@
 /**
- * The CLI's PassContext: log lines and cli-progress bars on stderr (stdout stays for results and
+ * The CLI's RunContext: log lines and cli-progress bars on stderr (stdout stays for results and
  * generated text). Bars render only on a terminal; `--quiet` silences both.
  */
 import cliProgress from 'cli-progress';
-import type { PassContext, Progress } from '../core/context.js';
+import type { RunContext, Progress } from '../core/context.js';
 
-export function cliContext(opts: { quiet?: boolean; verbose?: boolean } = {}): PassContext {
+export function cliContext(opts: { quiet?: boolean; verbose?: boolean } = {}): RunContext {
   const tty = process.stderr.isTTY === true;
   return {
     log: (m) => {

@@ -8,7 +8,7 @@ import { loadHfModel } from '../../formats/hf.js';
 import { sourceWeightsSha256, saveModelHar } from '../../formats/har-model.js';
 import { SafetensorsCheckpoint } from '../../formats/safetensors.js';
 import { loadPeftAdapter } from '../../formats/peft.js';
-import { mergeLora } from '../../passes/lora/add.js';
+import { mergeLora } from '../../passes/lora/merge.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
 import { quantizeModel, DEFAULT_QUANTIZE_OPTIONS, type QuantizeOptions } from '../../passes/pipeline.js';
 import { OBSERVER_KINDS } from '../../calibration/observers.js';

@@ -1,53 +1,16 @@
 /**
  * Model -> Executable: the prefill graph (static chunk of `prefillLen` tokens) and the decode graph
  * (one token), lowered from the same Model so they read one shared set of weights, plus the
- * tokenizer and the KV-cache layout. An Executable is what a HEF holds (src/compiler/hef-io.ts)
+ * tokenizer and the KV-cache layout. An Executable (src/ir/executable.ts) is what a HEF holds (formats/hef-executable.ts)
  * and what a backend loads.
  */
 import { lowerModel } from './lower.js';
-import { kvLayoutOf, type KvLayout } from './kv-layout.js';
-import type { Model, ModelConfig, TokenizerFiles, LoraAdapter } from '../ir/model.js';
+import { kvLayoutOf } from './kv-layout.js';
+import type { Model } from '../ir/model.js';
 import type { Tensor } from '../ir/tensor.js';
-import type { ValueSpec } from '../../formats/onnx.js';
+import type { Executable } from '../ir/executable.js';
+import { quantSchemeOf } from '../ir/quant-scheme.js';
 import { UsageError } from '../core/errors.js';
-
-export interface QuantSchemeSummary {
-  weightBits: number;
-  weightGroupSize: number;
-  weightScheme: 'symmetric' | 'none';
-  weightMethod: string;
-  activationScheme: 'static-asymmetric-per-tensor-u8' | 'none';
-  /** '+k-centered': the K cache holds K − c (calibration/k-centering.ts) */
-  kvScheme: 'static-asymmetric-per-tensor-u8' | 'static-asymmetric-per-tensor-u8+k-centered' | 'none';
-}
-
-export interface GraphPart {
-  /** ModelProto bytes without initializers */
-  onnx: Uint8Array;
-  /** tokens per call */
-  seqLen: number;
-  inputs: readonly ValueSpec[];
-  outputs: readonly ValueSpec[];
-}
-
-export interface Executable {
-  modelName: string;
-  config: ModelConfig;
-  quant: QuantSchemeSummary;
-  kvLayout: KvLayout;
-  prefill: GraphPart;
-  decode: GraphPart;
-  /** the one copy of the weights both graphs read, by initializer name */
-  weights: Map<string, Tensor>;
-  tokenizer: TokenizerFiles;
-  /** sha256 of the source weights, when known */
-  sourceSha256: string;
-  /** LoRA adapters the graphs' `lora.*` inputs can be fed from (absent or empty: none) */
-  adapters?: ExecutableAdapter[];
-}
-
-/** A LoRA adapter with its tensors in memory (quantized codes + scales, see src/ir/model.ts LoraAdapter). */
-export type ExecutableAdapter = Omit<LoraAdapter, 'tensors'> & { tensors: Map<string, Tensor> };
 
 export interface CompileOptions {
   /** static prefill chunk length in tokens (default 128) */
@@ -56,19 +19,6 @@ export interface CompileOptions {
   maxContext?: number;
   modelName?: string;
   sourceSha256?: string;
-}
-
-/** Summarises a Model's quantization state. */
-export function quantSchemeOf(model: Model): QuantSchemeSummary {
-  const lin = Object.values(model.quant.linears);
-  return {
-    weightBits: lin.length ? lin[0].bits : 32,
-    weightGroupSize: lin.length ? lin[0].groupSize : 0,
-    weightScheme: lin.length ? 'symmetric' : 'none',
-    weightMethod: lin.length ? [...new Set(lin.map((l) => l.method))].join('+') : 'none',
-    activationScheme: Object.keys(model.quant.activations).length ? 'static-asymmetric-per-tensor-u8' : 'none',
-    kvScheme: !model.quant.kvCache.length ? 'none' : model.quant.kCacheOffset ? 'static-asymmetric-per-tensor-u8+k-centered' : 'static-asymmetric-per-tensor-u8',
-  };
 }
 
 /**

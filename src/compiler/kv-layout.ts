@@ -2,20 +2,11 @@
  * KV-cache layout of an executable: per layer, K (after RoPE) and V of shape
  * [batch=1, num_kv_heads, context, head_dim], held as uint8 with static per-tensor per-layer
  * scale/zero point (KV8) or as float32. With K-cache centering the K cache holds K − c, c a per-layer
- * float32 [num_kv_heads·head_dim] offset (calibration/k-centering.ts).
+ * float32 [num_kv_heads·head_dim] offset (passes/k-centering.ts).
  */
-import type { Model, QParams } from '../ir/model.js';
+import type { Model } from '../ir/model.js';
+import type { KvLayout } from '../ir/executable.js';
 
-export interface KvLayout {
-  numLayers: number;
-  numKvHeads: number;
-  headDim: number;
-  /** capacity in tokens */
-  maxContext: number;
-  dtype: 'uint8' | 'float32';
-  /** per layer KV8 parameters (empty for float32); kOffset: the K-cache centering offset c, when used */
-  layers: { k: QParams; v: QParams; kOffset?: number[] }[];
-}
 
 /** The layout a model compiles to. */
 export function kvLayoutOf(model: Model, maxContext: number): KvLayout {
@@ -31,7 +22,3 @@ export function kvLayoutOf(model: Model, maxContext: number): KvLayout {
   };
 }
 
-/** Bytes the KV cache takes at full context (K and V, all layers). */
-export function kvCacheBytes(l: KvLayout): number {
-  return 2 * l.numLayers * l.numKvHeads * l.headDim * l.maxContext * (l.dtype === 'uint8' ? 1 : 4);
-}

@@ -11,21 +11,10 @@
  * K-cache centering (model.quant.kCacheOffset) the cache holds K − c.
  */
 import type { Lowering } from './lowering.js';
+import { kvNames, kvPoints } from './io-contract.js';
 import type { OnlineRotation } from '../ir/model.js';
 import { layerLinears, layerNorms } from '../ir/architectures.js';
 
-/** Names of the KV-cache I/O of layer i. */
-export function kvNames(i: number) {
-  return {
-    pastKey: `past_key_values.${i}.key`,
-    pastValue: `past_key_values.${i}.value`,
-    presentKey: `present.${i}.key`,
-    presentValue: `present.${i}.value`,
-  };
-}
-
-/** KV capture point names of layer i (K after RoPE, V). */
-export const kvPoints = (i: number) => ({ k: `model.layers.${i}.k_cache`, v: `model.layers.${i}.v_cache` });
 
 /** Values shared by every layer of a graph. */
 export interface LayerInputs {

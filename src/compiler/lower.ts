@@ -9,18 +9,7 @@
  * - calibration capture: extra outputs `capture.<point>` holding the float activation at every
  *   quantization point (before its QDQ), for the observers in calibration/.
  *
- * I/O contract (batch 1; S = `seqLen`, P = past_sequence_length, T = P + S):
- *
- * | name                          | dtype            | shape                      |
- * | ----------------------------- | ---------------- | -------------------------- |
- * | input_ids                     | int64            | [1, S]                     |
- * | past_key_values.{i}.key/value | float32 or uint8 | [1, kv_heads, P, head_dim] |
- * | logits                        | float32          | [1, S, vocab]              |
- * | present.{i}.key/value         | float32 or uint8 | [1, kv_heads, T, head_dim] |
- * | lora.<linear>.A / .B          | float32          | [r, in] / [out, r]         |
- * | lora.<linear>.act_scale / _zero_point | float32 / uint8 | [] (with static A8)  |
- *
- * The `lora.*` inputs exist only for the linears the model's adapters target (none without adapters).
+ * I/O contract: src/compiler/io-contract.ts (every input/output name the runtime feeds or reads).
  *
  * Positions are P..T−1 (taken from the past's length); attention is causal by position, so
  * padding appended at the end of a static prefill chunk never affects real tokens.
@@ -31,10 +20,9 @@ import { lmHead, allLinears, layerLinears } from '../ir/architectures.js';
 import type { Tensor } from '../ir/tensor.js';
 import { UnsupportedModelError } from '../core/errors.js';
 import { Lowering } from './lowering.js';
-import { lowerDecoderLayer, kvNames, type LayerInputs } from './lower-layer.js';
+import { lowerDecoderLayer, type LayerInputs } from './lower-layer.js';
+import { kvNames, INPUT_IDS, LOGITS, HIDDEN_STATES, HIDDEN_STATES_OUT } from './io-contract.js';
 
-export { kvNames, kvPoints } from './lower-layer.js';
-export { captureName, loraInputNames, loraPoint } from './lowering.js';
 
 export interface LowerOptions {
   /** static tokens per call (prefill chunk length, 1 for decode) or 'dynamic' */
@@ -131,7 +119,7 @@ export function lowerModel(model: Model, opts: LowerOptions): GraphBuilder {
   const L = newLowering(model, opts);
   const g = L.g;
   const S: Dim = opts.seqLen === 'dynamic' ? 'sequence_length' : opts.seqLen;
-  const ids = g.input('input_ids', 'int64', [1, S]);
+  const ids = g.input(INPUT_IDS, 'int64', [1, S]);
   for (let i = 0; i < cfg.numLayers; i++) kvInputs(L, i);
   L.loraInputs(allLinears(cfg));
   const shared = positionsAndMask(L, kvNames(0).pastKey, ids, opts.maxContext);
@@ -140,8 +128,8 @@ export function lowerModel(model: Model, opts: LowerOptions): GraphBuilder {
   for (let i = 0; i < cfg.numLayers; i++) x = lowerDecoderLayer(L, i, x, shared);
   const n = L.actPoint(L.rmsNorm(x, 'model.norm.weight', '/model/norm'), -1, 'lm_head_in');
   const logits = L.linear(n, lmHead(cfg), '/lm_head');
-  g.node('Identity', [logits], { name: '/model/logits', outputNames: ['logits'] });
-  g.output('logits', 'float32', [1, S, cfg.vocabSize]);
+  g.node('Identity', [logits], { name: '/model/logits', outputNames: [LOGITS] });
+  g.output(LOGITS, 'float32', [1, S, cfg.vocabSize]);
   return g;
 }
 
@@ -155,12 +143,12 @@ export function lowerModel(model: Model, opts: LowerOptions): GraphBuilder {
 export function lowerLayerGraph(model: Model, layer: number, opts: Omit<LowerOptions, 'seqLen'>): GraphBuilder {
   const L = newLowering(model, opts);
   const g = L.g;
-  const x = g.input('hidden_states', 'float32', [1, 'sequence_length', model.config.hiddenSize]);
+  const x = g.input(HIDDEN_STATES, 'float32', [1, 'sequence_length', model.config.hiddenSize]);
   kvInputs(L, layer);
   L.loraInputs(layerLinears(model.config, layer));
   const shared = positionsAndMask(L, kvNames(layer).pastKey, x, opts.maxContext);
   const y = lowerDecoderLayer(L, layer, x, shared);
   g.node('Identity', [y], { name: `/model/layers.${layer}/output`, outputNames: ['hidden_states_out'] });
-  g.output('hidden_states_out', 'float32', [1, 'sequence_length', model.config.hiddenSize]);
+  g.output(HIDDEN_STATES_OUT, 'float32', [1, 'sequence_length', model.config.hiddenSize]);
   return g;
 }

@@ -9,9 +9,8 @@ import type { Model, QParams } from '../ir/model.js';
 import { actPointName, type LinearSpec, type LinearInput } from '../ir/architectures.js';
 import { toFloat32, type Tensor } from '../ir/tensor.js';
 import { UnsupportedModelError } from '../core/errors.js';
+import { captureName, loraInputNames, loraPoint } from './io-contract.js';
 
-/** Capture output name of a quantization point. */
-export const captureName = (point: string) => `capture.${point}`;
 
 /** Mode flags of one lowering. */
 export interface LoweringFlags {
@@ -25,20 +24,6 @@ export interface LoweringFlags {
   lora?: boolean;
 }
 
-/**
- * Graph inputs of the LoRA branch of `linear` (fed per request by the runtime; zeros = no adapter):
- * A float32 [r, in], B float32 [out, r] (already multiplied by the scaling s), and the static A8
- * parameters of the intermediate A·x: scale float32 [] and zero point uint8 [].
- */
-export const loraInputNames = (linear: string) => ({
-  A: `lora.${linear}.A`,
-  B: `lora.${linear}.B`,
-  scale: `lora.${linear}.act_scale`,
-  zeroPoint: `lora.${linear}.act_zero_point`,
-});
-
-/** Capture point of the LoRA intermediate A·x of `linear`. */
-export const loraPoint = (linear: string) => `lora.${linear}`;
 
 export class Lowering {
   private readonly weightCache = new Map<string, Tensor>();

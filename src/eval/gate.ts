@@ -16,7 +16,7 @@ import { EdgeLLMError, FormatError, UsageError } from '../core/errors.js';
 import { writeFileAtomicSync } from '../core/atomic.js';
 import type { KldResult } from './kld.js';
 import type { HellaSwagResult } from './hellaswag.js';
-import type { QuantSchemeSummary } from '../compiler/compile.js';
+import type { QuantSchemeSummary } from '../ir/quant-scheme.js';
 
 /** What `edgellm eval` reports (its `--json` output); every field but the identity is optional. */
 export interface EvalReport {

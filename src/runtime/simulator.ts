@@ -10,11 +10,11 @@
 import * as ort from 'onnxruntime-node';
 import type { ExecutionBackend, KvContext } from './backend.js';
 import { CheckedSession, type SessionOptions } from '../engine/session.js';
-import type { Executable } from '../compiler/compile.js';
-import { kvNames } from '../compiler/lower.js';
+import type { Executable } from '../ir/executable.js';
+import { kvNames } from '../compiler/io-contract.js';
 import { withInitializers, decodeModel } from '../../formats/onnx.js';
 import { EdgeLLMError } from '../core/errors.js';
-import { loraFeeds } from '../../passes/lora/add.js';
+import { loraFeeds } from '../compiler/lora-feeds.js';
 
 interface SimContext extends KvContext {
   length: number;

@@ -8,7 +8,8 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
 import { loadHfModel } from '../../formats/hf.js';
-import { lowerModel, kvNames } from '../../src/compiler/lower.js';
+import { lowerModel } from '../../src/compiler/lower.js';
+import { kvNames } from '../../src/compiler/io-contract.js';
 import { CheckedSession } from '../../src/engine/session.js';
 import { EdgeLLMError } from '../../src/core/errors.js';
 

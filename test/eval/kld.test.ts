@@ -2,6 +2,8 @@
  * runtime/kld: KL-divergence of a model's next-token distributions from a reference's, checked
  * against a direct float64 computation from the TypeScript reference forward on stories260K.
  */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,6 +19,7 @@ import { silentContext } from '../../src/core/context.js';
 import { SimulatorBackend } from '../../src/runtime/simulator.js';
 import { klDivergence } from '../../src/eval/kld.js';
 import { ShapeMismatchError } from '../../src/core/errors.js';
+import { readExecutable, writeExecutable } from '../../formats/hef-executable.js';
 
 const SHARED = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../shared');
 const STORIES = path.join(SHARED, 'models/stories260K');
@@ -63,6 +66,70 @@ describe('klDivergence on stories260K', () => {
     expect(r.lnPplRatioStderr).toBe(0);
     expect(r.windowNll).toEqual(r.referenceWindowNll);
     expect(r.predictions).toBe(3 * 63);
+  });
+
+  /**
+   * Two backends that share nothing (each compiled and loaded on its own, one of them through a HEF
+   * file written and read back) must give the same distributions. ORT's CPU kernels are
+   * deterministic, so the logits are expected to be identical and the KLD exactly 0; the bounds
+   * allow for float32 reassociation between sessions anyway: logits that differ by δ ~ 1e-5 give a
+   * KLD of order δ² ~ 1e-10 per prediction, so mean KLD < 1e-9 and |ppl ratio − 1| < 1e-6 (an NLL
+   * moved by ~1e-6 nats at most). A real model change (below) is at least six orders larger.
+   */
+  async function expectSameDistributions(a: SimulatorBackend, b: SimulatorBackend): Promise<void> {
+    const r = await klDivergence(a, b, windows);
+    expect(r.predictions).toBe(3 * 63);
+    expect(Math.abs(r.meanKld)).toBeLessThan(1e-9);
+    expect(Math.abs(r.maxKld)).toBeLessThan(1e-8);
+    expect(Math.abs(r.pplRatio - 1)).toBeLessThan(1e-6);
+    expect(Math.abs(r.lnPplRatio)).toBeLessThan(1e-6);
+    // a float32 near-tie could flip one argmax, nothing more
+    expect(r.top1Agreement * r.predictions).toBeGreaterThanOrEqual(r.predictions - 1);
+    // and both backends assign the text a real (non-degenerate) perplexity
+    expect(r.referencePpl).toBeGreaterThan(1);
+    expect(r.referencePpl).toBeLessThan(fp.config.vocabSize);
+  }
+
+  it('is ≈ 0 with ppl ratio 1 for two separately loaded backends of the same model', async () => {
+    const other = await SimulatorBackend.load(compile(fp, { prefillLen: 64 }));
+    try {
+      expect(other).not.toBe(bFp);
+      await expectSameDistributions(other, bFp);
+    } finally {
+      await other.dispose();
+    }
+  });
+
+  it('is ≈ 0 with ppl ratio 1 between the compiled model and its HEF artifact read back from disk', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-kld-'));
+    try {
+      const file = path.join(dir, 'stories.hef');
+      writeExecutable(file, compile(fp, { prefillLen: 32 })); // another chunk length: the same function
+      const loaded = await SimulatorBackend.load(readExecutable(file));
+      try {
+        await expectSameDistributions(loaded, bFp);
+      } finally {
+        await loaded.dispose();
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('is clearly > 0 for the model with RTN W4 (group 32) weights', async () => {
+    const q = rtn(fp, { groupSize: 32, quantizeLmHead: false }, silentContext);
+    const bQ = await SimulatorBackend.load(compile(q, { prefillLen: 64 }));
+    try {
+      const r = await klDivergence(bQ, bFp, windows);
+      // 4-bit weights move the next-token distributions measurably: mean KLD above 1e-3 nats, many
+      // standard errors away from 0, and far above the ≤ 1e-9 of two loads of one model
+      expect(r.meanKld).toBeGreaterThan(1e-3);
+      expect(r.meanKld).toBeGreaterThan(5 * r.kldStderr);
+      expect(r.maxKld).toBeGreaterThan(r.meanKld);
+      expect(r.pplRatio).not.toBe(1);
+    } finally {
+      await bQ.dispose();
+    }
   });
 
   it('W4 RTN against fp32 equals the float64 computation from the reference forward', async () => {

@@ -13,7 +13,7 @@ import { saveModelHar, loadModelHar } from '../../formats/har-model.js';
 import { rtn } from '../../passes/rtn.js';
 import { mulberry32 } from '../../calibration/windows.js';
 import { silentContext } from '../../src/core/context.js';
-import { kvPoints } from '../../src/compiler/lower.js';
+import { kvPoints } from '../../src/compiler/io-contract.js';
 import { quantizeModel, DEFAULT_QUANTIZE_OPTIONS } from '../../passes/pipeline.js';
 import type { Model } from '../../src/ir/model.js';
 import { tinyQwen2, randomWindows } from '../helpers/fixtures.js';

@@ -1,0 +1,64 @@
+/**
+ * The graph I/O contract: every input and output name the lowering (src/compiler/lower.ts) emits
+ * and the runtime, the calibration runs and the passes feed or read. Batch 1; S = tokens per call,
+ * P = past_sequence_length, T = P + S:
+ *
+ * | name                          | dtype            | shape                      |
+ * | ----------------------------- | ---------------- | -------------------------- |
+ * | input_ids                     | int64            | [1, S]                     |
+ * | past_key_values.{i}.key/value | float32 or uint8 | [1, kv_heads, P, head_dim] |
+ * | logits                        | float32          | [1, S, vocab]              |
+ * | present.{i}.key/value         | float32 or uint8 | [1, kv_heads, T, head_dim] |
+ * | lora.<linear>.A / .B          | float32          | [r, in] / [out, r]         |
+ * | lora.<linear>.act_scale / _zero_point | float32 / uint8 | [] (with static A8)  |
+ * | capture.<point>               | float32          | the point's activation (calibration graphs) |
+ * | hidden_states / hidden_states_out | float32      | [1, S, hidden] (one-layer graphs of GPTQ)  |
+ *
+ * Pure names, no graph code: a device backend implementing the same contract needs only this file.
+ */
+
+/** Token ids, int64 [1, S]. */
+export const INPUT_IDS = 'input_ids';
+/** Next-token logits, float32 [1, S, vocab]. */
+export const LOGITS = 'logits';
+/** The residual stream into a one-layer graph, float32 [1, S, hidden]. */
+export const HIDDEN_STATES = 'hidden_states';
+/** The residual stream out of a one-layer graph, float32 [1, S, hidden]. */
+export const HIDDEN_STATES_OUT = 'hidden_states_out';
+
+/** Names of the KV-cache I/O of layer i. */
+export function kvNames(i: number) {
+  return {
+    pastKey: `past_key_values.${i}.key`,
+    pastValue: `past_key_values.${i}.value`,
+    presentKey: `present.${i}.key`,
+    presentValue: `present.${i}.value`,
+  };
+}
+
+/** KV capture point names of layer i (K after RoPE, V). */
+export const kvPoints = (i: number) => ({ k: `model.layers.${i}.k_cache`, v: `model.layers.${i}.v_cache` });
+
+/** Capture output name of a quantization point. */
+export const captureName = (point: string) => `capture.${point}`;
+
+/**
+ * Graph inputs of the LoRA branch of `linear` (fed per request by the runtime; zeros = no adapter):
+ * A float32 [r, in], B float32 [out, r] (already multiplied by the scaling s), and the static A8
+ * parameters of the intermediate A·x: scale float32 [] and zero point uint8 [].
+ */
+export const loraInputNames = (linear: string) => ({
+  A: `lora.${linear}.A`,
+  B: `lora.${linear}.B`,
+  scale: `lora.${linear}.act_scale`,
+  zeroPoint: `lora.${linear}.act_zero_point`,
+});
+
+/** The linear a `lora.*` graph input belongs to and which of its inputs it is, or null. */
+export function parseLoraInput(name: string): { linear: string; kind: 'A' | 'B' | 'act_scale' | 'act_zero_point' } | null {
+  const m = /^lora\.(.+)\.(A|B|act_scale|act_zero_point)$/.exec(name);
+  return m ? { linear: m[1], kind: m[2] as 'A' | 'B' | 'act_scale' | 'act_zero_point' } : null;
+}
+
+/** Capture point of the LoRA intermediate A·x of `linear`. */
+export const loraPoint = (linear: string) => `lora.${linear}`;

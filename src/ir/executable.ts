@@ -1,0 +1,72 @@
+/**
+ * What a HEF holds and a backend loads: the Executable (prefill and decode graphs over one weight
+ * store, the tokenizer, the KV-cache layout, adapters). Plain data types, produced by
+ * src/compiler/compile.ts, written and read by formats/hef-executable.ts, run by src/runtime.
+ */
+import type { ModelConfig, QParams, TokenizerFiles, LoraAdapter } from './model.js';
+import type { Tensor } from './tensor.js';
+import type { QuantSchemeSummary } from './quant-scheme.js';
+
+/** Element types used in graph I/O, by ONNX name. */
+export type ElemType = 'float32' | 'int64' | 'uint8' | 'int32' | 'bool';
+
+/** One graph dimension: a size, or a symbolic name (e.g. 'total_sequence_length'). */
+export type Dim = number | string;
+
+/** A graph input or output: name, element type and (possibly symbolic) shape. */
+export interface ValueSpec {
+  name: string;
+  type: ElemType;
+  /** null: rank and dims unknown */
+  shape: Dim[] | null;
+}
+
+/**
+ * KV-cache layout of an executable: per layer, K (after RoPE) and V of shape
+ * [batch=1, num_kv_heads, context, head_dim], held as uint8 with static per-tensor per-layer
+ * scale/zero point (KV8) or as float32. With K-cache centering the K cache holds K − c, c a per-layer
+ * float32 [num_kv_heads·head_dim] offset (passes/k-centering.ts).
+ */
+export interface KvLayout {
+  numLayers: number;
+  numKvHeads: number;
+  headDim: number;
+  /** capacity in tokens */
+  maxContext: number;
+  dtype: 'uint8' | 'float32';
+  /** per layer KV8 parameters (empty for float32); kOffset: the K-cache centering offset c, when used */
+  layers: { k: QParams; v: QParams; kOffset?: number[] }[];
+}
+
+/** Bytes the KV cache takes at full context (K and V, all layers). */
+export function kvCacheBytes(l: KvLayout): number {
+  return 2 * l.numLayers * l.numKvHeads * l.headDim * l.maxContext * (l.dtype === 'uint8' ? 1 : 4);
+}
+
+export interface GraphPart {
+  /** ModelProto bytes without initializers */
+  onnx: Uint8Array;
+  /** tokens per call */
+  seqLen: number;
+  inputs: readonly ValueSpec[];
+  outputs: readonly ValueSpec[];
+}
+
+export interface Executable {
+  modelName: string;
+  config: ModelConfig;
+  quant: QuantSchemeSummary;
+  kvLayout: KvLayout;
+  prefill: GraphPart;
+  decode: GraphPart;
+  /** the one copy of the weights both graphs read, by initializer name */
+  weights: Map<string, Tensor>;
+  tokenizer: TokenizerFiles;
+  /** sha256 of the source weights, when known */
+  sourceSha256: string;
+  /** LoRA adapters the graphs' `lora.*` inputs can be fed from (absent or empty: none) */
+  adapters?: ExecutableAdapter[];
+}
+
+/** A LoRA adapter with its tensors in memory (quantized codes + scales, see src/ir/model.ts LoraAdapter). */
+export type ExecutableAdapter = Omit<LoraAdapter, 'tensors'> & { tensors: Map<string, Tensor> };
