@@ -53,6 +53,48 @@ module.exports = {
       },
     },
     {
+      name: 'compiler-only-core-ir-formats',
+      comment: 'src/compiler/ (lowering, KV layout, compile) may import, of our own code, only src/core/, src/ir/, formats/ and src/compiler/ itself.',
+      severity: 'error',
+      from: { path: '^src/compiler/' },
+      to: { dependencyTypesNot: NOT_OURS, pathNot: [EXTERNAL, '^src/core/', '^src/ir/', '^formats/', '^src/compiler/'] },
+    },
+    {
+      name: 'runtime-layers',
+      comment:
+        'src/runtime/ (backends, sampling, generation) may import, of our own code, only src/core/, src/ir/, formats/, src/engine/, ' +
+        'the graph I/O contract of the compiler (src/compiler/io-contract.ts, src/compiler/lora-feeds.ts) and src/runtime/ itself.',
+      severity: 'error',
+      from: { path: '^src/runtime/' },
+      to: {
+        dependencyTypesNot: NOT_OURS,
+        pathNot: [EXTERNAL, '^src/core/', '^src/ir/', '^formats/', '^src/engine/', '^src/compiler/(io-contract|lora-feeds)[.]ts$', '^src/runtime/'],
+      },
+    },
+    {
+      name: 'eval-layers',
+      comment: 'src/eval/ (ppl, kld, hellaswag, gate, bench) may import, of our own code, only src/runtime/, src/core/, src/ir/, formats/ and src/eval/ itself.',
+      severity: 'error',
+      from: { path: '^src/eval/' },
+      to: { dependencyTypesNot: NOT_OURS, pathNot: [EXTERNAL, '^src/runtime/', '^src/core/', '^src/ir/', '^formats/', '^src/eval/'] },
+    },
+    {
+      name: 'serve-layers',
+      comment: 'src/serve/ (the HTTP server) may import, of our own code, only src/runtime/, src/core/, src/ir/, formats/ and src/serve/ itself.',
+      severity: 'error',
+      from: { path: '^src/serve/' },
+      to: { dependencyTypesNot: NOT_OURS, pathNot: [EXTERNAL, '^src/runtime/', '^src/core/', '^src/ir/', '^formats/', '^src/serve/'] },
+    },
+    {
+      name: 'calibration-layers',
+      comment:
+        'calibration/ (datasets, windows, observers, Hessians) may import, of our own code, only src/core/, src/ir/, formats/, src/engine/, ' +
+        'the graph I/O contract (src/compiler/io-contract.ts) and calibration/ itself; it holds no passes.',
+      severity: 'error',
+      from: { path: '^calibration/' },
+      to: { dependencyTypesNot: NOT_OURS, pathNot: [EXTERNAL, '^src/core/', '^src/ir/', '^formats/', '^src/engine/', '^src/compiler/io-contract[.]ts$', '^calibration/'] },
+    },
+    {
       name: 'runtime-eval-no-passes-calibration',
       comment:
         'src/runtime/ and src/eval/ run and measure compiled models; they never import the ' +
@@ -64,9 +106,9 @@ module.exports = {
     {
       name: 'nobody-imports-cli',
       comment:
-        'src/cli/ is the top of the tree: nothing outside it imports it (tests under test/ may).',
+        'src/cli/ is the top of the tree: nothing outside it imports it (tests under test/ and the entry-point scripts under scripts/, which stand beside the CLI, may).',
       severity: 'error',
-      from: { pathNot: ['^src/cli/', '^test/'] },
+      from: { pathNot: ['^src/cli/', '^test/', '^scripts/'] },
       to: { path: '^src/cli/' },
     },
     {

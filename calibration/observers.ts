@@ -15,7 +15,7 @@
  */
 import type { QParams } from '../src/ir/model.js';
 import { asymmetricQParams, fakeQuantU8 } from '../src/ir/quant.js';
-import { mulberry32 } from './windows.js';
+import { mulberry32 } from '../src/core/rng.js';
 
 export interface Observer {
   /** x: float32 values of one batch of the point (any shape, flattened) */

@@ -131,8 +131,24 @@ function decodeWeightMembers(src: MemberSource, base: string): Map<string, LazyT
 }
 
 /**
- * Writes `model` as a HAR at `path` (atomically). Materialises every weight.
+ * Writes `model` as a HAR at `path` (atomically: a temporary file beside `path`, renamed over it when
+ * complete). Materialises every weight, one safetensors member at a time, twice (once for the
+ * manifest's sha256, once for the archive).
+ * @param path target file; overwritten if it exists
+ * @param model its weights (tensor name → LazyTensor of any dtype and shape: float tensors, and for
+ *   weight-quantized linears `<linear>.qweight` uint8 [out, n_blocks, group/2] and `<linear>.scales`
+ *   float32 [out, n_blocks]), quantization ranges, report, tokenizer and LoRA adapters
+ * @param info model name and the sha256 (hex) of the source weights ('' when unknown), for the manifest
+ * @param emulation fp32 models stored as `emulation/native` and `emulation/optimized` weight sets
  * @param opts.shardBytes tensor bytes per safetensors member before splitting (default {@link SHARD_BYTES})
+ * @returns resolves once the file is in place
+ * @throws FormatError when a lazily loaded weight cannot be read from its source file;
+ *   EdgeLLMError (duplicate or reserved tensor names, unknown dtype, bad shape) or ShapeMismatchError
+ *   (data length or typed-array kind disagrees with dtype × shape) from encoding a member;
+ *   EdgeLLMError from the HAR writer for a bad member name (e.g. an adapter name with characters a
+ *   member path cannot hold) or a member whose size changed between the two passes; Error for a
+ *   SOURCE_DATE_EPOCH that is not whole seconds; filesystem errors as thrown by node:fs (the
+ *   temporary file is removed)
  */
 export async function saveModelHar(path: string, model: Model, info: HarInfo, emulation: EmulationModels = {}, opts: { shardBytes?: number } = {}): Promise<void> {
   const shardBytes = opts.shardBytes ?? SHARD_BYTES;

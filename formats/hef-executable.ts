@@ -31,7 +31,24 @@ const specIn = (v: { name: string; dtype: string; shape: string[] }): ValueSpec 
   shape: v.shape.map((d) => (/^\d+$/.test(d) ? Number(d) : d)),
 });
 
-/** Writes `exe` as a HEF (atomically). */
+/**
+ * Writes `exe` as a HEF (atomically: a temporary file beside `path`, renamed over it when complete;
+ * the same Executable gives the same bytes but for the `createdAt` timestamp, which
+ * SOURCE_DATE_EPOCH can fix).
+ * @param path target file; overwritten if it exists
+ * @param exe the compiled model: `prefill.onnx` / `decode.onnx` ModelProto bytes without
+ *   initializers (written as sections `graph.prefill` / `graph.decode`), `weights` (initializer name
+ *   → Tensor of any dtype and shape, e.g. float32 weights, uint8 qweight [N, n_blocks, group/2] and
+ *   float32 scales; written as one safetensors section, built in memory), the tokenizer JSON texts,
+ *   and each adapter's tensors as section `adapter.<name>`. The config, quantization summary, KV
+ *   layout (maxContext in tokens) and both graphs' I/O tables (seqLen in tokens) go into the header.
+ * @throws EdgeLLMError (duplicate names, unknown dtype, bad shape) or ShapeMismatchError (a tensor's
+ *   data length or typed-array kind disagrees with its dtype × shape) from encoding a safetensors
+ *   section; EdgeLLMError from the HEF writer for duplicate section names (two adapters of one name)
+ *   or a header that does not match HefHeader; Error for a SOURCE_DATE_EPOCH that is not whole
+ *   seconds (nothing is written in these cases); filesystem errors as thrown by node:fs (the
+ *   temporary file is removed)
+ */
 export function writeExecutable(path: string, exe: Executable): void {
   const sections = [
     { name: 'graph.prefill', kind: 'graph', data: exe.prefill.onnx },

@@ -1,9 +1,11 @@
 /**
- * The ordered pass list of `edgellm quantize`, built from options in one place (as TypeScript's
- * `getScriptTransformers` does). Order constraints are checked through each pass's `requires`.
+ * The ordered pass list of `edgellm quantize`, built from options in one place ({@link quantizePlan},
+ * as TypeScript's `getScriptTransformers` does), every pass under the one contract of passes/pass.ts.
+ * Order constraints are checked once, through each pass's `requires`, before the first pass runs.
  *
- *   HF model ─ fold-norms ─ quarot (R1, R2 [+ online R3/R4]) ─ gptq | rtn (W4) ─ calibrate (A8 + KV8) ─> HAR
- *              └──────── only with `rotate` ────────┘
+ *   HF model ─ [merge-lora] ─ fold-norms ─ quarot (R1, R2 [+ online R3/R4]) ─ gptq | rtn (W4)
+ *                             └──────── only with `rotate` ────────┘
+ *            ─ [k-centering] ─ calibrate (A8 + KV8) ─> HAR
  *
  * - fold-norms before quarot: R1 commutes with RMSNorm only once γ is folded into the linears.
  * - Weights are quantized after rotation (GPTQ/RTN see the rotated weights, QuaRot §4).
@@ -14,13 +16,15 @@
  */
 import type { Model } from '../src/ir/model.js';
 import type { RunContext } from '../src/core/context.js';
-import { PassOrderError } from '../src/core/errors.js';
-import { rtn, meta as rtnMeta } from './rtn.js';
-import { gptqModel, meta as gptqMeta } from './gptq-sequential.js';
-import { foldNorms, meta as foldMeta } from './fold-norms.js';
-import { quarot, meta as quarotMeta } from './quarot.js';
-import { calibrateRanges, meta as calibrateMeta } from './calibrate-ranges.js';
-import { centerKCache, meta as kCenteringMeta } from './k-centering.js';
+import type { PeftAdapter } from '../formats/peft.js';
+import { rtn, rtnPass } from './rtn.js';
+import { gptqPass } from './gptq-sequential.js';
+import { foldNormsPass } from './fold-norms.js';
+import { quarot, quarotPass, meta as quarotMeta, type QuarotOptions } from './quarot.js';
+import { calibrateRangesPass } from './calibrate-ranges.js';
+import { kCenteringPass } from './k-centering.js';
+import { mergeLoraPass } from './lora/merge.js';
+import { passContext, runPasses, type Pass, type PassContext } from './pass.js';
 import type { ObserverKind } from '../calibration/observers.js';
 import { compile } from '../src/compiler/compile.js';
 import { SimulatorBackend } from '../src/runtime/simulator.js';
@@ -76,19 +80,12 @@ export const DEFAULT_QUANTIZE_OPTIONS: QuantizeOptions = {
   actOrder: false,
 };
 
-/** Throws PassOrderError when a step's `requires` have not run before it. */
-export function checkOrder(steps: { meta: { name: string; requires: string[] } }[], already: string[] = []): void {
-  const seen = new Set(already);
-  for (const s of steps) {
-    for (const r of s.meta.requires) if (!seen.has(r)) throw new PassOrderError(`pass '${s.meta.name}' requires '${r}' to run before it`);
-    seen.add(s.meta.name);
-  }
-}
-
 export interface QuantizeResult {
   /** the quantized model (W4 + ranges) */
   quantized: Model;
-  /** the fp32 model after fold-norms/QuaRot (the input itself when not rotating) */
+  /** the fp32 model the quantization approximates: the input after the source passes (merge-lora), before any transform */
+  native: Model;
+  /** the fp32 model after fold-norms/QuaRot (`native` when not rotating) */
   optimized: Model;
   /** rotation seed search: seed -> calibration NLL (nats/token) of its RTN proxy */
   seedSearch?: { seed: number; meanNll: number }[];
@@ -98,7 +95,7 @@ export interface QuantizeResult {
  * Calibration loss of a rotation: NLL (nats/token) of the W4-RTN-quantized rotated model on
  * `windows`. A cheap proxy of the final recipe used to rank seeds; never looks at evaluation text.
  */
-async function rotationLoss(rotated: Model, opts: QuantizeOptions, windows: number[][], ctx: RunContext): Promise<number> {
+async function rotationLoss(rotated: Model, opts: Pick<QuantizeOptions, 'groupSize' | 'quantizeLmHead'>, windows: number[][], ctx: RunContext): Promise<number> {
   const w4 = rtn(rotated, { groupSize: opts.groupSize, quantizeLmHead: opts.quantizeLmHead }, ctx);
   const backend = await SimulatorBackend.load(compile(w4, { prefillLen: Math.max(...windows.map((w) => w.length)) }));
   const r = await perplexity(backend, windows);
@@ -107,61 +104,66 @@ async function rotationLoss(rotated: Model, opts: QuantizeOptions, windows: numb
 }
 
 /**
- * Runs the quantization pipeline on `model` with calibration `windows` (token ids).
- * @throws PassOrderError, UsageError (bad options), FormatError (unreadable weights)
+ * QuaRot choosing its seed: with `seeds` > 1 every seed `seed`, `seed + 1`, … is tried and the one
+ * whose W4-RTN proxy has the lowest calibration loss on (up to 32 of) `ctx.windows` is kept.
+ * The search result is left in {@link QuarotSearchPass.seedSearch}.
  */
-export async function quantizeModel(model: Model, opts: QuantizeOptions, windows: number[][], ctx: RunContext): Promise<QuantizeResult> {
-  const steps = [
-    ...(opts.rotate ? [foldMeta, quarotMeta] : []),
-    opts.method === 'gptq' ? gptqMeta : rtnMeta,
-    ...(opts.kvQuant && opts.kCentering ? [kCenteringMeta] : []),
-    ...(opts.activationQuant || opts.kvQuant ? [calibrateMeta] : []),
-  ];
-  checkOrder(
-    steps.map((meta) => ({ meta })),
-    model.passes.map((p) => p.name),
-  );
-  let optimized = model;
-  let seedSearch: QuantizeResult['seedSearch'];
-  if (opts.rotate) {
-    ctx.log('pass fold-norms');
-    const folded = foldNorms(model, {}, ctx);
-    const rotate = (seed: number) => quarot(folded, { seed, online: opts.onlineHadamard }, ctx);
-    if (opts.rotationSeeds > 1) {
-      // Choose the seed on calibration loss (a subset of the calibration windows, RTN proxy).
-      const probe = windows.slice(0, Math.min(windows.length, 32));
-      seedSearch = [];
-      const bar = ctx.progress('seeds', opts.rotationSeeds);
-      for (let s = opts.rotationSeed; s < opts.rotationSeed + opts.rotationSeeds; s++) {
-        seedSearch.push({ seed: s, meanNll: await rotationLoss(rotate(s), opts, probe, ctx) });
+interface QuarotSearchPass extends Pass<QuarotOptions & { seeds: number }> {
+  seedSearch?: { seed: number; meanNll: number }[];
+}
+
+function quarotSearchPass(options: QuarotOptions & { seeds: number }, proxy: Pick<QuantizeOptions, 'groupSize' | 'quantizeLmHead'>): QuarotSearchPass {
+  const base = quarotPass(options);
+  if (options.seeds <= 1) return { ...base, options };
+  const pass: QuarotSearchPass = {
+    ...base,
+    options,
+    async run(folded: Model, ctx: PassContext): Promise<Model> {
+      const probe = ctx.windows.slice(0, Math.min(ctx.windows.length, 32)) as number[][];
+      const search: { seed: number; meanNll: number }[] = [];
+      const bar = ctx.progress('seeds', options.seeds);
+      for (let s = options.seed; s < options.seed + options.seeds; s++) {
+        search.push({ seed: s, meanNll: await rotationLoss(quarot(folded, { seed: s, online: options.online }, ctx), proxy, probe, ctx) });
         bar.tick();
       }
       bar.done();
-      const best = seedSearch.reduce((a, b) => (b.meanNll < a.meanNll ? b : a));
+      const best = search.reduce((a, b) => (b.meanNll < a.meanNll ? b : a));
       ctx.log(`rotation seed ${best.seed} (calibration NLL ${best.meanNll.toFixed(4)})`);
-      optimized = rotate(best.seed);
-    } else {
-      ctx.log('pass quarot');
-      optimized = rotate(opts.rotationSeed);
-    }
-  }
-  ctx.log(`pass ${opts.method}`);
-  let q: Model;
-  if (opts.method === 'gptq') {
-    q = await gptqModel(
-      optimized,
-      windows,
-      { groupSize: opts.groupSize, quantizeLmHead: opts.quantizeLmHead, percDamp: opts.percDamp, actOrder: opts.actOrder },
-      ctx,
-    );
-  } else q = rtn(optimized, { groupSize: opts.groupSize, quantizeLmHead: opts.quantizeLmHead }, ctx);
-  if (opts.kvQuant && opts.kCentering) {
-    ctx.log('pass k-centering');
-    q = await centerKCache(q, windows, ctx);
-  }
-  if (opts.activationQuant || opts.kvQuant) {
-    ctx.log('pass calibrate');
-    q = await calibrateRanges(q, windows, { observer: opts.observer, activations: opts.activationQuant, kvCache: opts.kvQuant }, ctx);
-  }
-  return { quantized: q, optimized, seedSearch };
+      pass.seedSearch = search;
+      return quarot(folded, { seed: best.seed, online: options.online }, ctx);
+    },
+  };
+  return pass;
+}
+
+/**
+ * The pass list of `quantize` for `opts`, in order: the one place the order is written.
+ * @param mergeLora a PEFT adapter merged into the fp32 weights first (`quantize --merge-lora`)
+ */
+export function quantizePlan(opts: QuantizeOptions, mergeLora?: PeftAdapter): Pass[] {
+  const lin = { groupSize: opts.groupSize, quantizeLmHead: opts.quantizeLmHead };
+  return [
+    ...(mergeLora ? [mergeLoraPass({ peft: mergeLora })] : []),
+    ...(opts.rotate ? [foldNormsPass(), quarotSearchPass({ seed: opts.rotationSeed, online: opts.onlineHadamard, seeds: opts.rotationSeeds }, lin)] : []),
+    opts.method === 'gptq' ? gptqPass({ ...lin, percDamp: opts.percDamp, actOrder: opts.actOrder }) : rtnPass(lin),
+    ...(opts.kvQuant && opts.kCentering ? [kCenteringPass()] : []),
+    ...(opts.activationQuant || opts.kvQuant ? [calibrateRangesPass({ observer: opts.observer, activations: opts.activationQuant, kvCache: opts.kvQuant })] : []),
+  ];
+}
+
+/**
+ * Runs the quantization pipeline ({@link quantizePlan}) on `model` with calibration `windows`
+ * (token ids); the order is checked once, before the first pass runs.
+ * @throws PassOrderError, UsageError (bad options), FormatError (unreadable weights)
+ */
+export async function quantizeModel(model: Model, opts: QuantizeOptions, windows: number[][], ctx: RunContext, mergeLora?: PeftAdapter): Promise<QuantizeResult> {
+  const plan = quantizePlan(opts, mergeLora);
+  let native = model;
+  let optimized = model;
+  const quantized = await runPasses(model, plan, passContext(ctx, windows), (p, m) => {
+    if (p.stage === 'source') native = optimized = m;
+    if (p.stage === 'transform') optimized = m;
+  });
+  const search = plan.find((p): p is QuarotSearchPass => p.name === quarotMeta.name) as QuarotSearchPass | undefined;
+  return { quantized, native, optimized, seedSearch: search?.seedSearch };
 }

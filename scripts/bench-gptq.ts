@@ -17,7 +17,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { makeCheckpoint } from '../fixtures/make-fixture.js';
 import { loadHfModel } from '../formats/hf.js';
-import { mulberry32 } from '../calibration/windows.js';
+import { mulberry32 } from '../src/core/rng.js';
 import { gptqModel } from '../passes/gptq-sequential.js';
 import { foldNorms } from '../passes/fold-norms.js';
 import { quarot, DEFAULT_QUAROT_OPTIONS } from '../passes/quarot.js';

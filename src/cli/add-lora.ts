@@ -8,7 +8,7 @@ import { loadModelHar, addAdapterToHar } from '../../formats/har-model.js';
 import { loadPeftAdapter } from '../../formats/peft.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
-import { addLora, DEFAULT_ADD_LORA_OPTIONS } from '../../passes/lora/add.js';
+import { addLora, planAddLora, DEFAULT_ADD_LORA_OPTIONS } from '../../passes/lora/add.js';
 import { loadTextFile, loadTokenWindows, isTokenWindowFile, namedDataset } from '../../calibration/datasets.js';
 import { sampleWindows } from '../../calibration/windows.js';
 import { int, outputPathCheck } from './common.js';
@@ -42,7 +42,7 @@ export function registerAddLora(program: Command): void {
     )
     .option(
       '--no-refit',
-      "keep A and B as trained instead of refitting them (same rank) to absorb the W4 base's error in the adapter's subspace (passes/lora-refit.ts)",
+      "keep A and B as trained instead of refitting them (same rank) to absorb the W4 base's error in the adapter's subspace (passes/lora/refit.ts)",
     )
     .option('--calib-samples <n>', 'calibration windows', int('--calib-samples'), 128)
     .option('--seqlen <n>', 'tokens per calibration window (text calibration files)', int('--seqlen'), 256)
@@ -59,9 +59,8 @@ export function registerAddLora(program: Command): void {
       const peft = loadPeftAdapter(dir, model.config, { baseName: info.modelName });
       if (!g.quiet) for (const w of peft.warnings) process.stderr.write(`warning: ${w}\n`);
       let windows: number[][] = [];
-      // the refit needs W4 linears to refit against and the HAR's fp32 weights to refit towards
-      const wantsRefit = o.refit && Object.keys(model.quant.linears).length > 0;
-      if (Object.keys(model.quant.activations).length > 0 || (wantsRefit && emulation.optimized)) {
+      const plan = planAddLora(model, peft.modules.map((m) => m.linear), { refit: o.refit }, emulation.optimized !== undefined);
+      if (plan.needsWindows) {
         const calib = o.calib ?? defaultCalibration();
         if (!calib) throw new UsageError('no calibration data for the adapter: pass --calib <file.txt|file.jsonl|file.tokens.json>');
         if (isTokenWindowFile(calib)) windows = loadTokenWindows(calib, { vocabSize: model.config.vocabSize }).slice(0, o.calibSamples);
@@ -89,7 +88,7 @@ export function registerAddLora(program: Command): void {
         seconds: (performance.now() - t0) / 1000,
       };
       const rf = adapter.source.refit;
-      if (wantsRefit && !emulation.optimized && !g.quiet)
+      if (plan.refitSkipped === 'no-fp32' && !g.quiet)
         process.stderr.write(`warning: ${o.har} keeps no fp32 weights (quantized with --no-emulation-weights): the adapter is not refit to the W4 base\n`);
       if (o.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
       else if (!g.quiet)

@@ -8,7 +8,6 @@ import { loadHfModel } from '../../formats/hf.js';
 import { sourceWeightsSha256, saveModelHar } from '../../formats/har-model.js';
 import { SafetensorsCheckpoint } from '../../formats/safetensors.js';
 import { loadPeftAdapter } from '../../formats/peft.js';
-import { mergeLora } from '../../passes/lora/merge.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
 import { quantizeModel, DEFAULT_QUANTIZE_OPTIONS, type QuantizeOptions } from '../../passes/pipeline.js';
 import { OBSERVER_KINDS } from '../../calibration/observers.js';
@@ -92,12 +91,9 @@ export function registerQuantize(program: Command): void {
       const ctx = cliContext(g);
       outputPathCheck(o.output);
       const t0 = performance.now();
-      let model = loadHfModel(dir);
-      if (o.mergeLora) {
-        const peft = loadPeftAdapter(o.mergeLora, model.config, { baseName: path.basename(path.resolve(dir)) });
-        if (!g.quiet) for (const w of peft.warnings) process.stderr.write(`warning: ${w}\n`);
-        model = mergeLora(model, peft, ctx); // before every pass: GPTQ quantizes the merged weights
-      }
+      const model = loadHfModel(dir);
+      const peft = o.mergeLora ? loadPeftAdapter(o.mergeLora, model.config, { baseName: path.basename(path.resolve(dir)) }) : undefined;
+      if (peft && !g.quiet) for (const w of peft.warnings) process.stderr.write(`warning: ${w}\n`);
       const tok = new TextTokenizer(model.tokenizer);
       const calib = o.calib ?? defaultCalibration();
       if (!calib) throw new UsageError('no calibration data: pass --calib <file.txt|file.jsonl|file.tokens.json>');
@@ -106,13 +102,13 @@ export function registerQuantize(program: Command): void {
       const files = [...new Set(ckpt.names().map((n) => ckpt.entry(n).file))];
       ckpt.close();
       const opts = quantizeOptions(o);
-      const r = await quantizeModel(model, opts, windows, ctx);
+      const r = await quantizeModel(model, opts, windows, ctx, peft); // merge-lora first: GPTQ quantizes the merged weights
       const q = r.quantized;
       await saveModelHar(
         o.output,
         q,
         { modelName: path.basename(path.resolve(dir)), sourceSha256: sourceWeightsSha256(files) },
-        o.emulationWeights ? { native: model, optimized: opts.rotate ? r.optimized : undefined } : {},
+        o.emulationWeights ? { native: r.native, optimized: opts.rotate ? r.optimized : undefined } : {},
       );
       const summary = {
         output: o.output,

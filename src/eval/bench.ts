@@ -9,7 +9,7 @@
 import type { ExecutionBackend } from '../runtime/backend.js';
 import type { Progress } from '../core/context.js';
 import { generate } from '../runtime/generate.js';
-import { mulberry32 } from '../runtime/sampling.js';
+import { mulberry32 } from '../core/rng.js';
 import { UsageError } from '../core/errors.js';
 
 export interface BenchOptions {

@@ -102,6 +102,17 @@ export function dequantizeW4(p: PackedW4): Float32Array {
  * Round-to-nearest 4-bit symmetric group-wise quantization of W [N, K] (float32, row-major).
  * Each group of `groupSize` input columns of a row has its own scale; the last group of a row is
  * ragged when K is not a multiple of groupSize.
+ * @param W float32 [N, K], row-major (N = out features, K = in features); values must be finite
+ *   (NaN or ±Infinity are not checked and give a NaN or infinite scale for their group)
+ * @param N rows (out features)
+ * @param K columns (in features)
+ * @param groupSize columns per group (MatMulNBits block size): a positive even integer
+ * @returns PackedW4 with `qweight` uint8 [N, n_blocks, groupSize/2] (N·n_blocks·groupSize/2 bytes,
+ *   two codes per byte, even column in the low nibble, ragged padding code 8), `scales` float32
+ *   [N, n_blocks] (each 2·max|w|/15 of its group rounded to float32, 2/15 for an all-zero group),
+ *   where n_blocks = ceil(K / groupSize); dequantize with w = (q − 8)·scale ({@link dequantizeW4})
+ * @throws ShapeMismatchError when W.length ≠ N·K, or (from {@link packW4}) when groupSize is odd
+ *   or not an integer; a groupSize ≤ 0 is not checked and ends in a RangeError (typed-array length)
  */
 export function quantizeRtnW4(W: Float32Array, N: number, K: number, groupSize: number): PackedW4 {
   if (W.length !== N * K) throw new ShapeMismatchError(`quantizeRtnW4: W has ${W.length} elements, shape [${N}, ${K}] needs ${N * K}`);

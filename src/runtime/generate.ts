@@ -4,7 +4,8 @@
  * decode throughput (tokens/s, over the tokens after the first).
  */
 import type { ExecutionBackend, KvContext } from './backend.js';
-import { sampleToken, mulberry32, type SamplingOptions } from './sampling.js';
+import { sampleToken, type SamplingOptions } from './sampling.js';
+import { mulberry32 } from '../core/rng.js';
 
 export interface GenerateOptions extends SamplingOptions {
   maxTokens: number;

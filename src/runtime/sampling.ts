@@ -23,7 +23,21 @@ export function argmax(logits: Float32Array): number {
   return best;
 }
 
-/** Picks the next token from logits [vocab]. */
+/**
+ * Picks the next token from one row of logits: greedy ({@link argmax}) when `opts.temperature ≤ 0`,
+ * otherwise top-k (the `topK` largest logits, ties kept in index order; `topK ≤ 0` keeps all), then
+ * softmax at `temperature` in float64, then top-p (the smallest prefix of the descending-sorted
+ * probabilities whose running mass is ≥ `topP`, renormalised; `topP ≥ 1` keeps all), then one
+ * inverse-CDF draw.
+ * @param logits float32 [vocab]: unnormalised scores of one position (e.g. the last row of
+ *   `ExecutionBackend.forward`); must be non-empty and free of NaN
+ * @param opts temperature (dimensionless, > 0 to sample), topK (tokens), topP (probability mass in (0, 1])
+ * @param rand uniform draws in [0, 1), e.g. `mulberry32(seed)`; called exactly once per sampled token,
+ *   never for greedy decoding, so a seed fixes the whole sequence
+ * @returns a token id, an integer in [0, vocab)
+ * @throws nothing: the inputs are not validated, so an empty `logits` (sampling returns undefined)
+ *   or NaN entries (an arbitrary token) are the caller's to avoid
+ */
 export function sampleToken(logits: Float32Array, opts: SamplingOptions, rand: () => number): number {
   if (opts.temperature <= 0) return argmax(logits);
   let idx = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a]);

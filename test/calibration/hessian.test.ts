@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { HessianAccumulator } from '../../calibration/hessian.js';
-import { mulberry32 } from '../../calibration/windows.js';
+import { mulberry32 } from '../../src/core/rng.js';
 import { ShapeMismatchError } from '../../src/core/errors.js';
 
 /** rows × K integers in [−3, 3] */

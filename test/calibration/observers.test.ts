@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { MinMaxObserver, PercentileObserver, MseObserver } from '../../calibration/observers.js';
 import { fakeQuantU8 } from '../../src/ir/quant.js';
-import { mulberry32 } from '../../calibration/windows.js';
+import { mulberry32 } from '../../src/core/rng.js';
 import type { QParams } from '../../src/ir/model.js';
 
 /** Laplace-distributed activations with a few huge outliers (the shape that makes min/max waste range). */

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { makeCheckpoint, type FixtureOptions } from '../../fixtures/make-fixture.js';
 import { loadHfModel } from '../../formats/hf.js';
-import { mulberry32 } from '../../calibration/windows.js';
+import { mulberry32 } from '../../src/core/rng.js';
 import type { Model } from '../../src/ir/model.js';
 
 const TINY_QWEN2_CONFIG = path.resolve(__dirname, '../../fixtures/tiny-qwen2/config.json');

@@ -11,7 +11,7 @@ import {
   numGroups,
 } from '../../src/ir/quant.js';
 import { GraphBuilder } from '../../formats/onnx.js';
-import { mulberry32 } from '../../calibration/windows.js';
+import { mulberry32 } from '../../src/core/rng.js';
 
 function randn(n: number, seed: number): Float32Array {
   const r = mulberry32(seed);

@@ -4,7 +4,7 @@ import * as ort from 'onnxruntime-node';
 import { gptq, weightedSquaredErrors, MAX_DAMP_RETRIES } from '../../passes/gptq.js';
 import { OrtLinalg, upperCholeskyOfInverse } from '../../src/engine/linalg.js';
 import { HessianAccumulator } from '../../calibration/hessian.js';
-import { mulberry32 } from '../../calibration/windows.js';
+import { mulberry32 } from '../../src/core/rng.js';
 import { loadTokenWindows } from '../../calibration/datasets.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { lowerModel } from '../../src/compiler/lower.js';

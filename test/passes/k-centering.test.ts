@@ -11,7 +11,7 @@ import { SimulatorBackend } from '../../src/runtime/simulator.js';
 import { writeExecutable, readExecutable } from '../../formats/hef-executable.js';
 import { saveModelHar, loadModelHar } from '../../formats/har-model.js';
 import { rtn } from '../../passes/rtn.js';
-import { mulberry32 } from '../../calibration/windows.js';
+import { mulberry32 } from '../../src/core/rng.js';
 import { silentContext } from '../../src/core/context.js';
 import { kvPoints } from '../../src/compiler/io-contract.js';
 import { quantizeModel, DEFAULT_QUANTIZE_OPTIONS } from '../../passes/pipeline.js';
