@@ -17,7 +17,7 @@
 import { writeHef, openHef, type HefFile } from './hef.js';
 import { encodeSafetensors, decodeSafetensors } from './safetensors.js';
 import { FormatError } from '../src/core/errors.js';
-import type { Executable, GraphPart } from '../src/ir/executable.js';
+import type { Executable, ExecutableAdapter, GraphPart, KvLayout } from '../src/ir/executable.js';
 import type { ValueSpec, ElemType } from './onnx.js';
 import { VERSION, artifactTimestamp } from '../src/core/version.js';
 
@@ -91,6 +91,85 @@ export function writeExecutable(path: string, exe: Executable): void {
   );
 }
 
+/** What a HEF header says, interpreted once: everything of an Executable but the section bytes. */
+export interface ExecutableHeader {
+  edgellmVersion: string;
+  createdAt: string;
+  modelName: string;
+  config: Executable['config'];
+  quant: Executable['quant'];
+  kvLayout: KvLayout;
+  prefill: GraphHeader;
+  decode: GraphHeader;
+  sourceSha256: string;
+  /** adapters without their tensors, each with the section that holds them */
+  adapters: (Omit<ExecutableAdapter, 'tensors'> & { section: string })[];
+}
+
+/** A graph as the header describes it: its section, tokens per call and I/O table. */
+export interface GraphHeader extends Omit<GraphPart, 'onnx'> {
+  section: string;
+}
+
+/**
+ * Interprets the header of an open HEF (the one place its fields are read).
+ * @throws FormatError when the config is not JSON or a graph/adapter section it names is absent
+ */
+export function executableHeader(path: string, hef: Pick<HefFile, 'header' | 'sections'>): ExecutableHeader {
+  const h = hef.header;
+  const graph = (g: any): GraphHeader => {
+    if (!g || !hef.sections.has(g.section)) throw new FormatError(path, `header names graph section '${g?.section}', which the file does not hold`);
+    return { section: g.section, seqLen: g.seqLen, inputs: (g.inputs ?? []).map(specIn), outputs: (g.outputs ?? []).map(specIn) };
+  };
+  let config;
+  try {
+    config = JSON.parse(h.configJson);
+  } catch {
+    throw new FormatError(path, 'header config is not valid JSON');
+  }
+  const kv = h.kvCache;
+  return {
+    edgellmVersion: h.edgellmVersion,
+    createdAt: h.createdAt,
+    modelName: h.modelName,
+    config,
+    quant: h.quant,
+    kvLayout: {
+      numLayers: kv.numLayers,
+      numKvHeads: kv.numKvHeads,
+      headDim: kv.headDim,
+      maxContext: kv.maxContext,
+      dtype: kv.dtype,
+      layers: (kv.layers ?? []).map((x: any) => ({
+        k: { scale: x.k.scale, zeroPoint: x.k.zeroPoint },
+        v: { scale: x.v.scale, zeroPoint: x.v.zeroPoint },
+        ...(x.kOffset?.length ? { kOffset: Array.from(x.kOffset as number[]) } : {}),
+      })),
+    },
+    prefill: graph(h.prefill),
+    decode: graph(h.decode),
+    sourceSha256: h.sourceSha256,
+    adapters: (h.adapters ?? []).map((a: any) => {
+      if (!hef.sections.has(a.section)) throw new FormatError(path, `header names adapter section '${a.section}', which the file does not hold`);
+      return {
+        name: a.name,
+        section: a.section,
+        r: a.r,
+        alpha: a.alpha,
+        useRslora: a.useRslora,
+        bits: a.bits,
+        groupSize: a.groupSize,
+        modules: (a.modules ?? []).map((m: any) => ({ linear: m.linear, rank: m.rank, scaling: m.scaling, ...(m.act ? { act: { scale: m.act.scale, zeroPoint: m.act.zeroPoint } } : {}) })),
+        source: {
+          baseModelNameOrPath: a.baseModelNameOrPath || null,
+          transforms: a.transforms ?? [],
+          ...(a.refit ? { refit: { modules: a.refit.modules, windows: a.refit.windows, residualBefore: a.refit.residualBefore, residualAfter: a.refit.residualAfter } } : {}),
+        },
+      };
+    }),
+  };
+}
+
 /**
  * Reads a HEF into an Executable (every section it uses is checksum-verified on read).
  * @throws FormatError for a corrupt or inconsistent file
@@ -98,61 +177,23 @@ export function writeExecutable(path: string, exe: Executable): void {
 export function readExecutable(path: string): Executable {
   const hef: HefFile = openHef(path);
   try {
-    const h = hef.header;
+    const h = executableHeader(path, hef);
     const text = (name: string) => (hef.sections.has(name) ? dec.decode(hef.readSection(name)) : null);
-    const graph = (g: any): GraphPart => {
-      if (!g || !hef.sections.has(g.section)) throw new FormatError(path, `header names graph section '${g?.section}', which the file does not hold`);
-      return { onnx: hef.readSection(g.section), seqLen: g.seqLen, inputs: (g.inputs ?? []).map(specIn), outputs: (g.outputs ?? []).map(specIn) };
-    };
-    let config;
-    try {
-      config = JSON.parse(h.configJson);
-    } catch {
-      throw new FormatError(path, 'header config is not valid JSON');
-    }
+    const graph = ({ section, ...g }: GraphHeader): GraphPart => ({ onnx: hef.readSection(section), ...g });
     const { tensors } = decodeSafetensors(hef.readSection('weights'), `${path}:weights`);
     const tokenizerJson = text('tokenizer.json');
     if (tokenizerJson == null) throw new FormatError(path, "section 'tokenizer.json' is missing");
-    const kv = h.kvCache;
     return {
       modelName: h.modelName,
-      config,
+      config: h.config,
       quant: h.quant,
-      kvLayout: {
-        numLayers: kv.numLayers,
-        numKvHeads: kv.numKvHeads,
-        headDim: kv.headDim,
-        maxContext: kv.maxContext,
-        dtype: kv.dtype,
-        layers: (kv.layers ?? []).map((x: any) => ({
-          k: { scale: x.k.scale, zeroPoint: x.k.zeroPoint },
-          v: { scale: x.v.scale, zeroPoint: x.v.zeroPoint },
-          ...(x.kOffset?.length ? { kOffset: Array.from(x.kOffset as number[]) } : {}),
-        })),
-      },
+      kvLayout: h.kvLayout,
       prefill: graph(h.prefill),
       decode: graph(h.decode),
       weights: tensors,
       tokenizer: { tokenizerJson, tokenizerConfigJson: text('tokenizer_config.json'), generationConfigJson: text('generation_config.json') },
       sourceSha256: h.sourceSha256,
-      adapters: (h.adapters ?? []).map((a: any) => {
-        if (!hef.sections.has(a.section)) throw new FormatError(path, `header names adapter section '${a.section}', which the file does not hold`);
-        return {
-          name: a.name,
-          r: a.r,
-          alpha: a.alpha,
-          useRslora: a.useRslora,
-          bits: a.bits,
-          groupSize: a.groupSize,
-          modules: (a.modules ?? []).map((m: any) => ({ linear: m.linear, rank: m.rank, scaling: m.scaling, ...(m.act ? { act: { scale: m.act.scale, zeroPoint: m.act.zeroPoint } } : {}) })),
-          tensors: decodeSafetensors(hef.readSection(a.section), `${path}:${a.section}`).tensors,
-          source: {
-            baseModelNameOrPath: a.baseModelNameOrPath || null,
-            transforms: a.transforms ?? [],
-            ...(a.refit ? { refit: { modules: a.refit.modules, windows: a.refit.windows, residualBefore: a.refit.residualBefore, residualAfter: a.refit.residualAfter } } : {}),
-          },
-        };
-      }),
+      adapters: h.adapters.map(({ section, ...a }) => ({ ...a, tensors: decodeSafetensors(hef.readSection(section), `${path}:${section}`).tensors })),
     };
   } finally {
     hef.close();

@@ -5,6 +5,7 @@
 import * as fs from 'node:fs';
 import { readHar } from '../../formats/har.js';
 import { verifyHef } from '../../formats/hef.js';
+import { executableHeader } from '../../formats/hef-executable.js';
 import { artifactKind } from './load-artifact.js';
 import { kvCacheBytes, type KvLayout } from '../ir/executable.js';
 import { UsageError } from '../core/errors.js';
@@ -69,8 +70,8 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
   if (kind === 'hef') {
     const hef = verifyHef(file);
     hef.close();
-    const h = hef.header;
-    const kv: KvLayout = { ...h.kvCache, layers: h.kvCache.layers ?? [] };
+    const h = executableHeader(file, hef);
+    const kv = h.kvLayout;
     const weightBytes = hef.sections.get('weights')?.length ?? 0;
     const kvBytes = kvCacheBytes(kv);
     return {
@@ -81,8 +82,8 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
       fileBytes,
       modelName: h.modelName,
       sections: [...hef.sections.values()].map((s) => ({ name: s.name, kind: s.kind, bytes: s.length, offset: s.offset })),
-      quantScheme: h.quant,
-      config: JSON.parse(h.configJson),
+      quantScheme: { ...h.quant },
+      config: h.config,
       kvCache: { ...kv, layers: kv.layers.length },
       adapters: adapterInfos(h.adapters, (a) => hef.sections.get(a.section)?.length ?? 0),
       memory: { weightBytes, kvCacheBytes: kvBytes, totalBytes: weightBytes + kvBytes },

@@ -21,7 +21,8 @@
 import { EdgeLLMError, ShapeMismatchError, UsageError } from '../core/errors.js';
 import { layerLinears, layerNorms, lmHead, type LinearSpec } from './architectures.js';
 import type { Model, ModelConfig, OnlineRotation } from './model.js';
-import { toFloat32 } from './tensor.js';
+import { toFloat32, type Tensor } from './tensor.js';
+import { W4_GROUPWISE } from './codecs.js';
 
 /**
  * Reference logits of one sequence starting at position 0 (no KV cache).
@@ -130,16 +131,24 @@ class WeightCache {
    * @throws EdgeLLMError when missing; ShapeMismatchError when the shape differs
    */
   get(name: string, shape?: number[]): Float32Array {
+    let data = this.cache.get(name);
+    if (!data) {
+      data = toFloat32(this.raw(name, shape));
+      this.cache.set(name, data);
+    }
+    return data;
+  }
+
+  /**
+   * The tensor `name` as stored (codes keep their integer dtype), checked against `shape` when given.
+   * @throws EdgeLLMError when missing; ShapeMismatchError when the shape differs
+   */
+  raw(name: string, shape?: number[]): Tensor {
     const lazy = this.model.weights.get(name);
     if (!lazy) throw new EdgeLLMError(`referenceForward: the model has no tensor '${name}'`);
     if (shape && (lazy.shape.length !== shape.length || lazy.shape.some((d, i) => d !== shape[i])))
       throw new ShapeMismatchError(`referenceForward: tensor '${name}' has shape [${lazy.shape}], the config implies [${shape}]`);
-    let data = this.cache.get(name);
-    if (!data) {
-      data = toFloat32(lazy.load());
-      this.cache.set(name, data);
-    }
-    return data;
+    return lazy.load();
   }
 
   /** The dequantized weight W: [out, in] of a 4-bit linear, computed once per call. */
@@ -154,31 +163,18 @@ class WeightCache {
 }
 
 /**
- * W: [out, in] of a 4-bit symmetric group-wise linear: qweight U8 [out, n_blocks, groupSize/2]
- * (low nibble = even column of the block), scales F32 [out, n_blocks]; w = (q − 8)·scale. Columns
- * ≥ in in the last block are padding and dropped.
+ * W: [out, in] of a 4-bit symmetric group-wise linear, decoded with the w4-groupwise codec
+ * (src/ir/codecs.ts): qweight U8 [out, n_blocks, groupSize/2], scales F32 [out, n_blocks],
+ * w = (q − 8)·scale; columns ≥ in in the last block are padding and dropped.
+ * @throws ShapeMismatchError for an odd group size or tensors of the wrong shape
  */
 function dequantize4(spec: LinearSpec, groupSize: number, weights: WeightCache): Float32Array {
-  const out = spec.outFeatures;
-  const inF = spec.inFeatures;
   if (!Number.isInteger(groupSize) || groupSize < 2 || groupSize % 2 !== 0)
     throw new ShapeMismatchError(`referenceForward: ${spec.name} has group size ${groupSize}; 4-bit packing needs an even group size`);
-  const nBlocks = Math.ceil(inF / groupSize);
-  const bytesPerBlock = groupSize / 2;
-  const qweight = weights.get(`${spec.name}.qweight`, [out, nBlocks, bytesPerBlock]); // values 0..255
-  const scales = weights.get(`${spec.name}.scales`, [out, nBlocks]);
-  const w = new Float32Array(out * inF);
-  for (let o = 0; o < out; o++)
-    for (let b = 0; b < nBlocks; b++) {
-      const scale = scales[o * nBlocks + b];
-      for (let i = 0; i < bytesPerBlock; i++) {
-        const byte = qweight[(o * nBlocks + b) * bytesPerBlock + i];
-        const col = b * groupSize + 2 * i;
-        if (col < inF) w[o * inF + col] = ((byte & 0x0f) - 8) * scale;
-        if (col + 1 < inF) w[o * inF + col + 1] = ((byte >> 4) - 8) * scale;
-      }
-    }
-  return w;
+  const nBlocks = Math.ceil(spec.inFeatures / groupSize);
+  const codes = weights.raw(`${spec.name}.qweight`, [spec.outFeatures, nBlocks, groupSize / 2]).data as Uint8Array;
+  const scales = weights.get(`${spec.name}.scales`, [spec.outFeatures, nBlocks]);
+  return W4_GROUPWISE.decode({ codes, scales }, spec.outFeatures, spec.inFeatures, groupSize);
 }
 
 /** y = x·Wᵀ (+ b) for one linear. x: [T, in] -> y: [T, out]. */
