@@ -5,7 +5,7 @@
  * and what a backend loads.
  */
 import { lowerModel } from './lower.js';
-import { kvLayoutOf } from './kv-layout.js';
+import { kvLayoutOf, kvLayoutInitializers } from './kv-layout.js';
 import type { Model } from '../ir/model.js';
 import type { Tensor } from '../ir/tensor.js';
 import type { Executable } from '../ir/executable.js';
@@ -32,11 +32,13 @@ export function compile(model: Model, opts: CompileOptions): Executable {
   const weights = new Map<string, Tensor>();
   const prefill = lowerModel(model, { seqLen: opts.prefillLen, maxContext, initializers: weights, name: 'prefill' });
   const decode = lowerModel(model, { seqLen: 1, maxContext, initializers: weights, name: 'decode' });
+  const kvLayout = kvLayoutOf(model, maxContext);
+  for (const n of kvLayoutInitializers(kvLayout).keys()) weights.delete(n); // stated once, by the KV layout
   return {
     modelName: opts.modelName ?? model.config.modelType,
     config: model.config,
     quant: quantSchemeOf(model),
-    kvLayout: kvLayoutOf(model, maxContext),
+    kvLayout,
     prefill: { onnx: prefill.encode(false), seqLen: opts.prefillLen, inputs: prefill.inputSpecs, outputs: prefill.outputSpecs },
     decode: { onnx: decode.encode(false), seqLen: 1, inputs: decode.inputSpecs, outputs: decode.outputSpecs },
     weights,

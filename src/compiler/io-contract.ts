@@ -36,6 +36,22 @@ export function kvNames(i: number) {
   };
 }
 
+/**
+ * Initializer names of layer i's KV-cache quantization: the KV8 scale (float32 []) and zero point
+ * (uint8 []) of K and V, and the K-cache centering offset c (float32 [1, kv_heads, 1, head_dim]).
+ * They are not stored with the weights: the runtime builds them from the executable's KV layout
+ * (src/compiler/kv-layout.ts {@link kvLayoutInitializers}), the one place a HEF states them.
+ */
+export function kvQuantNames(i: number) {
+  return {
+    kScale: `model.layers.${i}.k_cache.scale`,
+    kZeroPoint: `model.layers.${i}.k_cache.zero_point`,
+    vScale: `model.layers.${i}.v_cache.scale`,
+    vZeroPoint: `model.layers.${i}.v_cache.zero_point`,
+    kOffset: `model.layers.${i}.self_attn.k_cache_offset`,
+  };
+}
+
 /** KV capture point names of layer i (K after RoPE, V). */
 export const kvPoints = (i: number) => ({ k: `model.layers.${i}.k_cache`, v: `model.layers.${i}.v_cache` });
 

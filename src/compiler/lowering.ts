@@ -9,7 +9,7 @@ import type { Model, QParams } from '../ir/model.js';
 import { actPointName, type LinearSpec, type LinearInput } from '../ir/architectures.js';
 import { toFloat32, type Tensor } from '../ir/tensor.js';
 import { UnsupportedModelError } from '../core/errors.js';
-import { captureName, loraInputNames, loraPoint } from './io-contract.js';
+import { captureName, kvQuantNames, loraInputNames, loraPoint } from './io-contract.js';
 
 
 /** Mode flags of one lowering. */
@@ -82,6 +82,22 @@ export class Lowering {
     return [
       this.g.constant({ dtype: 'F32', shape: [], data: Float32Array.of(p.scale) }, `${name}_scale`),
       this.g.constant({ dtype: 'U8', shape: [], data: Uint8Array.of(p.zeroPoint) }, `${name}_zp`),
+    ];
+  }
+
+  /**
+   * The KV8 scale and zero point of a cache point (`model.layers.{i}.k_cache` / `.v_cache`) as
+   * initializers named by io-contract's `kvQuantNames`: the values the KV layout states
+   * (src/compiler/kv-layout.ts), not graph constants.
+   */
+  private kvQParams(p: QParams, point: string): [string, string] {
+    const m = /^model\.layers\.(\d+)\.(k|v)_cache$/.exec(point);
+    if (!m) throw new UnsupportedModelError(`lowering: '${point}' is not a KV-cache point`);
+    const n = kvQuantNames(Number(m[1]));
+    const [scale, zeroPoint] = m[2] === 'k' ? [n.kScale, n.kZeroPoint] : [n.vScale, n.vZeroPoint];
+    return [
+      this.g.weight(scale, () => ({ dtype: 'F32', shape: [], data: Float32Array.of(p.scale) })),
+      this.g.weight(zeroPoint, () => ({ dtype: 'U8', shape: [], data: Uint8Array.of(p.zeroPoint) })),
     ];
   }
 
@@ -186,14 +202,14 @@ export class Lowering {
 
   /**
    * K-cache centering: k − c for the post-RoPE k [1, kv, S, hd], c = model.quant.kCacheOffset[layer]
-   * stored as the weight `model.layers.{layer}.self_attn.k_cache_offset` float32 [1, kv, 1, hd]
+   * read as the initializer `kvQuantNames(layer).kOffset` float32 [1, kv, 1, hd] (built from the KV layout)
    * (exact for attention; see calibration/k-centering.ts).
    * @throws UnsupportedModelError when the offset does not have kv·hd values
    */
   kCenter(k: string, layer: number, offset: readonly number[], name: string): string {
     const { numKvHeads: nKv, headDim: hd } = this.model.config;
     if (offset.length !== nKv * hd) throw new UnsupportedModelError(`lowering: layer ${layer} K-cache offset has ${offset.length} values, expected ${nKv * hd}`);
-    const c = this.g.weight(`model.layers.${layer}.self_attn.k_cache_offset`, () => ({ dtype: 'F32', shape: [1, nKv, 1, hd], data: Float32Array.from(offset) }));
+    const c = this.g.weight(kvQuantNames(layer).kOffset, () => ({ dtype: 'F32', shape: [1, nKv, 1, hd], data: Float32Array.from(offset) }));
     return this.g.node('Sub', [k, c], { name });
   }
 
@@ -209,7 +225,7 @@ export class Lowering {
       return present;
     }
     if (!p) throw new UnsupportedModelError(`lowering: no KV8 range for '${point}'`);
-    const [s, z] = this.qparams(p, point);
+    const [s, z] = this.kvQParams(p, point);
     const q = g.node('QuantizeLinear', [fresh, s, z], { name: `${name}/QuantizeLinear` });
     g.node('Concat', [past, q], { name: `${name}/Concat`, attrs: { axis: 2 }, outputNames: [present] });
     return g.node('DequantizeLinear', [present, s, z], { name: `${name}/DequantizeLinear` });

@@ -13,6 +13,7 @@ import { CheckedSession, type SessionOptions } from '../engine/session.js';
 import type { Executable } from '../ir/executable.js';
 import { kvNames } from '../compiler/io-contract.js';
 import { withInitializers, decodeModel } from '../../formats/onnx.js';
+import { kvLayoutInitializers } from '../compiler/kv-layout.js';
 import { EdgeLLMError } from '../core/errors.js';
 import { loraFeeds } from '../compiler/lora-feeds.js';
 
@@ -34,10 +35,14 @@ export class SimulatorBackend implements ExecutionBackend {
     private readonly decode: CheckedSession,
   ) {}
 
-  /** Builds both sessions. @throws EdgeLLMError when onnxruntime rejects a graph */
+  /**
+   * Builds both sessions over the executable's weights plus the KV8 parameters and K offsets its KV
+   * layout states (src/compiler/kv-layout.ts kvLayoutInitializers: the layout is their one source).
+   * @throws EdgeLLMError when onnxruntime rejects a graph; FormatError when a graph needs a weight the executable lacks
+   */
   static async load(exe: Executable, opts: SessionOptions = {}): Promise<SimulatorBackend> {
-    const build = (bytes: Uint8Array, label: string) =>
-      CheckedSession.create(withInitializers(decodeModel(bytes, label), exe.weights, label), label, opts);
+    const weights = new Map([...exe.weights, ...kvLayoutInitializers(exe.kvLayout)]);
+    const build = (bytes: Uint8Array, label: string) => CheckedSession.create(withInitializers(decodeModel(bytes, label), weights, label), label, opts);
     const prefill = await build(exe.prefill.onnx, 'graph.prefill');
     const decode = await build(exe.decode.onnx, 'graph.decode');
     return new SimulatorBackend(exe, prefill, decode);
