@@ -11,7 +11,7 @@ import * as ort from 'onnxruntime-node';
 import type { ExecutionBackend, KvContext } from './backend.js';
 import { CheckedSession, type SessionOptions } from '../engine/session.js';
 import type { Executable } from '../ir/executable.js';
-import { kvNames } from '../compiler/io-contract.js';
+import { INPUT_IDS, LOGITS, kvNames } from '../compiler/io-contract.js';
 import { withInitializers, decodeModel } from '../../formats/onnx.js';
 import { kvLayoutInitializers } from '../compiler/kv-layout.js';
 import { EdgeLLMError } from '../core/errors.js';
@@ -29,6 +29,7 @@ export class SimulatorBackend implements ExecutionBackend {
   /** adapter name ('' = none) -> its `lora.*` feeds, built on first use */
   private readonly loraCache = new Map<string, Record<string, ort.Tensor>>();
   private selected: string | null = null;
+  private disposed = false;
   private constructor(
     private readonly exe: Executable,
     private readonly prefill: CheckedSession,
@@ -98,10 +99,12 @@ export class SimulatorBackend implements ExecutionBackend {
 
   async forward(context: KvContext, tokens: number[], opts: { lastOnly?: boolean } = {}): Promise<Float32Array> {
     const ctx = context as SimContext;
+    if (this.disposed) throw new EdgeLLMError('forward: the backend has been disposed');
     if (tokens.length === 0) throw new EdgeLLMError('forward: no tokens');
+    const V = this.vocabSize;
+    for (const t of tokens) if (!Number.isInteger(t) || t < 0 || t >= V) throw new EdgeLLMError(`forward: token id ${t} is outside the vocabulary [0, ${V})`);
     if (ctx.length + tokens.length > this.maxContext)
       throw new EdgeLLMError(`context full: ${ctx.length} + ${tokens.length} tokens exceed the KV-cache capacity of ${this.maxContext}`);
-    const V = this.vocabSize;
     if (tokens.length === 1) return this.step(this.decode, ctx, tokens, 1);
     const rows = opts.lastOnly ? 1 : tokens.length;
     const out = new Float32Array(rows * V);
@@ -136,7 +139,7 @@ export class SimulatorBackend implements ExecutionBackend {
   private async step(session: CheckedSession, ctx: SimContext, tokens: number[], seqLen: number): Promise<Float32Array> {
     const ids = new BigInt64Array(seqLen);
     tokens.forEach((t, i) => (ids[i] = BigInt(t)));
-    const feeds: Record<string, ort.Tensor> = { ...this.loraFeedsFor(ctx.adapter), input_ids: new ort.Tensor('int64', ids, [1, seqLen]) };
+    const feeds: Record<string, ort.Tensor> = { ...this.loraFeedsFor(ctx.adapter), [INPUT_IDS]: new ort.Tensor('int64', ids, [1, seqLen]) };
     ctx.kv.forEach(([k, v], i) => {
       const n = kvNames(i);
       feeds[n.pastKey] = k;
@@ -149,10 +152,13 @@ export class SimulatorBackend implements ExecutionBackend {
       return [trimContext(res[n.presentKey], keep), trimContext(res[n.presentValue], keep)];
     });
     ctx.length = keep;
-    return res.logits.data as Float32Array;
+    return res[LOGITS].data as Float32Array;
   }
 
+  /** Releases both sessions; a second call does nothing. */
   async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
     await this.prefill.release();
     await this.decode.release();
   }

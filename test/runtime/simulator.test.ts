@@ -14,7 +14,7 @@
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mulberry32 } from '../../calibration/windows.js';
+import { mulberry32 } from '../../src/core/rng.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { compile } from '../../src/compiler/compile.js';
 import { EdgeLLMError } from '../../src/core/errors.js';
@@ -166,6 +166,15 @@ describe('SimulatorBackend on stories260K (fp32)', () => {
     expect(() => b.selectAdapter('nope')).toThrow(/no LoRA adapter 'nope'.*none/);
     b.selectAdapter(null); // the base model is always selectable
   });
+
+  it('rejects token ids outside the vocabulary (negative, too large, fractional) before running anything', async () => {
+    const ctx = b.newContext();
+    for (const bad of [[1, -1], [1, V], [2.5]]) {
+      await expect(b.forward(ctx, bad)).rejects.toThrow(EdgeLLMError);
+      await expect(b.forward(ctx, bad)).rejects.toThrow(/outside the vocabulary \[0, 512\)/);
+    }
+    expect(ctx.length).toBe(0);
+  });
 });
 
 describe('SimulatorBackend at the KV-cache capacity', () => {
@@ -224,7 +233,8 @@ describe('SimulatorBackend.dispose', () => {
     const ctx = b.newContext();
     await b.forward(ctx, [1, 5]);
     await expect(b.dispose()).resolves.toBeUndefined();
-    await expect(b.forward(ctx, [7])).rejects.toThrow();
-    await expect(b.forward(b.newContext(), [1, 2, 3])).rejects.toThrow();
+    await expect(b.dispose()).resolves.toBeUndefined(); // a second dispose does nothing
+    await expect(b.forward(ctx, [7])).rejects.toThrow(/disposed/);
+    await expect(b.forward(b.newContext(), [1, 2, 3])).rejects.toThrow(EdgeLLMError);
   });
 });
