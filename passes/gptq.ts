@@ -183,7 +183,7 @@ async function solve(W: Float32Array, N: number, K: number, H: Float64Array, o: 
 /**
  * U = upper Cholesky factor of (P·(H + λI)·Pᵀ)⁻¹ (dead diagonal entries set to 1 first), with the
  * damping retries. Built directly in reversed order for upperCholeskyOfInverse's trick (see
- * passes/gptq-linalg.ts): M = J·Hp·J, U = J·chol(M)⁻¹·J.
+ * src/engine/linalg.ts): M = J·Hp·J, U = J·chol(M)⁻¹·J.
  */
 async function dampedInverseFactor(
   H: Float64Array,

@@ -14,7 +14,7 @@
  * plug-and-play inference acceleration", §3.2), which subtracts the mean over tokens before an 8-bit
  * QKᵀ; the midrange centres the range itself, which is what a min/max-style range needs.
  *
- * Run it before `calibrateRanges` (calibration/capture.ts): the lowering subtracts the offsets, so the
+ * Run it before `calibrateRanges` (passes/calibrate-ranges.ts): the lowering subtracts the offsets, so the
  * K observers then see K − c.
  */
 import type { Model } from '../src/ir/model.js';

@@ -43,7 +43,7 @@ export interface QuantizeOptions {
   kvQuant: boolean;
   /** range observer of A8/KV8 */
   observer: ObserverKind;
-  /** K-cache centering before the KV8 ranges (calibration/k-centering.ts; default true, only with kvQuant) */
+  /** K-cache centering before the KV8 ranges (passes/k-centering.ts; default true, only with kvQuant) */
   kCentering: boolean;
   /** apply fold-norms + QuaRot before quantizing */
   rotate: boolean;

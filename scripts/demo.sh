@@ -8,7 +8,7 @@ MODEL="$SHARED/models/stories260K"
 EDGELLM="node dist/src/cli/main.js"
 mkdir -p out
 
-echo "== quantize: W4 g64 RTN + static A8 + KV8 (min/max on 128 C4 calibration windows)"
+echo "== quantize: the default recipe, GPTQ W4 g32 + K-centered KV8 + MSE-clipped static A8/KV8 (128 C4 calibration windows of 256 tokens)"
 $EDGELLM quantize "$MODEL" -o out/stories260K.har --calib "$SHARED/data/calibration/c4-calib-128x256-seed0.tokens.json"
 echo "== compile"
 $EDGELLM compile out/stories260K.har -o out/stories260K.hef --prefill-len 128

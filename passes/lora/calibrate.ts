@@ -5,7 +5,7 @@
  *
  * - {@link loraInputHessians}: H = mean of x·xᵀ of the inputs of the adapted linears (attn_in for
  *   q/k/v, o_proj_in for o, …), float64 [in, in] per input point, for the refit
- *   (passes/lora-refit.ts).
+ *   (passes/lora/refit.ts).
  * - {@link calibrateLora}: static A8 ranges of each intermediate A·x, with the base's observer.
  */
 import * as ort from 'onnxruntime-node';

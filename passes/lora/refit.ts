@@ -258,7 +258,7 @@ export type LoraRefitSummary = NonNullable<LoraAdapter['source']['refit']>;
  * Refits every module of `modules` whose base linear is W4-quantized in `model` ({@link refitLoraModule},
  * onnxruntime products); the others are returned as they are.
  * @param fp32 the base's fp32 weights in the same (transformed) space: a HAR's `emulation/optimized`
- * @param hessians input point → H of the adapted linears' inputs (passes/lora-calibration.ts)
+ * @param hessians input point → H of the adapted linears' inputs (passes/lora/calibrate.ts)
  * @throws UnsupportedModelError when `fp32` lacks an adapted linear's weight
  */
 export async function refitToBase(

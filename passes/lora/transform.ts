@@ -1,5 +1,5 @@
 /**
- * Carries a base's function-preserving transforms into a PEFT LoRA adapter (passes/lora.ts step 1):
+ * Carries a base's function-preserving transforms into a PEFT LoRA adapter (passes/lora/add.ts step 1):
  * rebuilt from `model.passes`, they move into A on input-side modules and into B on output-side
  * ones, so that s·B'·A'·x' = s·B·A·x on the transformed activations x':
  *

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 /**
- * edgellm command line: the only module that reads argv. Each command (src/commands/) maps its flags
+ * edgellm command line: the only module that reads argv. Each command (src/cli/) maps its flags
  * to typed options and calls library code; errors become one line `error: ...` and a meaningful exit
- * code (see src/errors.ts), with the stack trace only under --verbose.
+ * code (see src/core/errors.ts), with the stack trace only under --verbose.
  */
 import { Command, CommanderError } from 'commander';
 import * as fs from 'node:fs';

@@ -203,7 +203,7 @@ export class Lowering {
   /**
    * K-cache centering: k − c for the post-RoPE k [1, kv, S, hd], c = model.quant.kCacheOffset[layer]
    * read as the initializer `kvQuantNames(layer).kOffset` float32 [1, kv, 1, hd] (built from the KV layout)
-   * (exact for attention; see calibration/k-centering.ts).
+   * (exact for attention; see passes/k-centering.ts).
    * @throws UnsupportedModelError when the offset does not have kv·hd values
    */
   kCenter(k: string, layer: number, offset: readonly number[], name: string): string {

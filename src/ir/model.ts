@@ -74,7 +74,7 @@ export interface QuantState {
   /** per layer: static KV8 params of the K and V caches (post-RoPE K) */
   kvCache: { k: QParams; v: QParams }[];
   /**
-   * K-cache centering (calibration/k-centering.ts): per layer, float32 values [numKvHeads·headDim]
+   * K-cache centering (passes/k-centering.ts): per layer, float32 values [numKvHeads·headDim]
    * subtracted from the post-RoPE K before it enters the cache. Attention is unchanged (a softmax
    * row is invariant to the constant q·c); the cache holds K − c, whose per-tensor KV8 range is
    * narrower. Absent: no centering.
@@ -98,7 +98,7 @@ export interface Model {
   tokenizer: TokenizerFiles;
   /** per-layer quantization error measured on calibration data (filled by the passes that quantize) */
   report?: QuantReport;
-  /** LoRA adapters beside the base weights (passes/lora.ts); absent or empty: none */
+  /** LoRA adapters beside the base weights (passes/lora/add.ts); absent or empty: none */
   adapters?: LoraAdapter[];
   /** rotations executed at run time (passes/quarot.ts online R3/R4); absent: none */
   online?: OnlineRotations;
@@ -127,7 +127,7 @@ export interface OnlineRotations {
 }
 
 /**
- * A LoRA adapter kept beside the base (passes/lora.ts `addLora`): each module adds s·B·(A·x) to its
+ * A LoRA adapter kept beside the base (passes/lora/add.ts `addLora`): each module adds s·B·(A·x) to its
  * linear's output, with A and B already transformed like the base (folded norms, rotations).
  * Tensors, per module `<linear>`: `.lora_A` F32 [rank, in] and `.lora_B` F32 [out, rank] (bits 32),
  * or `.lora_A.qweight` + `.lora_A.scales` (and the same for B): I8 [rows, cols] + F32 [rows, 1]
@@ -146,7 +146,7 @@ export interface LoraAdapter {
   tensors: Map<string, LazyTensor>;
   /**
    * PEFT base_model_name_or_path, the base passes whose transforms were applied to A/B, and, when
-   * A/B were refit to the W4 base (passes/lora-refit.ts), how many modules on how many windows and
+   * A/B were refit to the W4 base (passes/lora/refit.ts), how many modules on how many windows and
    * the H-weighted base-error residual Σ‖(W_q + s·B·A − W − s·B₀·A₀)·X‖² before and after
    */
   source: {
