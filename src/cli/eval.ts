@@ -4,10 +4,10 @@ import * as path from 'node:path';
 import { cliContext } from './progress.js';
 import { loadArtifact, type LoadedArtifact, type LoadOptions } from './load-artifact.js';
 import { SimulatorBackend } from '../runtime/simulator.js';
-import { perplexity, loadEvalText, sha256File, modelSha256 } from '../eval/ppl.js';
-import { klDivergence } from '../eval/kld.js';
-import { hellaswag, loadHellaSwag, tokenizeTask } from '../eval/hellaswag.js';
-import { checkGate, readBaseline, writeReport, parsePercent, DEFAULT_GATE, GateError, type EvalReport, type GateResult } from '../eval/gate.js';
+import { loadEvalText, sha256File, modelSha256 } from '../eval/ppl.js';
+import { loadHellaSwag, tokenizeTask } from '../eval/hellaswag.js';
+import { evaluate, formatEvalTable, EVAL_TASKS, type EvalTask, type EvalRequest } from '../eval/evaluate.js';
+import { checkGate, readBaseline, writeReport, parsePercent, DEFAULT_GATE, GateError, type EvalReport } from '../eval/gate.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
 import { slidingWindows } from '../../calibration/windows.js';
 import { defaultSharedDir } from '../../calibration/datasets.js';
@@ -15,43 +15,13 @@ import { UsageError } from '../core/errors.js';
 import { VERSION, artifactTimestamp } from '../core/version.js';
 import { int, float, textPath, outputPathCheck } from './common.js';
 
-const TASKS = ['ppl', 'kld', 'hellaswag'] as const;
-type Task = (typeof TASKS)[number];
+const TASKS = EVAL_TASKS;
+type Task = EvalTask;
 
 function parseTasks(v: string): Task[] {
   const tasks = v.split(',').map((s) => s.trim());
   for (const t of tasks) if (!(TASKS as readonly string[]).includes(t)) throw new UsageError(`--task ${t}: expected ${TASKS.join(', ')} (or a comma-separated list)`);
   return [...new Set(tasks)] as Task[];
-}
-
-const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
-
-/** The human table printed on stdout. */
-function table(r: EvalReport, gate?: { baseline: string; result: GateResult }): string {
-  const rows: [string, string, string][] = [];
-  if (r.ppl !== undefined)
-    rows.push(['ppl', 'perplexity', `${r.ppl.toFixed(4)}  (mean NLL ${r.meanNll!.toFixed(5)} nats; ${r.windows} windows x ${r.seqLen} tokens of ${path.basename(r.text!)})`]);
-  if (r.kld) {
-    const k = r.kld;
-    rows.push(['kld', 'mean KLD', `${k.meanKld.toFixed(5)} ± ${k.kldStderr.toFixed(5)} nats  (median ${k.medianKld.toFixed(5)}, p99 ${k.p99Kld.toFixed(4)}, max ${k.maxKld.toFixed(3)})`]);
-    rows.push(['', 'top-1 agreement', pct(k.top1Agreement)]);
-    rows.push(['', 'ppl ratio', `${k.pplRatio.toFixed(4)}  (${k.ppl.toFixed(4)} / reference ${k.referencePpl.toFixed(4)}, ${path.basename(k.reference)}; ${k.predictions} predictions)`]);
-    rows.push(['', 'ln ppl ratio', `${k.lnPplRatio.toFixed(5)} ± ${k.lnPplRatioStderr.toFixed(5)}  (paired over ${k.windows} windows)`]);
-  }
-  if (r.hellaswag) {
-    const h = r.hellaswag;
-    rows.push(['hellaswag', 'acc', `${pct(h.acc)} ± ${pct(h.accStderr)}`]);
-    rows.push(['', 'acc_norm', `${pct(h.accNorm)} ± ${pct(h.accNormStderr)}  (${h.tasks} tasks, ${h.seconds.toFixed(1)} s)`]);
-  }
-  const extra = ['adapter', 'lora', 'emulate'].filter((k) => r.settings[k] != null).map((k) => `, ${k} ${r.settings[k]}`).join('');
-  const lines = [`model ${r.model} (${r.kind}${extra}, sha256 ${r.modelSha256.slice(0, 16)}…)`, ...rows.map(([a, b, c]) => `${a.padEnd(10)} ${b.padEnd(16)} ${c}`)];
-  if (gate) {
-    lines.push(`gate vs ${gate.baseline}: ${gate.result.violations.length ? `FAILED (${gate.result.violations.length})` : 'passed'}`);
-    for (const c of gate.result.checks) lines.push(`  ${gate.result.violations.includes(c) ? 'FAIL' : 'ok  '} ${c}`);
-    for (const s of gate.result.skipped) lines.push(`  skip ${s} (in only one of the two reports)`);
-  }
-  lines.push(`${r.seconds.toFixed(1)} s`);
-  return lines.join('\n') + '\n';
 }
 
 /** `edgellm eval`: perplexity, KL-divergence from a reference, HellaSwag; optional baseline gate. */
@@ -110,7 +80,7 @@ export function registerEval(program: Command): void {
       const tok = new TextTokenizer(art.exe.tokenizer);
       const backend = await SimulatorBackend.load(art.exe, { threads: o.threads });
       if (o.adapter !== undefined) backend.selectAdapter(o.adapter);
-      const report: EvalReport = {
+      const identity: EvalRequest['identity'] = {
         edgellmVersion: VERSION,
         createdAt: artifactTimestamp(),
         model: file,
@@ -118,65 +88,42 @@ export function registerEval(program: Command): void {
         modelSha256: modelSha256(file),
         settings: { tasks, seqLen: o.seqlen, maxWindows: o.maxWindows ?? null, maxDocs: o.maxDocs ?? null, prefillLen: backend.prefillLen, emulate: o.emulate ?? null, adapter: o.adapter ?? null, lora: o.lora ?? null, threads: o.threads ?? null, backend: backend.name },
         quantScheme: art.exe.quant,
-        seconds: 0,
       };
+      const req: EvalRequest = { tasks, identity };
+      let refBackend: SimulatorBackend | undefined;
+      let report: EvalReport;
       try {
         if (needText) {
           const text = textPath(o.text);
           // One BOS at the start of the whole text (the tokenizer's special tokens), none per window.
           const ids = await tok.encode(loadEvalText(text, { maxDocs: o.maxDocs }), true);
-          const windows = slidingWindows(ids, o.seqlen, o.maxWindows);
-          Object.assign(report, { text, textSha256: sha256File(text), seqLen: o.seqlen });
+          req.text = { file: text, sha256: sha256File(text), seqLen: o.seqlen, windows: slidingWindows(ids, o.seqlen, o.maxWindows) };
           if (tasks.includes('kld')) {
             const ref = await loadArtifact(o.reference, { prefillLen: o.prefillLen, lora: o.referenceLora, onWarning: warn });
-            const refBackend = await SimulatorBackend.load(ref.exe, { threads: o.threads });
+            refBackend = await SimulatorBackend.load(ref.exe, { threads: o.threads });
             if (o.referenceAdapter !== undefined) refBackend.selectAdapter(o.referenceAdapter);
-            const t1 = performance.now();
-            try {
-              const k = await klDivergence(backend, refBackend, windows, ctx.progress('kld', windows.length));
-              report.kld = {
-                reference: o.reference,
-                referenceKind: ref.kind,
-                referenceSha256: modelSha256(o.reference),
-                referenceAdapter: o.referenceAdapter ?? null,
-                referenceLora: o.referenceLora ?? null,
-                ...k,
-                seconds: (performance.now() - t1) / 1000,
-              };
-            } finally {
-              await refBackend.dispose();
-            }
-          }
-          if (tasks.includes('ppl')) {
-            const t1 = performance.now();
-            // the KLD pass already scored these windows with this model: same forward, same NLLs
-            const r = report.kld
-              ? { ppl: report.kld.ppl, meanNll: Math.log(report.kld.ppl), predictions: report.kld.predictions, windows: report.kld.windows }
-              : await perplexity(backend, windows, ctx.progress('ppl', windows.length));
-            const seconds = report.kld ? report.kld.seconds : (performance.now() - t1) / 1000;
-            Object.assign(report, r, { tokensPerSecond: (windows.length * o.seqlen) / seconds });
+            req.reference = { backend: refBackend, file: o.reference, kind: ref.kind, sha256: modelSha256(o.reference), adapter: o.referenceAdapter ?? null, lora: o.referenceLora ?? null };
           }
         }
         if (tasks.includes('hellaswag')) {
           const hsFile: string = o.hellaswag ?? path.join(defaultSharedDir(), 'data/hellaswag/hellaswag_val_full.txt');
-          const t1 = performance.now();
-          const hsTasks = loadHellaSwag(hsFile, o.limit);
           const tokenized = [];
-          for (const t of hsTasks) tokenized.push(await tokenizeTask(t, (s) => tok.encode(s, true)));
-          const h = await hellaswag(backend, tokenized, ctx.progress('hellaswag', tokenized.length));
-          report.hellaswag = { file: hsFile, sha256: sha256File(hsFile), ...h, seconds: (performance.now() - t1) / 1000 };
+          for (const t of loadHellaSwag(hsFile, o.limit)) tokenized.push(await tokenizeTask(t, (s) => tok.encode(s, true)));
+          req.hellaswag = { file: hsFile, sha256: sha256File(hsFile), tasks: tokenized };
         }
+        report = await evaluate(backend, req, ctx);
       } finally {
+        await refBackend?.dispose();
         await backend.dispose();
       }
-      delete (report as Partial<EvalReport>).seconds; // re-added last, to sit at the end of the JSON
+      delete (report as Partial<EvalReport>).seconds; // the whole command's wall time, loading included, last in the JSON
       report.seconds = (performance.now() - t0) / 1000;
 
       if (o.writeBaseline) writeReport(o.writeBaseline, report);
       if (typeof o.json === 'string') writeReport(o.json, report);
       const gate = baseline ? { baseline: o.baseline as string, result: checkGate(report, baseline, thresholds) } : undefined;
       if (o.json === true) process.stdout.write(JSON.stringify(gate ? { ...report, gate: { baseline: gate.baseline, thresholds, ...gate.result } } : report, null, 2) + '\n');
-      else process.stdout.write(table(report, gate));
+      else process.stdout.write(formatEvalTable(report, gate));
       if (gate && gate.result.violations.length) {
         for (const v of gate.result.violations) process.stderr.write(`gate: ${v}\n`);
         throw new GateError(`accuracy gate failed: ${gate.result.violations.length} threshold(s) violated against ${gate.baseline}`);
