@@ -1,7 +1,5 @@
 /** edgellm add-lora (see `edgellm add-lora --help`). */
 import type { Command } from 'commander';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { UsageError } from '../core/errors.js';
 import { cliContext } from './progress.js';
 import { loadModelHar, addAdapterToHar } from '../../formats/har-model.js';
@@ -9,19 +7,7 @@ import { loadPeftAdapter } from '../../formats/peft.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
 import { addLora, planAddLora, DEFAULT_ADD_LORA_OPTIONS } from '../../passes/lora/add.js';
-import { loadTextFile, loadTokenWindows, isTokenWindowFile, namedDataset } from '../../calibration/datasets.js';
-import { sampleWindows } from '../../calibration/windows.js';
-import { int, outputPathCheck } from './common.js';
-
-/** The shared pre-tokenized C4 calibration windows, when present. */
-function defaultCalibration(): string | undefined {
-  try {
-    const p = path.join(path.dirname(namedDataset('c4')), '..', 'calibration', 'c4-calib-128x256-seed0.tokens.json');
-    return fs.existsSync(p) ? p : undefined;
-  } catch {
-    return undefined;
-  }
-}
+import { int, outputPathCheck, defaultCalibration, calibrationWindows } from './common.js';
 
 /** `edgellm add-lora`: PEFT adapter -> HAR (beside the base, transformed and quantized on its own). */
 export function registerAddLora(program: Command): void {
@@ -63,8 +49,7 @@ export function registerAddLora(program: Command): void {
       if (plan.needsWindows) {
         const calib = o.calib ?? defaultCalibration();
         if (!calib) throw new UsageError('no calibration data for the adapter: pass --calib <file.txt|file.jsonl|file.tokens.json>');
-        if (isTokenWindowFile(calib)) windows = loadTokenWindows(calib, { vocabSize: model.config.vocabSize }).slice(0, o.calibSamples);
-        else windows = sampleWindows(await new TextTokenizer(model.tokenizer).encode(loadTextFile(calib), false), o.calibSamples, o.seqlen, o.seed);
+        windows = await calibrationWindows(calib, new TextTokenizer(model.tokenizer), { n: o.calibSamples, seqLen: o.seqlen, seed: o.seed, vocabSize: model.config.vocabSize });
       }
       const bits = o.loraBits as 32 | 8 | 4;
       const native = emulation.native ?? (o.baseModel ? loadHfModel(o.baseModel) : undefined);

@@ -1,11 +1,13 @@
 /**
  * Helpers shared by the CLI commands: option parsers that throw UsageError, output checks, dataset
- * name resolution.
+ * name resolution, calibration windows.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { UsageError } from '../core/errors.js';
-import { namedDataset, type DatasetName } from '../../calibration/datasets.js';
+import { namedDataset, loadTextFile, loadTokenWindows, isTokenWindowFile, type DatasetName } from '../../calibration/datasets.js';
+import { sampleWindows } from '../../calibration/windows.js';
+import type { TextTokenizer } from '../../formats/tokenizer.js';
 
 /** commander option parser for an integer flag. */
 export const int = (name: string) => (v: string) => {
@@ -31,4 +33,25 @@ export function textPath(spec: string): string {
 export function outputPathCheck(out: string): void {
   const dir = path.dirname(path.resolve(out));
   if (!fs.existsSync(dir)) throw new UsageError(`${out}: directory ${dir} does not exist`);
+}
+
+/** The shared pre-tokenized C4 calibration windows (`<shared>/data/calibration/c4-calib-128x256-seed0.tokens.json`), when present. */
+export function defaultCalibration(): string | undefined {
+  try {
+    const p = path.join(path.dirname(namedDataset('c4')), '..', 'calibration', 'c4-calib-128x256-seed0.tokens.json');
+    return fs.existsSync(p) ? p : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Calibration windows (token ids) of `--calib`: the first `n` windows of a pre-tokenized
+ * `.tokens.json` file (ids checked against `vocabSize`), or `n` seeded windows of `seqLen` tokens
+ * sampled from a tokenized `.txt` / `.jsonl` file.
+ * @throws FormatError for an unreadable file or an id outside the vocabulary
+ */
+export async function calibrationWindows(file: string, tok: TextTokenizer, o: { n: number; seqLen: number; seed: number; vocabSize: number }): Promise<number[][]> {
+  if (isTokenWindowFile(file)) return loadTokenWindows(file, { vocabSize: o.vocabSize }).slice(0, o.n);
+  return sampleWindows(await tok.encode(loadTextFile(file), false), o.n, o.seqLen, o.seed);
 }

@@ -11,25 +11,7 @@ import { loadPeftAdapter } from '../../formats/peft.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
 import { quantizeModel, DEFAULT_QUANTIZE_OPTIONS, type QuantizeOptions } from '../../passes/pipeline.js';
 import { OBSERVER_KINDS } from '../../calibration/observers.js';
-import { loadTextFile, loadTokenWindows, isTokenWindowFile, namedDataset } from '../../calibration/datasets.js';
-import { sampleWindows } from '../../calibration/windows.js';
-import { int, float, outputPathCheck } from './common.js';
-
-function defaultCalibration(): string | undefined {
-  try {
-    const p = path.join(path.dirname(namedDataset('c4')), '..', 'calibration', 'c4-calib-128x256-seed0.tokens.json');
-    return fs.existsSync(p) ? p : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Calibration windows from a text/JSONL file (tokenized, sampled) or a pre-tokenized file. */
-async function calibrationWindows(file: string, tok: TextTokenizer, n: number, seqLen: number, seed: number): Promise<number[][]> {
-  if (isTokenWindowFile(file)) return loadTokenWindows(file).slice(0, n);
-  const ids = await tok.encode(loadTextFile(file), false);
-  return sampleWindows(ids, n, seqLen, seed);
-}
+import { int, float, outputPathCheck, defaultCalibration, calibrationWindows } from './common.js';
 
 /** Maps and validates the command's flags. @throws UsageError */
 function quantizeOptions(o: Record<string, any>): QuantizeOptions {
@@ -97,7 +79,7 @@ export function registerQuantize(program: Command): void {
       const tok = new TextTokenizer(model.tokenizer);
       const calib = o.calib ?? defaultCalibration();
       if (!calib) throw new UsageError('no calibration data: pass --calib <file.txt|file.jsonl|file.tokens.json>');
-      const windows = await calibrationWindows(calib, tok, o.calibSamples, o.seqlen, o.seed);
+      const windows = await calibrationWindows(calib, tok, { n: o.calibSamples, seqLen: o.seqlen, seed: o.seed, vocabSize: model.config.vocabSize });
       const ckpt = SafetensorsCheckpoint.open(dir);
       const files = [...new Set(ckpt.names().map((n) => ckpt.entry(n).file))];
       ckpt.close();
