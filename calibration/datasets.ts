@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FormatError, UsageError } from '../src/core/errors.js';
+import { readTextCorpus, readTextFile } from '../src/core/text.js';
 
 /** Datasets known by name; each maps to one file under `<sharedDir>/data`. */
 export type DatasetName = 'wikitext2' | 'c4' | 'tinystories';
@@ -19,20 +20,8 @@ const NAMED_DATASETS: Readonly<Record<DatasetName, string>> = {
   tinystories: 'data/tinystories/TinyStories-valid.txt',
 };
 
-/** Separator between JSONL documents when they are joined into one text. */
-export const DOCUMENT_SEPARATOR = '\n\n';
-
-function readText(file: string): string {
-  if (!fs.existsSync(file)) throw new UsageError(`${file}: no such file`);
-  try {
-    return fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new FormatError(file, `cannot read: ${(e as Error).message}`);
-  }
-}
-
 /**
- * Reads a text corpus as one string.
+ * Reads a text corpus as one string ({@link readTextCorpus}, src/core/text.ts):
  * - `.jsonl`: one JSON object a line; the `text` field of each is kept and the documents are joined
  *   with "\n\n". Blank lines are skipped.
  * - anything else: the file's UTF-8 text as is.
@@ -40,24 +29,7 @@ function readText(file: string): string {
  *   number) for a JSONL line that is not JSON or has no string `text` field
  */
 export function loadTextFile(file: string): string {
-  const text = readText(file);
-  if (!file.toLowerCase().endsWith('.jsonl')) return text;
-  const docs: string[] = [];
-  const lines = text.split('\n');
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i].trim();
-    if (line === '') continue;
-    let obj: unknown;
-    try {
-      obj = JSON.parse(line);
-    } catch (e) {
-      throw new FormatError(file, `line ${i + 1}: not valid JSON (${(e as Error).message})`);
-    }
-    const t = obj && typeof obj === 'object' && !Array.isArray(obj) ? (obj as Record<string, unknown>).text : undefined;
-    if (typeof t !== 'string') throw new FormatError(file, `line ${i + 1}: expected an object with a string "text" field`);
-    docs.push(t);
-  }
-  return docs.join(DOCUMENT_SEPARATOR);
+  return readTextCorpus(file);
 }
 
 /**
@@ -70,7 +42,7 @@ export function loadTextFile(file: string): string {
  *   non-negative integer below vocabSize)
  */
 export function loadTokenWindows(file: string, options: { vocabSize?: number } = {}): number[][] {
-  const text = readText(file);
+  const text = readTextFile(file);
   let v: unknown;
   try {
     v = JSON.parse(text);

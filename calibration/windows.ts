@@ -4,22 +4,7 @@
  * QuaRot papers evaluate: tail dropped).
  */
 import { UsageError } from '../src/core/errors.js';
-
-/**
- * mulberry32: a tiny seeded 32-bit PRNG. Same seed, same stream, on every platform.
- * @param seed any number; only its low 32 bits are used
- * @returns a function giving uniform floats in [0, 1)
- */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from '../src/core/rng.js';
 
 function checkPositiveInt(what: string, v: number): void {
   if (!Number.isInteger(v) || v <= 0) throw new UsageError(`${what} must be a positive integer, got ${v}`);

@@ -20,8 +20,6 @@
  * |                                 | A8 ranges are in the manifest's `adapters` list               |
  * | tokenizer/tokenizer.json (+ tokenizer_config.json, generation_config.json when present) |
  */
-import * as crypto from 'node:crypto';
-import * as fs from 'node:fs';
 import { readHar, writeHar, type HarMember, type ProducedMember } from './har.js';
 import { encodeSafetensors, decodeSafetensors, SafetensorsFile } from './safetensors.js';
 import { FormatError } from '../src/core/errors.js';
@@ -46,13 +44,6 @@ export type EmulationLevel = 'native' | 'optimized' | 'quantized';
 export interface EmulationModels {
   native?: Model;
   optimized?: Model;
-}
-
-/** sha256 (hex) over a checkpoint's weight files, in name order. */
-export function sourceWeightsSha256(files: string[]): string {
-  const h = crypto.createHash('sha256');
-  for (const f of [...files].sort()) h.update(fs.readFileSync(f));
-  return h.digest('hex');
 }
 
 /** Tensor bytes per safetensors member before a weight set is split into shards. */

@@ -21,8 +21,8 @@
  *   await writeHar('model.har', { model: 'tiny' }, new Map([['weights.safetensors', bytes]]));
  *   const { manifest, files } = await readHar('model.har');
  */
-import { createHash } from 'node:crypto';
-import { sha256 } from '../src/core/digest.js';
+import { Sha256, sha256Hex } from '../src/core/digest.js';
+import { alignUp, paddingLength } from '../src/core/align.js';
 import * as fs from 'node:fs';
 import { Header, Parser, type ReadEntry } from 'tar';
 import { EdgeLLMError, FormatError } from '../src/core/errors.js';
@@ -56,12 +56,6 @@ const CANONICAL_CKSUM = /^[0-7]{6}( \0|\0 )$/;
 const MAX_NAME_BYTES = 99;
 const NAME_SEGMENT = /^[A-Za-z0-9_.+=@-]+$/;
 const EPOCH = new Date(0);
-
-function sha256Hex(data: Uint8Array): string {
-  return sha256(data).toString('hex');
-}
-
-const roundUp = (n: number, multiple: number): number => Math.ceil(n / multiple) * multiple;
 
 /** Why `name` cannot be a HAR member name, or undefined if it can. */
 function memberNameProblem(name: string): string | undefined {
@@ -169,7 +163,7 @@ function packMembers(target: string, members: Array<[string, HarMember]>, listin
           fs.closeSync(src);
         }
       }
-      writeFully(fd, new Uint8Array(roundUp(size, BLOCK) - size));
+      writeFully(fd, new Uint8Array(paddingLength(size, BLOCK)));
     }
     writeFully(fd, new Uint8Array(EOF_BYTES));
   } finally {
@@ -214,14 +208,14 @@ function parseTar(path: string, keep: (name: string) => boolean, hash: (name: st
       const member: TarMember = { name: entry.path, size: entry.size, offset: -1 };
       members.push(member);
       const chunks: Buffer[] | undefined = keep(entry.path) ? (member.chunks = []) : undefined;
-      const h = hash(entry.path) ? createHash('sha256') : undefined;
+      const h = hash(entry.path) ? new Sha256() : undefined;
       if (!chunks && !h) entry.resume();
       else {
         entry.on('data', (c: Buffer) => {
           chunks?.push(c);
           h?.update(c);
         });
-        if (h) entry.on('end', () => (member.sha256 = h.digest('hex')));
+        if (h) entry.on('end', () => (member.sha256 = h.digestHex()));
       }
     });
     parser.on('eof', () => (sawEof = true));
@@ -303,7 +297,7 @@ function checkLayout(path: string, fd: number, fileSize: number, members: TarMem
     }
     m.offset = offset + BLOCK;
     const dataEnd = offset + BLOCK + m.size;
-    const next = offset + BLOCK + roundUp(m.size, BLOCK);
+    const next = offset + BLOCK + alignUp(m.size, BLOCK);
     expectZeros(path, fd, dataEnd, next, () => `non-zero tar padding after member '${m.name}'`);
     offset = next;
   }

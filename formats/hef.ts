@@ -20,8 +20,8 @@
  *   writeHef('model.hef', { modelName: 'tiny', kvCache: { numLayers: 2 } }, [{ name: 'weights', kind: 'weights', data }]);
  *   const hef = openHef('model.hef'); const weights = hef.readSection('weights'); hef.close();
  */
-import { sha256 } from '../src/core/digest.js';
-import { createHash } from 'node:crypto';
+import { Sha256, sha256 } from '../src/core/digest.js';
+import { alignUp } from '../src/core/align.js';
 import * as fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
@@ -76,8 +76,6 @@ export interface HefFile {
   /** Closes the file descriptor; further readSection calls throw. */
   close(): void;
 }
-
-const alignUp = (n: number, align: number): number => Math.ceil(n / align) * align;
 
 let headerTypeCache: protobuf.Type | undefined;
 
@@ -227,7 +225,7 @@ class OpenHef implements HefFile {
   /** Streams a section through sha256 in chunks (no full-size allocation). */
   verifySection(s: HefSection): void {
     const fd = this.descriptor();
-    const hash = createHash('sha256');
+    const hash = new Sha256();
     const buf = Buffer.alloc(Math.min(CHUNK_BYTES, Math.max(s.length, 1)));
     for (let pos = 0; pos < s.length; ) {
       const n = fs.readSync(fd, buf, 0, Math.min(buf.length, s.length - pos), s.offset + pos);

@@ -25,6 +25,7 @@ import { EdgeLLMError, FormatError, ShapeMismatchError } from '../src/core/error
 import { DTYPES, isDType, numel } from '../src/ir/tensor.js';
 import type { DType, Tensor, TypedArray } from '../src/ir/tensor.js';
 import { tempPathFor } from '../src/core/atomic.js';
+import { alignUp } from '../src/core/align.js';
 
 /** The reference library refuses headers larger than this (bytes); so do we. */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -60,11 +61,6 @@ interface ParsedHeader {
   metadata: Record<string, string>;
   /** entries in data order (ascending offset) */
   entries: Map<string, SafetensorsEntry>;
-}
-
-/** Smallest multiple of `n` that is ≥ `x`. */
-function alignUp(x: number, n: number): number {
-  return Math.ceil(x / n) * n;
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {

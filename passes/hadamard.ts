@@ -24,7 +24,7 @@
  * matrix — the documented fallback), H_P applied by the fast Walsh–Hadamard transform, s optional
  * random signs. x·R costs n·(K + log₂P) instead of n².
  */
-import { mulberry32 } from '../calibration/windows.js';
+import { mulberry32 } from '../src/core/rng.js';
 import { EdgeLLMError, ShapeMismatchError } from '../src/core/errors.js';
 
 /** A Hadamard matrix: entries ±1, row-major [n, n], with the construction that produced it. */

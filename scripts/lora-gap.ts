@@ -18,6 +18,7 @@
 import * as path from 'node:path';
 import { defaultSharedDir } from '../calibration/datasets.js';
 import { slidingWindows } from '../calibration/windows.js';
+import { mulberry32 } from '../src/core/rng.js';
 import { TextTokenizer } from '../formats/tokenizer.js';
 import { loadArtifact } from '../src/cli/load-artifact.js';
 import { SimulatorBackend } from '../src/runtime/simulator.js';
@@ -29,16 +30,6 @@ const argv = process.argv.slice(2).filter((a) => a !== '--');
 const opt = (f: string, d: string) => (argv.includes(f) ? argv[argv.indexOf(f) + 1] : d);
 const positional = argv.filter((a, i) => !a.startsWith('--') && !(i > 0 && argv[i - 1].startsWith('--')));
 const BOUND = 0.03;
-
-/** mulberry32: a small seeded PRNG, so the interval is the same on every run */
-function prng(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** ppl ratio of a KLD run restricted to window indices `idx` (equal-length windows) */
 function ratio(k: KldResult, idx: number[]): number {
@@ -69,7 +60,7 @@ async function main(): Promise<void> {
 
   const all = windows.map((_, i) => i);
   const gap = ratio(lora, all) - ratio(base, all);
-  const rnd = prng(0);
+  const rnd = mulberry32(0); // seeded, so the interval is the same on every run
   const gaps: number[] = [];
   for (let r = 0; r < 10_000; r++) {
     const idx = all.map(() => Math.floor(rnd() * all.length));

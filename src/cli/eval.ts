@@ -4,7 +4,8 @@ import * as path from 'node:path';
 import { cliContext } from './progress.js';
 import { loadArtifact, type LoadedArtifact, type LoadOptions } from './load-artifact.js';
 import { SimulatorBackend } from '../runtime/simulator.js';
-import { loadEvalText, sha256File, modelSha256 } from '../eval/ppl.js';
+import { loadEvalText } from '../eval/ppl.js';
+import { sha256File, artifactSha256 } from '../core/digest.js';
 import { loadHellaSwag, tokenizeTask } from '../eval/hellaswag.js';
 import { evaluate, formatEvalTable, EVAL_TASKS, type EvalTask, type EvalRequest } from '../eval/evaluate.js';
 import { checkGate, readBaseline, writeReport, parsePercent, DEFAULT_GATE, GateError, type EvalReport } from '../eval/gate.js';
@@ -85,7 +86,7 @@ export function registerEval(program: Command): void {
         createdAt: artifactTimestamp(),
         model: file,
         kind: art.kind,
-        modelSha256: modelSha256(file),
+        modelSha256: artifactSha256(file),
         settings: { tasks, seqLen: o.seqlen, maxWindows: o.maxWindows ?? null, maxDocs: o.maxDocs ?? null, prefillLen: backend.prefillLen, emulate: o.emulate ?? null, adapter: o.adapter ?? null, lora: o.lora ?? null, threads: o.threads ?? null, backend: backend.name },
         quantScheme: art.exe.quant,
       };
@@ -102,7 +103,7 @@ export function registerEval(program: Command): void {
             const ref = await loadArtifact(o.reference, { prefillLen: o.prefillLen, lora: o.referenceLora, onWarning: warn });
             refBackend = await SimulatorBackend.load(ref.exe, { threads: o.threads });
             if (o.referenceAdapter !== undefined) refBackend.selectAdapter(o.referenceAdapter);
-            req.reference = { backend: refBackend, file: o.reference, kind: ref.kind, sha256: modelSha256(o.reference), adapter: o.referenceAdapter ?? null, lora: o.referenceLora ?? null };
+            req.reference = { backend: refBackend, file: o.reference, kind: ref.kind, sha256: artifactSha256(o.reference), adapter: o.referenceAdapter ?? null, lora: o.referenceLora ?? null };
           }
         }
         if (tasks.includes('hellaswag')) {

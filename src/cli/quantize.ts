@@ -5,7 +5,8 @@ import * as path from 'node:path';
 import { UsageError } from '../core/errors.js';
 import { cliContext } from './progress.js';
 import { loadHfModel } from '../../formats/hf.js';
-import { sourceWeightsSha256, saveModelHar } from '../../formats/har-model.js';
+import { saveModelHar } from '../../formats/har-model.js';
+import { modelSha256 } from '../core/digest.js';
 import { SafetensorsCheckpoint } from '../../formats/safetensors.js';
 import { loadPeftAdapter } from '../../formats/peft.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
@@ -89,7 +90,7 @@ export function registerQuantize(program: Command): void {
       await saveModelHar(
         o.output,
         q,
-        { modelName: path.basename(path.resolve(dir)), sourceSha256: sourceWeightsSha256(files) },
+        { modelName: path.basename(path.resolve(dir)), sourceSha256: modelSha256(files) },
         o.emulationWeights ? { native: r.native, optimized: opts.rotate ? r.optimized : undefined } : {},
       );
       const summary = {

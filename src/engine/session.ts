@@ -17,6 +17,7 @@ import { EdgeLLMError } from '../core/errors.js';
 import type onnxProto from 'onnx-proto';
 import { decodeModel, onnx } from '../../formats/onnx.js';
 import { writeFully } from '../core/atomic.js';
+import { alignUp } from '../core/align.js';
 
 /**
  * ModelProto size (bytes) from which initializers are passed to ORT as external data: only where
@@ -54,7 +55,7 @@ function writeFiles(m: onnxProto.onnx.IModelProto, dir: string): void {
     for (const t of m.graph?.initializer ?? []) {
       const raw = t.rawData;
       if (!raw || raw.byteLength < EXTERNAL_MIN_TENSOR) continue;
-      const start = Math.ceil(offset / ALIGN) * ALIGN;
+      const start = alignUp(offset, ALIGN);
       writeFully(fd, raw, start);
       offset = start + raw.byteLength;
       t.rawData = new Uint8Array(0);

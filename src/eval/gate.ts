@@ -22,7 +22,10 @@ import type { QuantSchemeSummary } from '../ir/quant-scheme.js';
 export interface EvalReport {
   edgellmVersion: string;
   createdAt: string;
-  /** the evaluated model's path, kind and sha256 (see modelSha256) */
+  /**
+   * the evaluated model's path, kind and digest: src/core/digest.ts artifactSha256 (a HAR/HEF file's sha256;
+   * for a model directory its weight listing digest, weightListingSha256, which the committed baseline records)
+   */
   model: string;
   kind: string;
   modelSha256: string;

@@ -20,11 +20,11 @@
  * fits in fewer prefill calls than prefix + remainder (short tasks on a small model), each ending is
  * instead run whole from an empty cache. Both give the same log-probabilities up to float rounding.
  */
-import * as fs from 'node:fs';
 import type { ExecutionBackend } from '../runtime/backend.js';
 import type { Progress } from '../core/context.js';
 import { EdgeLLMError, FormatError, UsageError } from '../core/errors.js';
 import { logProb, TokenRate } from './ppl.js';
+import { readTextFile } from '../core/text.js';
 
 export interface HellaSwagTask {
   /** "activity_label: context" */
@@ -100,8 +100,7 @@ export function parseHellaSwag(text: string, label: string, limit?: number): Hel
  */
 export function loadHellaSwag(file: string, limit?: number): HellaSwagTask[] {
   if (limit !== undefined && !(Number.isInteger(limit) && limit > 0)) throw new UsageError(`--limit ${limit}: expected a positive integer`);
-  if (!fs.existsSync(file)) throw new UsageError(`${file}: no such file`);
-  return parseHellaSwag(fs.readFileSync(file, 'utf8'), file, limit);
+  return parseHellaSwag(readTextFile(file), file, limit);
 }
 
 const commonPrefix = (a: number[], b: number[]): number => {

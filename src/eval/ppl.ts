@@ -9,16 +9,13 @@
  * tokens, so a Llama tokenizer puts one BOS at the start of the text only (as the reference figures
  * in the issues assume); windows after the first start mid-text without BOS.
  *
- * Also here: what every evaluation shares — reading an evaluation text (JSONL documents capped),
- * sha256 of models and datasets for the report, and a tokens/s status for progress bars.
+ * Also here: what every evaluation shares — reading an evaluation text (JSONL documents capped)
+ * and a tokens/s status for progress bars (the report's sha256s: src/core/digest.ts).
  */
-import * as crypto from 'node:crypto';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import type { ExecutionBackend } from '../runtime/backend.js';
 import type { Progress } from '../core/context.js';
-import { FormatError, UsageError } from '../core/errors.js';
-import { loadTextFile, DOCUMENT_SEPARATOR } from '../../calibration/datasets.js';
+import { UsageError } from '../core/errors.js';
+import { isJsonlFile, readTextCorpus } from '../core/text.js';
 
 export interface PerplexityResult {
   ppl: number;
@@ -82,56 +79,17 @@ export class TokenRate {
 }
 
 /**
- * An evaluation text as one string: {@link loadTextFile} (plain text as is; JSONL `text` fields
+ * An evaluation text as one string: {@link readTextCorpus} (plain text as is; JSONL `text` fields
  * joined with "\n\n"), with `maxDocs` keeping only the first documents of a JSONL file (e.g. C4
  * documents 0-199: `maxDocs: 200`).
  * @throws UsageError for a missing file or `maxDocs` on a non-JSONL file; FormatError naming the
  *   line of a bad JSONL record
  */
 export function loadEvalText(file: string, opts: { maxDocs?: number } = {}): string {
-  if (opts.maxDocs === undefined) return loadTextFile(file);
-  if (!Number.isInteger(opts.maxDocs) || opts.maxDocs < 1) throw new UsageError(`--max-docs ${opts.maxDocs}: expected a positive integer`);
-  if (!file.toLowerCase().endsWith('.jsonl')) throw new UsageError(`--max-docs applies to .jsonl files; ${file} is not one`);
-  if (!fs.existsSync(file)) throw new UsageError(`${file}: no such file`);
-  const docs: string[] = [];
-  const lines = fs.readFileSync(file, 'utf8').split('\n');
-  for (let i = 0; i < lines.length && docs.length < opts.maxDocs; i++) {
-    if (lines[i].trim() === '') continue;
-    let t: unknown;
-    try {
-      t = (JSON.parse(lines[i]) as { text?: unknown })?.text;
-    } catch (e) {
-      throw new FormatError(file, `line ${i + 1}: not valid JSON (${(e as Error).message})`);
-    }
-    if (typeof t !== 'string') throw new FormatError(file, `line ${i + 1}: expected an object with a string "text" field`);
-    docs.push(t);
+  if (opts.maxDocs !== undefined) {
+    if (!Number.isInteger(opts.maxDocs) || opts.maxDocs < 1) throw new UsageError(`--max-docs ${opts.maxDocs}: expected a positive integer`);
+    if (!isJsonlFile(file)) throw new UsageError(`--max-docs applies to .jsonl files; ${file} is not one`);
   }
-  return docs.join(DOCUMENT_SEPARATOR);
+  return readTextCorpus(file, { maxDocs: opts.maxDocs });
 }
 
-/** sha256 (hex) of one file, streamed in 16 MiB blocks. @throws UsageError when it does not exist */
-export function sha256File(file: string): string {
-  if (!fs.existsSync(file)) throw new UsageError(`${file}: no such file`);
-  const h = crypto.createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(16 << 20);
-    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0; ) h.update(buf.subarray(0, n));
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
-}
-
-/**
- * sha256 (hex) identifying what a model path holds: the file's own hash for a HAR or HEF; for a
- * model directory, the hash of its weight files' hashes in name order (`*.safetensors`), so a
- * directory hashes the same wherever it lives.
- */
-export function modelSha256(p: string): string {
-  if (!fs.statSync(p).isDirectory()) return sha256File(p);
-  const h = crypto.createHash('sha256');
-  const files = fs.readdirSync(p).filter((f) => f.endsWith('.safetensors')).sort();
-  for (const f of files) h.update(`${f} ${sha256File(path.join(p, f))}\n`);
-  return h.digest('hex');
-}

@@ -3,10 +3,6 @@
  * et al. 2019) over a seeded PRNG, in the order llama.cpp and HF apply them: top-k, then
  * softmax at temperature, then top-p.
  */
-import { mulberry32 } from '../../calibration/windows.js';
-
-export { mulberry32 };
-
 export interface SamplingOptions {
   /** 0 = greedy */
   temperature: number;

@@ -4,7 +4,6 @@
  * --adapter, with in-process adapter switching checked against separate fresh runs, and every malformed
  * adapter rejected with one line while the HAR stays byte-identical.
  */
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -21,20 +20,17 @@ import { perplexity } from '../../src/eval/ppl.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
 import { loadTextFile } from '../../calibration/datasets.js';
 import { slidingWindows } from '../../calibration/windows.js';
+import { mulberry32 } from '../../src/core/rng.js';
+import { sha256File } from '../../src/core/digest.js';
 
 const WIKI = path.join(SHARED, 'adapters/stories260K-lora-wiki');
 const cfg = normalizeConfig(JSON.parse(fs.readFileSync(path.join(STORIES, 'config.json'), 'utf8')));
-const sha = (f: string) => createHash('sha256').update(fs.readFileSync(f)).digest('hex');
+const sha = sha256File;
 
 /** A seeded random PEFT adapter (rank 4, alpha 4) on `roles` of every layer, written to `d`. */
 function randomAdapter(d: string, roles: string[], seed: number, config: Record<string, unknown> = {}): void {
-  let a = seed >>> 0;
-  const rnd = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5) * 0.6;
-  };
+  const u = mulberry32(seed);
+  const rnd = () => (u() - 0.5) * 0.6;
   const mods: PeftModuleWeights[] = [];
   for (let l = 0; l < cfg.numLayers; l++)
     for (const s of layerLinears(cfg, l).filter((s) => roles.includes(s.role)))

@@ -14,7 +14,7 @@ import { loadTextFile } from '../../calibration/datasets.js';
 import { compile } from '../../src/compiler/compile.js';
 import { referencePerplexity } from '../../src/ir/reference.js';
 import { SimulatorBackend } from '../../src/runtime/simulator.js';
-import { perplexity, loadEvalText, modelSha256, sha256File } from '../../src/eval/ppl.js';
+import { perplexity, loadEvalText } from '../../src/eval/ppl.js';
 import { FormatError, UsageError } from '../../src/core/errors.js';
 
 const SHARED = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../shared');
@@ -62,15 +62,5 @@ describe('loadEvalText', () => {
     expect(() => loadEvalText(bad, { maxDocs: 5 })).toThrow(/line 2/);
     expect(() => loadEvalText(TINY, { maxDocs: 5 })).toThrow(UsageError);
     expect(() => loadEvalText(jsonl, { maxDocs: 0 })).toThrow(UsageError);
-  });
-});
-
-describe('sha256', () => {
-  it('hashes a file as sha256sum does and a model directory independently of where it lives', () => {
-    // PROVENANCE.md of ../shared/data lists this file's sha256
-    expect(sha256File(TINY)).toBe('3ccdd4ecfe9b52fed5931479dc95ca56ce9fe44e3347cdf0daf401b3729d761c');
-    const copy = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-sha-'));
-    fs.copyFileSync(path.join(STORIES, 'model.safetensors'), path.join(copy, 'model.safetensors'));
-    expect(modelSha256(copy)).toBe(modelSha256(STORIES));
   });
 });

@@ -8,19 +8,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EdgeLLMError, FormatError } from '../../src/core/errors.js';
 import { HAR_FORMAT, HAR_FORMAT_VERSION, readHar, readHarManifest, writeHar } from '../../formats/har.js';
 import { writeHef } from '../../formats/hef.js';
+import { mulberry32 } from '../../src/core/rng.js';
 
-/** Deterministic bytes (mulberry32). */
+/** Deterministic bytes: the low byte of each mulberry32 word. */
 function randomBytes(n: number, seed: number): Uint8Array {
-  const out = new Uint8Array(n);
-  let a = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    out[i] = ((t ^ (t >>> 14)) >>> 0) & 0xff;
-  }
-  return out;
+  const r = mulberry32(seed);
+  return Uint8Array.from({ length: n }, () => (r() * 2 ** 32) & 0xff);
 }
 
 const utf8 = (s: string): Uint8Array => new TextEncoder().encode(s);

@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import * as ort from 'onnxruntime-node';
 import type onnxProto from 'onnx-proto';
-import { mulberry32 } from '../../calibration/windows.js';
+import { mulberry32 } from '../../src/core/rng.js';
 import { GraphBuilder, OPSETS, decodeModel, elemTypeOf, onnx, referencedInitializers, tensorProto, withInitializers } from '../../formats/onnx.js';
 import { EdgeLLMError, FormatError } from '../../src/core/errors.js';
 import type { Tensor } from '../../src/ir/tensor.js';

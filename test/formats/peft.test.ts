@@ -13,6 +13,7 @@ import { normalizeConfig } from '../../formats/hf.js';
 import { layerLinears } from '../../src/ir/architectures.js';
 import { FormatError, ShapeMismatchError, UnsupportedModelError } from '../../src/core/errors.js';
 import type { ModelConfig } from '../../src/ir/model.js';
+import { mulberry32 } from '../../src/core/rng.js';
 
 const SHARED = path.resolve(__dirname, '../../../shared');
 const ADAPTER = path.join(SHARED, 'adapters/stories260K-lora-wiki');
@@ -26,13 +27,8 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 /** Seeded small random modules for `roles` of every layer in `layers` (ranks from `rankOf`). */
 function randomModules(roles: string[], layers: number[], rankOf: (name: string) => number, seed = 1): PeftModuleWeights[] {
-  let a = seed >>> 0;
-  const rnd = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
-  };
+  const u = mulberry32(seed);
+  const rnd = () => u() - 0.5;
   const out: PeftModuleWeights[] = [];
   for (const l of layers)
     for (const s of layerLinears(cfg, l).filter((s) => roles.includes(s.role))) {

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EdgeLLMError, FormatError, ShapeMismatchError } from '../../src/core/errors.js';
 import { DTYPES, numel } from '../../src/ir/tensor.js';
 import type { DType, Tensor, TypedArray } from '../../src/ir/tensor.js';
+import { mulberry32 } from '../../src/core/rng.js';
 import {
   SafetensorsCheckpoint,
   SafetensorsFile,
@@ -32,16 +33,10 @@ function subdir(name: string): string {
   return d;
 }
 
-/** mulberry32: deterministic uint32 stream. */
+/** Deterministic uint32 stream: mulberry32's words (u / 2³² · 2³² is exact). */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
+  const r = mulberry32(seed);
+  return () => r() * 2 ** 32;
 }
 
 /** Random data of `dtype` covering its range (raw bits for F16/BF16, negative and > 2^53 values for I64). */

@@ -1,5 +1,5 @@
 /**
- * passes/lora.ts on the real stories260K and its real adapter: the A/B codecs' error bounds, fp32
+ * passes/lora/add.ts on the real stories260K and its real adapter: the A/B codecs' error bounds, fp32
  * logits with the adapter against reference.json, the same after fold-norms + QuaRot (with online
  * R3/R4), "no adapter" bit-exact against an executable compiled without adapters (quantized base),
  * two adapters of different ranks and targets in one executable, merge, and the pass's errors.
@@ -28,6 +28,7 @@ import { silentContext } from '../../../src/core/context.js';
 import { UnsupportedModelError, UsageError } from '../../../src/core/errors.js';
 import type { Model } from '../../../src/ir/model.js';
 import type { Tensor } from '../../../src/ir/tensor.js';
+import { mulberry32 } from '../../../src/core/rng.js';
 
 const SHARED = path.resolve(__dirname, '../../../../shared');
 const STORIES = path.join(SHARED, 'models/stories260K');
@@ -51,13 +52,8 @@ const maxDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
 
 /** Seeded uniform values in [-scale/2, scale/2). */
 function rng(seed: number, scale: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5) * scale;
-  };
+  const u = mulberry32(seed);
+  return () => (u() - 0.5) * scale;
 }
 
 let dir: string;

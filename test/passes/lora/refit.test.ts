@@ -1,5 +1,5 @@
 /**
- * passes/lora-refit.ts: the rank-r refit of an adapter to a W4 base, against the explicit
+ * passes/lora/refit.ts: the rank-r refit of an adapter to a W4 base, against the explicit
  * Eckart–Young solution on generated matrices, its edge cases, and on the real stories260K adapter:
  * closer to fp32 + adapter (KL-divergence) than the adapter as trained, base untouched.
  */
@@ -21,6 +21,7 @@ import { compile } from '../../../src/compiler/compile.js';
 import { SimulatorBackend } from '../../../src/runtime/simulator.js';
 import { klDivergence } from '../../../src/eval/kld.js';
 import { silentContext } from '../../../src/core/context.js';
+import { mulberry32 } from '../../../src/core/rng.js';
 import type { Model } from '../../../src/ir/model.js';
 
 const SHARED = path.resolve(__dirname, '../../../../shared');
@@ -30,13 +31,8 @@ const CALIB = path.join(SHARED, 'data/calibration/c4-calib-128x256-seed0.tokens.
 
 /** Seeded uniform values in [-0.5, 0.5). */
 function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
-  };
+  const u = mulberry32(seed);
+  return () => u() - 0.5;
 }
 
 /** A generated linear + adapter + anisotropic input Hessian. */
