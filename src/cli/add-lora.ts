@@ -6,7 +6,8 @@ import { loadModelHar, addAdapterToHar } from '../../formats/har-model.js';
 import { loadPeftAdapter } from '../../formats/peft.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
-import { addLora, planAddLora, DEFAULT_ADD_LORA_OPTIONS } from '../../passes/lora/add.js';
+import { addLoraPass, planAddLora, DEFAULT_ADD_LORA_OPTIONS } from '../../passes/lora/add.js';
+import { passContext } from '../../passes/pass.js';
 import { int, outputPathCheck, defaultCalibration, calibrationWindows } from './common.js';
 
 /** `edgellm add-lora`: PEFT adapter -> HAR (beside the base, transformed and quantized on its own). */
@@ -53,7 +54,8 @@ export function registerAddLora(program: Command): void {
       }
       const bits = o.loraBits as 32 | 8 | 4;
       const native = emulation.native ?? (o.baseModel ? loadHfModel(o.baseModel) : undefined);
-      const withAdapter = await addLora(model, peft, { name: o.name, bits, groupSize: o.loraGroupSize, refit: o.refit }, windows, ctx, { native, optimized: emulation.optimized });
+      const pass = addLoraPass({ name: o.name, bits, groupSize: o.loraGroupSize, refit: o.refit, peft, sources: { native, optimized: emulation.optimized } });
+      const withAdapter = await pass.run(model, passContext(ctx, windows));
       const adapter = withAdapter.adapters![withAdapter.adapters!.length - 1];
       await addAdapterToHar(o.har, out, adapter);
       const bytes = [...adapter.tensors.values()].reduce((s, t) => s + t.load().data.byteLength, 0);

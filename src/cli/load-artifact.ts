@@ -7,7 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadHfModel } from '../../formats/hf.js';
 import { loadPeftAdapter } from '../../formats/peft.js';
-import { mergeLora } from '../../passes/lora/merge.js';
+import { mergeLoraPass } from '../../passes/lora/merge.js';
+import { passContext } from '../../passes/pass.js';
 import { silentContext } from '../core/context.js';
 import { loadModelHar, type EmulationLevel } from '../../formats/har-model.js';
 import { HEF_MAGIC } from '../../formats/hef.js';
@@ -90,7 +91,7 @@ export async function loadArtifact(p: string, opts: LoadOptions): Promise<Loaded
     if (opts.lora !== undefined) {
       const peft = loadPeftAdapter(opts.lora, model.config, { baseName: path.basename(path.resolve(p)) });
       for (const w of peft.warnings) opts.onWarning?.(w);
-      model = mergeLora(model, peft, silentContext);
+      model = await mergeLoraPass({ peft }).run(model, passContext(silentContext, []));
     }
   }
   const exe = compile(model, { prefillLen: opts.prefillLen, maxContext: opts.maxContext, modelName: path.basename(p) });
