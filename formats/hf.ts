@@ -8,10 +8,13 @@ import * as path from 'node:path';
 import { FormatError, UnsupportedModelError } from '../src/core/errors.js';
 import type { Model, ModelConfig, ModelFamily, LazyTensor, TokenizerFiles } from '../src/ir/model.js';
 import { emptyQuantState } from '../src/ir/model.js';
+import { ARCHITECTURES } from '../src/ir/architectures.js';
 import { SafetensorsCheckpoint } from './safetensors.js';
 
-/** model_type values edgellm accepts, with the family adapter they map to. */
-export const SUPPORTED_MODEL_TYPES: Readonly<Record<string, ModelFamily>> = { llama: 'llama', qwen2: 'qwen2', mistral: 'mistral' };
+/** model_type values edgellm accepts, with the family adapter they map to (src/ir/architectures.ts). */
+export const SUPPORTED_MODEL_TYPES: Readonly<Record<string, ModelFamily>> = Object.fromEntries(
+  Object.values(ARCHITECTURES).flatMap((a) => a.modelTypes.map((t) => [t, a.family])),
+);
 
 function readJson(file: string): Record<string, unknown> {
   let text: string;
@@ -85,10 +88,8 @@ export function normalizeConfig(raw: Record<string, unknown>, file = 'config.jso
     hiddenAct: 'silu',
     // HF's default is untied for all three families; a checkpoint without lm_head is treated as tied.
     tieWordEmbeddings: raw.tie_word_embeddings === true,
-    // Qwen2 always has q/k/v biases; Llama/Mistral only with attention_bias.
-    qkvBias: family === 'qwen2' || attentionBias,
-    oBias: family !== 'qwen2' && attentionBias,
-    mlpBias: raw.mlp_bias === true,
+    // Qwen2 always has q/k/v biases; Llama/Mistral only with attention_bias (the family adapter says).
+    ...ARCHITECTURES[family].biases({ attentionBias, mlpBias: raw.mlp_bias === true }),
     bosTokenId: typeof raw.bos_token_id === 'number' ? raw.bos_token_id : null,
     eosTokenIds,
   };

@@ -22,7 +22,7 @@
  * cast back to F32.
  */
 import type { LazyTensor, Model } from '../src/ir/model.js';
-import { layerLinears, layerNorms, lmHead } from '../src/ir/architectures.js';
+import { architectureOf, type LinearSpec } from '../src/ir/architectures.js';
 import { toFloat32, type Tensor } from '../src/ir/tensor.js';
 import { PassOrderError, ShapeMismatchError, UsageError } from '../src/core/errors.js';
 import type { RunContext } from '../src/core/context.js';
@@ -88,25 +88,26 @@ export function foldNorms(model: Model, opts: FoldNormsOptions, ctx: RunContext)
   const weights = new Map(model.weights);
   const ones = (): LazyTensor => derived([H], () => new Float32Array(H).fill(1));
   const bar = ctx.progress('fold-norms', cfg.numLayers + 1);
-  for (let l = 0; l < cfg.numLayers; l++) {
-    const norms = layerNorms(l);
-    const gIn = need(model, norms.input, meta.name);
-    const gPost = need(model, norms.postAttention, meta.name);
-    for (const s of layerLinears(cfg, l)) {
-      const gamma = s.input === 'attn_in' ? gIn : s.input === 'mlp_in' ? gPost : null;
-      if (!gamma) continue;
+  const arch = architectureOf(cfg);
+  const fold = (specs: LinearSpec[], gamma: LazyTensor) => {
+    for (const s of specs) {
       const name = `${s.name}.weight`;
       weights.set(name, scaleColumns(need(model, name, meta.name), gamma, name));
     }
+  };
+  for (let l = 0; l < cfg.numLayers; l++) {
+    const norms = arch.layerNorms(l);
+    fold(arch.attentionInputs(cfg, l), need(model, norms.input, meta.name)); // q/k/v read rmsnorm(x)·γ_in
+    fold(arch.mlpInputs(cfg, l), need(model, norms.postAttention, meta.name)); // gate/up read rmsnorm(h)·γ_post
     weights.set(norms.input, ones());
     weights.set(norms.postAttention, ones());
     bar.tick();
   }
   // lm_head: untie (a copy of the embedding) before folding the final norm into it
-  const head = lmHead(cfg);
-  const headW = model.weights.get(`${head.name}.weight`) ?? need(model, 'model.embed_tokens.weight', meta.name);
-  weights.set(`${head.name}.weight`, scaleColumns(headW, need(model, 'model.norm.weight', meta.name), `${head.name}.weight`));
-  weights.set('model.norm.weight', ones());
+  const head = arch.lmHead(cfg);
+  const headW = model.weights.get(`${head.name}.weight`) ?? need(model, arch.embedding, meta.name);
+  weights.set(`${head.name}.weight`, scaleColumns(headW, need(model, arch.finalNorm, meta.name), `${head.name}.weight`));
+  weights.set(arch.finalNorm, ones());
   bar.tick();
   bar.done();
   ctx.log(`fold-norms: folded ${2 * cfg.numLayers + 1} RMSNorm γ into their linears${cfg.tieWordEmbeddings ? ' (lm_head untied)' : ''}`);

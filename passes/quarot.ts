@@ -29,7 +29,7 @@
  * adapters the same way).
  */
 import type { LazyTensor, Model, ModelConfig, OnlineRotation, OnlineRotations } from '../src/ir/model.js';
-import { layerLinears, lmHead } from '../src/ir/architectures.js';
+import { architectureOf, type LinearSpec } from '../src/ir/architectures.js';
 import { toFloat32 } from '../src/ir/tensor.js';
 import { PassOrderError, UsageError } from '../src/core/errors.js';
 import type { RunContext } from '../src/core/context.js';
@@ -175,36 +175,21 @@ export function quarot(model: Model, opts: QuarotOptions, ctx: RunContext): Mode
   const r1 = () => op(R.r1);
   const r2 = (l: number) => perSegment(R.r2[l]);
   const bar = ctx.progress('quarot', cfg.numLayers + 1);
-  weights.set('model.embed_tokens.weight', rotated(w('model.embed_tokens.weight'), null, r1()));
+  const arch = architectureOf(cfg);
+  const set = (s: LinearSpec, out: VecOp | null, inp: VecOp | null, bias: VecOp | null) => {
+    weights.set(`${s.name}.weight`, rotated(w(`${s.name}.weight`), out, inp));
+    if (s.hasBias && bias) weights.set(`${s.name}.bias`, rotatedVector(w(`${s.name}.bias`), bias));
+  };
+  weights.set(arch.embedding, rotated(w(arch.embedding), null, r1()));
   for (let l = 0; l < cfg.numLayers; l++) {
-    for (const s of layerLinears(cfg, l)) {
-      const W = w(`${s.name}.weight`);
-      let bias: VecOp | null = null;
-      switch (s.role) {
-        case 'q_proj':
-        case 'k_proj':
-        case 'gate_proj':
-        case 'up_proj':
-          weights.set(`${s.name}.weight`, rotated(W, null, r1()));
-          break;
-        case 'v_proj':
-          weights.set(`${s.name}.weight`, rotated(W, r2(l), r1()));
-          bias = r2(l);
-          break;
-        case 'o_proj':
-          weights.set(`${s.name}.weight`, rotated(W, r1(), r2(l)));
-          bias = r1();
-          break;
-        case 'down_proj':
-          weights.set(`${s.name}.weight`, rotated(W, r1(), R.r4 ? op(R.r4) : null));
-          bias = r1();
-          break;
-      }
-      if (s.hasBias && bias) weights.set(`${s.name}.bias`, rotatedVector(w(`${s.name}.bias`), bias));
-    }
+    // q/k/v read the residual (R1 on inputs); v_proj's output and bias take R2 per KV head
+    for (const s of arch.attentionInputs(cfg, l)) set(s, s.role === 'v_proj' ? r2(l) : null, r1(), s.role === 'v_proj' ? r2(l) : null);
+    set(arch.attentionOutput(cfg, l), r1(), r2(l), r1()); // o_proj: R2 on its input, R1 on its output
+    for (const s of arch.mlpInputs(cfg, l)) set(s, null, r1(), null); // gate/up read the residual
+    set(arch.mlpOutput(cfg, l), r1(), R.r4 ? op(R.r4) : null, r1()); // down_proj: online R4 on its input, R1 out
     bar.tick();
   }
-  const head = lmHead(cfg);
+  const head = arch.lmHead(cfg);
   weights.set(`${head.name}.weight`, rotated(w(`${head.name}.weight`), null, r1()));
   bar.tick();
   bar.done();

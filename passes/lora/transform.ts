@@ -10,6 +10,7 @@
  */
 import type { Model } from '../../src/ir/model.js';
 import { toFloat32 } from '../../src/ir/tensor.js';
+import { architectureOf } from '../../src/ir/architectures.js';
 import type { PeftAdapter, PeftLoraModule } from '../../formats/peft.js';
 import { quarotRotations, meta as quarotMeta, type QuarotOptions } from '../quarot.js';
 import { meta as foldMeta } from '../fold-norms.js';
@@ -44,7 +45,6 @@ export interface TransformSources {
  */
 const NEUTRAL_PASSES = new Set(['rtn', 'gptq', 'calibrate', 'k-centering', 'merge-lora', 'add-lora']);
 
-const INPUT_SIDE = new Set(['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj']);
 
 /** X [rows, n] ← X·R on every row, R applied to each consecutive segment of length R.n (per head when n > R.n). */
 function rotateRows(X: Float64Array, rows: number, R: KronRotation): void {
@@ -73,6 +73,14 @@ function rotateCols(X: Float64Array, cols: number, R: KronRotation): void {
  */
 export function transformAdapter(peft: PeftAdapter, model: Model, src: TransformSources = {}): { modules: TransformedModule[]; applied: string[] } {
   const cfg = model.config;
+  const arch = architectureOf(cfg);
+  // the linears that read a normed residual (R1 on their inputs, a γ folded into their columns), and which γ
+  const readsNorm = (layer: number, linear: string): string | undefined => {
+    const n = arch.layerNorms(layer);
+    if (arch.attentionInputs(cfg, layer).some((s) => s.name === linear)) return n.input;
+    if (arch.mlpInputs(cfg, layer).some((s) => s.name === linear)) return n.postAttention;
+    return undefined;
+  };
   const work = peft.modules.map((m): PeftLoraModule & { A64: Float64Array; B64: Float64Array } => ({ ...m, A64: Float64Array.from(m.A), B64: Float64Array.from(m.B) }));
   const applied: string[] = [];
   for (const rec of model.passes) {
@@ -80,8 +88,8 @@ export function transformAdapter(peft: PeftAdapter, model: Model, src: Transform
     if (rec.name === foldMeta.name) {
       const native = src.native;
       for (const m of work) {
-        if (!INPUT_SIDE.has(m.role)) continue;
-        const norm = m.role === 'gate_proj' || m.role === 'up_proj' ? `model.layers.${m.layer}.post_attention_layernorm.weight` : `model.layers.${m.layer}.input_layernorm.weight`;
+        const norm = readsNorm(m.layer, m.linear);
+        if (!norm) continue;
         const t = native?.weights.get(norm);
         if (!t) throw new UnsupportedModelError(`add-lora: the base folded its RMSNorm weights (fold-norms) and keeps no fp32 copy; pass --base-model <hf-dir> so '${norm}' can be folded into lora_A`);
         const g = toFloat32(t.load());
@@ -92,7 +100,7 @@ export function transformAdapter(peft: PeftAdapter, model: Model, src: Transform
       // passes/quarot.ts: inputs W·R1, outputs R1ᵀ·W, v rows per head R2ᵀ·W_v, o columns per head W_o·R2, down W·R4
       const R = quarotRotations(cfg, rec.options as unknown as QuarotOptions);
       for (const m of work) {
-        if (INPUT_SIDE.has(m.role)) rotateRows(m.A64, m.rank, R.r1); // A ← A·R1
+        if (readsNorm(m.layer, m.linear)) rotateRows(m.A64, m.rank, R.r1); // A ← A·R1
         else rotateCols(m.B64, m.rank, R.r1); // B ← R1ᵀ·B (o_proj, down_proj)
         if (m.role === 'v_proj') rotateCols(m.B64, m.rank, R.r2[m.layer]); // B_v ← R2ᵀ·B_v per KV head
         if (m.role === 'o_proj') rotateRows(m.A64, m.rank, R.r2[m.layer]); // A_o ← A_o·R2 per query head
