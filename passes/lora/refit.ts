@@ -34,31 +34,10 @@ import { actPointName, decoderLinear } from '../../src/ir/architectures.js';
 import type { RunContext } from '../../src/core/context.js';
 import { UnsupportedModelError } from '../../src/core/errors.js';
 import { rotationRng } from '../hadamard.js';
-import { OrtLinalg } from '../../src/engine/linalg.js';
+import { OrtLinalg, jsMatMul, ortMatMul, matmul64, matmulT64, type MatMul } from '../../src/engine/linalg.js';
+
 import { dequantizedWeight } from '../rtn.js';
 import type { TransformedModule } from './transform.js';
-
-/**
- * C = op(A)·B for row-major float64 matrices: A [aRows, aCols] (op(A) = Aᵀ with `transA`),
- * B [rows of op(A)'s columns, bCols].
- */
-export type MatMul = (a: Float64Array, aRows: number, aCols: number, b: Float64Array, bCols: number, transA?: boolean) => Promise<Float64Array>;
-
-/** float64 TypeScript loops: exact enough for tests and small models. */
-export const jsMatMul: MatMul = async (a, aRows, aCols, b, bCols, transA = false) =>
-  transA ? matmulT(a, b, aRows, aCols, bCols) : matmul(a, b, aRows, aCols, bCols);
-
-/**
- * onnxruntime Gemm in float32 (the products of a 1536-wide linear are GFLOPs; the eigenvector
- * iteration and the final A'/B' stay float64 around them).
- */
-export function ortMatMul(la: OrtLinalg): MatMul {
-  return async (a, aRows, aCols, b, bCols, transA = false) => {
-    const bRows = transA ? aRows : aCols;
-    const y = await la.gemm({ data: Float32Array.from(a), rows: aRows, cols: aCols }, { data: Float32Array.from(b), rows: bRows, cols: bCols }, { transA });
-    return Float64Array.from(y);
-  };
-}
 
 export interface RefitResult {
   /** A' float32 [rank, in] */
@@ -76,29 +55,6 @@ const OVERSAMPLE = 8;
 const MAX_ITERATIONS = 60;
 /** relative change of tr(Vᵀ·G·V) between iterations that ends the subspace iteration */
 const CONVERGED = 1e-10;
-
-/** Y [rows, k] = X [rows, n] · Z [n, k] (all row-major float64). */
-function matmul(X: Float64Array, Z: Float64Array, rows: number, n: number, k: number): Float64Array {
-  const Y = new Float64Array(rows * k);
-  for (let i = 0; i < rows; i++)
-    for (let t = 0; t < n; t++) {
-      const x = X[i * n + t];
-      if (x === 0) continue;
-      for (let j = 0; j < k; j++) Y[i * k + j] += x * Z[t * k + j];
-    }
-  return Y;
-}
-
-/** Y [n, k] = Xᵀ · V for X [rows, n], V [rows, k]. */
-function matmulT(X: Float64Array, V: Float64Array, rows: number, n: number, k: number): Float64Array {
-  const Y = new Float64Array(n * k);
-  for (let i = 0; i < rows; i++)
-    for (let t = 0; t < n; t++) {
-      const x = X[i * n + t];
-      for (let j = 0; j < k; j++) Y[t * k + j] += x * V[i * k + j];
-    }
-  return Y;
-}
 
 /** Orthonormalizes the k columns of V [n, k] in place (modified Gram–Schmidt, twice). */
 function orthonormalize(V: Float64Array, n: number, k: number): void {
@@ -226,10 +182,10 @@ export async function refitLoraModule(
     last = trace;
   }
   // Rayleigh–Ritz: T = Vᵀ·G·V, U = V·eigvecs(T)
-  const T = matmulT(V, await apply(V, k), out, k, k);
+  const T = matmulT64(V, await apply(V, k), out, k, k);
   for (let i = 0; i < k; i++) for (let j = 0; j < i; j++) T[i * k + j] = T[j * k + i] = 0.5 * (T[i * k + j] + T[j * k + i]);
   const { values, vectors } = symmetricEigen(T, k);
-  const U = matmul(V, vectors, out, k, k);
+  const U = matmul64(V, vectors, out, k, k);
   const used = Math.min(rank, k);
   let captured = 0;
   for (let j = 0; j < used; j++) captured += Math.max(0, values[j]);

@@ -16,6 +16,8 @@
  *   instead of three: with J the reversal permutation, J·H·J = L̃·L̃ᵀ gives H = V·Vᵀ for the upper
  *   V = J·L̃·J, so H⁻¹ = V⁻ᵀ·V⁻¹ and U = V⁻¹ = J·L̃⁻¹·J. Reversing both indices of a row-major
  *   n×n matrix is reversing its flat array.
+ * - {@link MatMul}: the float64 products of the LoRA refit (passes/lora/refit.ts), as TypeScript
+ *   loops ({@link jsMatMul}) or onnxruntime Gemm in float32 ({@link ortMatMul}).
  */
 import * as ort from 'onnxruntime-node';
 import { GraphBuilder } from '../../formats/onnx.js';
@@ -195,4 +197,49 @@ export async function upperCholeskyOfInverse(H: Dense, n: number, la: OrtLinalg,
   // J·H·J; float64 only when the whole factorization runs in float64 TypeScript (n ≤ baseSize)
   const rev = n <= baseSize ? new Float64Array(H).reverse() : new Float32Array(H).reverse();
   return (await inverseCholesky(rev, n, la, baseSize)).reverse(); // J·L̃⁻¹·J
+}
+
+/** Y [rows, k] = X [rows, n] · Z [n, k] (all row-major float64). */
+export function matmul64(X: Float64Array, Z: Float64Array, rows: number, n: number, k: number): Float64Array {
+  const Y = new Float64Array(rows * k);
+  for (let i = 0; i < rows; i++)
+    for (let t = 0; t < n; t++) {
+      const x = X[i * n + t];
+      if (x === 0) continue;
+      for (let j = 0; j < k; j++) Y[i * k + j] += x * Z[t * k + j];
+    }
+  return Y;
+}
+
+/** Y [n, k] = Xᵀ · V for X [rows, n], V [rows, k]. */
+export function matmulT64(X: Float64Array, V: Float64Array, rows: number, n: number, k: number): Float64Array {
+  const Y = new Float64Array(n * k);
+  for (let i = 0; i < rows; i++)
+    for (let t = 0; t < n; t++) {
+      const x = X[i * n + t];
+      for (let j = 0; j < k; j++) Y[t * k + j] += x * V[i * k + j];
+    }
+  return Y;
+}
+
+/**
+ * C = op(A)·B for row-major float64 matrices: A [aRows, aCols] (op(A) = Aᵀ with `transA`),
+ * B [rows of op(A)'s columns, bCols].
+ */
+export type MatMul = (a: Float64Array, aRows: number, aCols: number, b: Float64Array, bCols: number, transA?: boolean) => Promise<Float64Array>;
+
+/** float64 TypeScript loops: exact enough for tests and small models. */
+export const jsMatMul: MatMul = async (a, aRows, aCols, b, bCols, transA = false) =>
+  transA ? matmulT64(a, b, aRows, aCols, bCols) : matmul64(a, b, aRows, aCols, bCols);
+
+/**
+ * onnxruntime Gemm in float32 (the products of a 1536-wide linear are GFLOPs; the eigenvector
+ * iteration and the final A'/B' stay float64 around them).
+ */
+export function ortMatMul(la: OrtLinalg): MatMul {
+  return async (a, aRows, aCols, b, bCols, transA = false) => {
+    const bRows = transA ? aRows : aCols;
+    const y = await la.gemm({ data: Float32Array.from(a), rows: aRows, cols: aCols }, { data: Float32Array.from(b), rows: bRows, cols: bCols }, { transA });
+    return Float64Array.from(y);
+  };
 }

@@ -5,7 +5,8 @@
  */
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { symmetricEigen, refitLoraModule, ortMatMul } from '../../../passes/lora/refit.js';
+import { symmetricEigen, refitLoraModule } from '../../../passes/lora/refit.js';
+import { ortMatMul } from '../../../src/engine/linalg.js';
 import { OrtLinalg } from '../../../src/engine/linalg.js';
 import { addLora } from '../../../passes/lora/add.js';
 import { rtn } from '../../../passes/rtn.js';
