@@ -1,10 +1,6 @@
 import { describe, it, expect } from 'vitest';
+import { hadamard, paleyI, paleyII, goethalsSeidel, sylvester } from '../../passes/hadamard-matrices.js';
 import {
-  hadamard,
-  paleyI,
-  paleyII,
-  goethalsSeidel,
-  sylvester,
   kronSplit,
   fwht,
   hadamardRotation,
