@@ -20,7 +20,6 @@
  *
  * The rotations built from them are in passes/hadamard.ts.
  */
-import { mulberry32 } from '../src/core/rng.js';
 import { EdgeLLMError, ShapeMismatchError } from '../src/core/errors.js';
 
 /** A Hadamard matrix: entries ±1, row-major [n, n], with the construction that produced it. */
