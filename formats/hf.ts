@@ -9,7 +9,7 @@ import { FormatError, UnsupportedModelError } from '../src/core/errors.js';
 import type { Model, ModelConfig, ModelFamily, LazyTensor, TokenizerFiles } from '../src/ir/model.js';
 import { emptyQuantState } from '../src/ir/model.js';
 import { ARCHITECTURES } from '../src/ir/architectures.js';
-import { SafetensorsCheckpoint } from './safetensors.js';
+import { SafetensorsCheckpoint } from './safetensors-checkpoint.js';
 
 /** model_type values edgellm accepts, with the family adapter they map to (src/ir/architectures.ts). */
 export const SUPPORTED_MODEL_TYPES: Readonly<Record<string, ModelFamily>> = Object.fromEntries(

@@ -16,15 +16,13 @@
  * validates every entry, and {@link SafetensorsFile.read} reads one tensor's bytes at its offset.
  * Every malformed file raises {@link FormatError} naming the file, the tensor and the numbers.
  *
- *     const ckpt = SafetensorsCheckpoint.open('models/qwen2-0.5b');   // model.safetensors or a sharded index
- *     const w = ckpt.read('model.layers.0.self_attn.q_proj.weight');   // Tensor, W: [out, in]
+ * A model directory (one file or a sharded index) is formats/safetensors-checkpoint.ts; the
+ * streaming writer for files larger than memory is formats/safetensors-writer.ts.
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { EdgeLLMError, FormatError, ShapeMismatchError } from '../src/core/errors.js';
 import { DTYPES, isDType, numel } from '../src/ir/tensor.js';
 import type { DType, Tensor, TypedArray } from '../src/ir/tensor.js';
-import { tempPathFor } from '../src/core/atomic.js';
 import { alignUp } from '../src/core/align.js';
 
 /** The reference library refuses headers larger than this (bytes); so do we. */
@@ -34,11 +32,9 @@ export const MAX_HEADER_BYTES = 100_000_000;
 const HEADER_ALIGN = 8;
 
 /** Largest single fs.readSync/writeSync request (Node caps one call at 2 GiB − 1). */
-const IO_CHUNK = 1 << 30;
+export const IO_CHUNK = 1 << 30;
 
 const METADATA_KEY = '__metadata__';
-const INDEX_FILE = 'model.safetensors.index.json';
-const SINGLE_FILE = 'model.safetensors';
 
 /** Where one tensor lives on disk. */
 export interface SafetensorsEntry {
@@ -63,7 +59,7 @@ interface ParsedHeader {
   entries: Map<string, SafetensorsEntry>;
 }
 
-function isPlainObject(v: unknown): v is Record<string, unknown> {
+export function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
@@ -71,7 +67,7 @@ function isNonNegativeInt(v: unknown): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 }
 
-function describe(v: unknown): string {
+export function describe(v: unknown): string {
   const s = JSON.stringify(v);
   return s === undefined ? String(v) : s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
@@ -273,117 +269,8 @@ export class SafetensorsFile {
   }
 }
 
-function readJsonObject(file: string): Record<string, unknown> {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new FormatError(file, `cannot read: ${(e as Error).message}`, { cause: e });
-  }
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch (e) {
-    throw new FormatError(file, `not valid JSON: ${(e as Error).message}`, { cause: e });
-  }
-  if (!isPlainObject(v)) throw new FormatError(file, `must be a JSON object, got ${describe(v)}`);
-  return v;
-}
-
-/**
- * A checkpoint: one .safetensors file, or shards listed by `model.safetensors.index.json`
- * (`{"weight_map": {tensorName: shardFileName}}`, shard names relative to the index's directory).
- */
-export class SafetensorsCheckpoint {
-  private constructor(
-    private readonly files: SafetensorsFile[],
-    /** tensor name -> the file holding it, in index (or data) order */
-    private readonly where: Map<string, SafetensorsFile>,
-    private readonly label: string,
-  ) {}
-
-  /**
-   * Opens a checkpoint and validates every header it uses (no tensor data is read).
-   * @param dirOrFile a directory (uses model.safetensors.index.json if present, else model.safetensors),
-   *   an index .json file, or a single .safetensors file
-   * @throws FormatError when nothing is found, the index is not JSON or has no weight_map object of
-   *   strings, a shard is missing, a tensor listed in the index is absent from its shard, or any
-   *   header is malformed (see {@link SafetensorsFile.open})
-   */
-  static open(dirOrFile: string): SafetensorsCheckpoint {
-    let file = dirOrFile;
-    if (fs.existsSync(dirOrFile) && fs.statSync(dirOrFile).isDirectory()) {
-      const index = path.join(dirOrFile, INDEX_FILE);
-      const single = path.join(dirOrFile, SINGLE_FILE);
-      if (fs.existsSync(index)) file = index;
-      else if (fs.existsSync(single)) file = single;
-      else throw new FormatError(dirOrFile, `no ${INDEX_FILE} or ${SINGLE_FILE} in this directory`);
-    } else if (!fs.existsSync(dirOrFile)) {
-      throw new FormatError(dirOrFile, 'does not exist');
-    }
-    if (file.endsWith('.json')) return SafetensorsCheckpoint.openIndex(file);
-    const f = SafetensorsFile.open(file);
-    return new SafetensorsCheckpoint([f], new Map([...f.entries.keys()].map((n) => [n, f])), file);
-  }
-
-  private static openIndex(indexFile: string): SafetensorsCheckpoint {
-    const index = readJsonObject(indexFile);
-    const map = index.weight_map;
-    if (!isPlainObject(map)) throw new FormatError(indexFile, `"weight_map" must be an object {tensor name: shard file}, got ${describe(map)}`);
-    const byShard = new Map<string, string[]>();
-    for (const [name, shard] of Object.entries(map)) {
-      if (typeof shard !== 'string' || shard === '')
-        throw new FormatError(indexFile, `weight_map['${name}'] must be a shard file name, got ${describe(shard)}`);
-      byShard.set(shard, [...(byShard.get(shard) ?? []), name]);
-    }
-    const files: SafetensorsFile[] = [];
-    const opened = new Map<string, SafetensorsFile>();
-    try {
-      for (const [shard, names] of byShard) {
-        const shardPath = path.join(path.dirname(indexFile), shard);
-        if (!fs.existsSync(shardPath))
-          throw new FormatError(indexFile, `shard '${shard}' (listed for ${names.length} tensors, e.g. '${names[0]}') does not exist at ${shardPath}`);
-        const f = SafetensorsFile.open(shardPath);
-        files.push(f);
-        opened.set(shard, f);
-        for (const name of names)
-          if (!f.entries.has(name))
-            throw new FormatError(shardPath, `tensor '${name}' is listed in ${indexFile} but not present in this shard`);
-      }
-    } catch (e) {
-      for (const f of files) f.close();
-      throw e;
-    }
-    const where = new Map(Object.entries(map).map(([name, shard]) => [name, opened.get(shard as string)!]));
-    return new SafetensorsCheckpoint(files, where, indexFile);
-  }
-
-  /** Tensor names, in index order (sharded) or data order (single file). */
-  names(): string[] {
-    return [...this.where.keys()];
-  }
-
-  /** @throws FormatError if the checkpoint has no tensor `name` */
-  entry(name: string): SafetensorsEntry {
-    const f = this.where.get(name);
-    if (!f) throw new FormatError(this.label, `no tensor '${name}' in this checkpoint (${this.where.size} tensors)`);
-    return f.entries.get(name)!;
-  }
-
-  /** Reads one tensor from its shard (see {@link SafetensorsFile.read}). @throws FormatError */
-  read(name: string): Tensor {
-    this.entry(name); // throws FormatError when missing
-    return this.where.get(name)!.read(name);
-  }
-
-  /** Closes all shard files (later reads reopen them). */
-  close(): void {
-    for (const f of this.files) f.close();
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
-// Writing
+// Writing (the layout shared by encodeSafetensors and formats/safetensors-writer.ts)
 // ---------------------------------------------------------------------------------------------
 
 /** Declares one tensor of a file to be written. */
@@ -393,7 +280,7 @@ export interface SafetensorsSpec {
   shape: number[];
 }
 
-interface Layout {
+export interface Layout {
   /** the 8-byte length prefix followed by the space-padded header JSON */
   head: Uint8Array;
   /** data_offsets of each spec, in spec order */
@@ -407,7 +294,7 @@ interface Layout {
  * multiple of 8 bytes.
  * @throws EdgeLLMError for duplicate or reserved names, unknown dtypes, bad shapes or metadata
  */
-function planLayout(specs: readonly SafetensorsSpec[], metadata: Record<string, string> | undefined, label: string): Layout {
+export function planLayout(specs: readonly SafetensorsSpec[], metadata: Record<string, string> | undefined, label: string): Layout {
   const seen = new Set<string>();
   const offsets: [number, number][] = [];
   const parts: string[] = [];
@@ -440,7 +327,7 @@ function planLayout(specs: readonly SafetensorsSpec[], metadata: Record<string, 
 }
 
 /** The raw bytes of `data`, after checking it fits a declared dtype and shape. */
-function tensorBytes(label: string, spec: SafetensorsSpec, data: TypedArray): Uint8Array {
+export function tensorBytes(label: string, spec: SafetensorsSpec, data: TypedArray): Uint8Array {
   const info = DTYPES[spec.dtype];
   if (!(data instanceof info.array))
     throw new ShapeMismatchError(`${label}: tensor '${spec.name}' is ${spec.dtype}, which needs a ${info.array.name}, got ${data?.constructor?.name}`);
@@ -489,160 +376,3 @@ export function decodeSafetensors(bytes: Uint8Array, label: string): { tensors: 
   return { tensors, metadata };
 }
 
-/**
- * Lifecycle of a {@link SafetensorsWriter}:
- * NO_FILE → HEADER_WRITTEN → TENSOR_DATA (tensors in declared order) → DONE, or ABORTED from any state.
- */
-export type SafetensorsWriterState = 'NO_FILE' | 'HEADER_WRITTEN' | 'TENSOR_DATA' | 'DONE' | 'ABORTED';
-
-/**
- * Streaming writer for files larger than memory: the header is written up front from the declared
- * specs, then each tensor's bytes in declared order; only one tensor need be in memory at a time.
- * Output goes to a temporary file beside `path` and is renamed over it by {@link finish}, so a
- * failure never leaves a partial file at `path`.
- *
- *     const w = new SafetensorsWriter('out.safetensors', [{ name: 'w', dtype: 'F32', shape: [2, 3] }]);
- *     try { w.write('w', new Float32Array(6)); w.finish(); } catch (e) { w.abort(); throw e; }
- */
-export class SafetensorsWriter {
-  private _state: SafetensorsWriterState = 'NO_FILE';
-  private readonly tmp: string;
-  private fd: number | null = null;
-  private readonly specs: SafetensorsSpec[];
-  private readonly index = new Map<string, number>();
-  private readonly offsets: [number, number][];
-  private readonly dataStart: number;
-  /** index of the next tensor to write */
-  private next = 0;
-
-  /**
-   * Validates the specs, creates the temporary file and writes the 8-byte length and the header.
-   * @param path final output path
-   * @param specs every tensor of the file, in the order they will be written
-   * @param metadata written as `__metadata__` (omitted when empty)
-   * @throws EdgeLLMError for duplicate or reserved names, unknown dtypes, bad shapes, or when the
-   *   temporary file cannot be written (nothing is left on disk then)
-   */
-  constructor(
-    readonly path: string,
-    specs: { name: string; dtype: DType; shape: number[] }[],
-    metadata?: Record<string, string>,
-  ) {
-    this.specs = specs.map((s) => ({ name: s.name, dtype: s.dtype, shape: [...s.shape] }));
-    const { head, offsets } = planLayout(this.specs, metadata, path);
-    this.specs.forEach((s, i) => this.index.set(s.name, i));
-    this.offsets = offsets;
-    this.dataStart = head.length;
-    this.tmp = tempPathFor(path);
-    try {
-      this.fd = fs.openSync(this.tmp, 'wx');
-      this.writeAt(head, 0);
-    } catch (e) {
-      this.abort();
-      throw new EdgeLLMError(`${path}: cannot write temporary file ${this.tmp}: ${(e as Error).message}`, { cause: e });
-    }
-    this._state = 'HEADER_WRITTEN';
-  }
-
-  /** Current lifecycle state. */
-  get state(): SafetensorsWriterState {
-    return this._state;
-  }
-
-  /**
-   * Writes the data of the next declared tensor.
-   * @param data typed array of DTYPES[dtype] (F16/BF16: Uint16Array bits) with numel(shape) elements
-   * @throws EdgeLLMError when the writer is finished or aborted, `name` is undeclared, already written
-   *   or not the next declared tensor (nothing is written then; the writer stays usable);
-   *   ShapeMismatchError when the byte length or array kind is wrong. An I/O error aborts the writer.
-   */
-  write(name: string, data: TypedArray): void {
-    if (this._state !== 'HEADER_WRITTEN' && this._state !== 'TENSOR_DATA')
-      throw new EdgeLLMError(`${this.path}: cannot write tensor '${name}': writer is ${this._state}`);
-    const i = this.index.get(name);
-    const n = this.specs.length;
-    if (i === undefined) throw new EdgeLLMError(`${this.path}: tensor '${name}' was not declared (the header lists ${n} tensors)`);
-    if (i < this.next) throw new EdgeLLMError(`${this.path}: duplicate write of tensor '${name}' (already written as #${i + 1} of ${n})`);
-    if (i > this.next)
-      throw new EdgeLLMError(
-        `${this.path}: tensor '${name}' (#${i + 1} of ${n}) written out of order; expected '${this.specs[this.next].name}' (#${this.next + 1}): tensors must be written in declared order`,
-      );
-    const bytes = tensorBytes(this.path, this.specs[i], data);
-    try {
-      this.writeAt(bytes, this.dataStart + this.offsets[i][0]);
-    } catch (e) {
-      this.abort();
-      throw new EdgeLLMError(`${this.path}: writing tensor '${name}' failed: ${(e as Error).message}`, { cause: e });
-    }
-    this.next++;
-    this._state = 'TENSOR_DATA';
-  }
-
-  /**
-   * Flushes the temporary file and renames it to `path`.
-   * @throws EdgeLLMError when declared tensors were not written (listing them) or the writer is not
-   *   open; an I/O error aborts the writer.
-   */
-  finish(): void {
-    if (this._state !== 'HEADER_WRITTEN' && this._state !== 'TENSOR_DATA') throw new EdgeLLMError(`${this.path}: cannot finish: writer is ${this._state}`);
-    if (this.next < this.specs.length) {
-      const missing = this.specs.slice(this.next).map((s) => `'${s.name}'`);
-      const shown = missing.length > 5 ? `${missing.slice(0, 5).join(', ')}, ...` : missing.join(', ');
-      throw new EdgeLLMError(`${this.path}: cannot finish: ${missing.length} of ${this.specs.length} declared tensors not written (${shown})`);
-    }
-    try {
-      fs.fsyncSync(this.fd!);
-      fs.closeSync(this.fd!);
-      this.fd = null;
-      fs.renameSync(this.tmp, this.path);
-    } catch (e) {
-      this.abort();
-      throw new EdgeLLMError(`${this.path}: cannot finish: ${(e as Error).message}`, { cause: e });
-    }
-    this._state = 'DONE';
-  }
-
-  /** Closes and removes the temporary file. No-op after {@link finish} (the output is kept). */
-  abort(): void {
-    if (this._state === 'DONE') return;
-    if (this.fd !== null) {
-      try {
-        fs.closeSync(this.fd);
-      } catch {
-        // already unusable; removing the file is what matters
-      }
-      this.fd = null;
-    }
-    fs.rmSync(this.tmp, { force: true });
-    this._state = 'ABORTED';
-  }
-
-  private writeAt(bytes: Uint8Array, position: number): void {
-    let done = 0;
-    while (done < bytes.length) done += fs.writeSync(this.fd!, bytes, done, Math.min(IO_CHUNK, bytes.length - done), position + done);
-  }
-}
-
-/**
- * Writes tensors to `path` atomically (temporary file + rename), streaming one tensor at a time.
- * @throws see {@link SafetensorsWriter}; on any error nothing is left at `path` or in the temp file
- */
-export function writeSafetensors(
-  path: string,
-  tensors: Iterable<[string, Tensor]> | Map<string, Tensor>,
-  metadata?: Record<string, string>,
-): void {
-  const list = [...tensors];
-  const w = new SafetensorsWriter(
-    path,
-    list.map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })),
-    metadata,
-  );
-  try {
-    for (const [name, t] of list) w.write(name, t.data);
-    w.finish();
-  } catch (e) {
-    w.abort();
-    throw e;
-  }
-}

@@ -7,7 +7,7 @@ import { cliContext } from './progress.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { saveModelHar } from '../../formats/har-model.js';
 import { modelSha256 } from '../core/digest.js';
-import { SafetensorsCheckpoint } from '../../formats/safetensors.js';
+import { SafetensorsCheckpoint } from '../../formats/safetensors-checkpoint.js';
 import { loadPeftAdapter } from '../../formats/peft.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
 import { quantizeModel, DEFAULT_QUANTIZE_OPTIONS, type QuantizeOptions } from '../../passes/pipeline.js';

@@ -1,26 +1,12 @@
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { isTokenWindowFile, loadTextFile, loadTokenWindows, namedDataset } from '../../calibration/datasets.js';
 import { FormatError, UsageError } from '../../src/core/errors.js';
+import { CALIB, SHARED } from '../helpers/paths.js';
+import { suiteTempDir, fileWriter } from '../helpers/tmp.js';
 
-const SHARED = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../shared');
-const CALIB = path.join(SHARED, 'data/calibration/c4-calib-128x256-seed0.tokens.json');
-
-let dir: string;
-beforeAll(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-datasets-'));
-});
-afterAll(() => {
-  fs.rmSync(dir, { recursive: true, force: true });
-});
-function write(name: string, text: string): string {
-  const f = path.join(dir, name);
-  fs.writeFileSync(f, text);
-  return f;
-}
+const dir = suiteTempDir('edgellm-datasets-');
+const write = fileWriter(dir);
 
 describe('loadTextFile', () => {
   it('returns a .txt file as is', () => {

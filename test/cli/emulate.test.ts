@@ -4,10 +4,9 @@
  * fold-norms/QuaRot, quantized the W4/A8/KV8 model.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { edgellm, STORIES } from '../helpers/cli.js';
+import { makeTempDir, removeDir } from '../helpers/tmp.js';
 
 const WINDOWS = ['--text', 'tinystories', '--max-windows', '4', '--threads', '1'];
 
@@ -21,10 +20,10 @@ describe('edgellm eval --emulate', () => {
   let dir: string;
   let fp32: number;
   beforeAll(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-emulate-'));
+    dir = makeTempDir('edgellm-emulate-');
     fp32 = ppl(STORIES);
   });
-  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+  afterAll(() => removeDir(dir));
 
   it('a rotated HAR: native is the source model, optimized the rotated fp32 model (same ppl), quantized costs accuracy', () => {
     const har = path.join(dir, 'rot.har');

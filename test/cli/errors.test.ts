@@ -4,9 +4,9 @@
  */
 import { describe, it, expect, beforeAll } from 'vitest';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { edgellm, STORIES } from '../helpers/cli.js';
+import { makeTempDir } from '../helpers/tmp.js';
 
 let dir: string;
 let har: string;
@@ -36,7 +36,7 @@ const flip = (at: number) => (b: Buffer) => {
 
 describe('CLI error handling', () => {
   beforeAll(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-err-'));
+    dir = makeTempDir('edgellm-err-');
     har = path.join(dir, 'good.har');
     hef = path.join(dir, 'good.hef');
     expect(edgellm('quantize', STORIES, '-o', har, '--calib-samples', '8').code).toBe(0);

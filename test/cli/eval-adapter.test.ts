@@ -1,9 +1,9 @@
 /** `edgellm eval --adapter`: the LoRA adapter of a HAR is evaluated, and recorded in the report. */
 import { describe, it, expect } from 'vitest';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { edgellm, STORIES, SHARED } from '../helpers/cli.js';
+import { edgellm, STORIES } from '../helpers/cli.js';
+import { WIKI_ADAPTER } from '../helpers/paths.js';
+import { makeTempDir, removeDir } from '../helpers/tmp.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { saveModelHar } from '../../formats/har-model.js';
 import { rtn } from '../../passes/rtn.js';
@@ -11,10 +11,10 @@ import { silentContext } from '../../src/core/context.js';
 
 describe('edgellm eval / bench --adapter', () => {
   it('evaluates the WikiText-trained adapter (lower WikiText-2 ppl than the base) and records it', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-eval-lora-'));
+    const dir = makeTempDir('edgellm-eval-lora-');
     const har = path.join(dir, 'm.har');
     await saveModelHar(har, rtn(loadHfModel(STORIES), { groupSize: 64, quantizeLmHead: false }, silentContext), { modelName: 'stories260K', sourceSha256: '' });
-    const add = edgellm('-q', 'add-lora', path.join(SHARED, 'adapters/stories260K-lora-wiki'), '--har', har, '--name', 'wiki', '--lora-bits', '32');
+    const add = edgellm('-q', 'add-lora', WIKI_ADAPTER, '--har', har, '--name', 'wiki', '--lora-bits', '32');
     expect(add.code, add.stderr).toBe(0);
     const args = ['eval', har, '--text', 'wikitext2', '--max-windows', '4', '--json'];
     const base = JSON.parse(edgellm(...args).stdout);
@@ -32,17 +32,17 @@ describe('edgellm eval / bench --adapter', () => {
     expect(b.adapters).toBe(1);
     expect(b.decodeTokensPerSecond).toBeGreaterThan(0);
     // --lora is for fp32 model directories; a HAR's adapters are selected with --adapter
-    const wrongLora = edgellm('eval', har, '--lora', path.join(SHARED, 'adapters/stories260K-lora-wiki'), '--text', 'wikitext2', '--max-windows', '1');
+    const wrongLora = edgellm('eval', har, '--lora', WIKI_ADAPTER, '--text', 'wikitext2', '--max-windows', '1');
     expect(wrongLora.code).toBe(2);
     expect(wrongLora.stderr.trim().split('\n')).toEqual([expect.stringMatching(/--lora applies a PEFT adapter to an fp32 model directory; .*m\.har is a har/)]);
     const bb = edgellm('bench', har, '--runs', '1', '--adapter', 'nope');
     expect(bb.code).toBe(1);
     expect(bb.stderr.trim().split('\n')).toEqual([expect.stringMatching(/no LoRA adapter 'nope'/)]);
-    fs.rmSync(dir, { recursive: true, force: true });
+    removeDir(dir);
   });
 
   it('--lora merges a PEFT adapter into an fp32 model directory: the adapter README\'s 24.083 on 40 WikiText-2 windows', () => {
-    const adapter = path.join(SHARED, 'adapters/stories260K-lora-wiki');
+    const adapter = WIKI_ADAPTER;
     const r = edgellm('eval', STORIES, '--lora', adapter, '--text', 'wikitext2', '--max-windows', '40', '--threads', '1', '--json');
     expect(r.code, r.stderr).toBe(0);
     const j = JSON.parse(r.stdout);
@@ -56,10 +56,10 @@ describe('edgellm eval / bench --adapter', () => {
     );
     expect(k.kld.meanKld).toBeLessThan(1e-9);
     expect(k.kld.referenceLora).toBe(adapter);
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-eval-lora-'));
+    const dir = makeTempDir('edgellm-eval-lora-');
     const bad2 = edgellm('eval', STORIES, '--lora', path.join(dir, 'missing'), '--text', 'wikitext2', '--max-windows', '1');
     expect(bad2.code).toBe(2);
     expect(bad2.stderr.trim().split('\n')).toEqual([expect.stringMatching(/missing: no such adapter directory/)]);
-    fs.rmSync(dir, { recursive: true, force: true });
+    removeDir(dir);
   });
 });

@@ -1,16 +1,16 @@
 /** `edgellm bench` through the built CLI on a compiled stories260K HEF (figures present and sane; no timing assertions). */
 import { describe, it, expect } from 'vitest';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { edgellm, STORIES } from '../helpers/cli.js';
+import { makeTempDir } from '../helpers/tmp.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { compile } from '../../src/compiler/compile.js';
 import { writeExecutable } from '../../formats/hef-executable.js';
 
 describe('edgellm bench', () => {
   it('reports TTFT, decode tokens/s, peak RSS and file size for a HEF, as a table and as JSON', () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-bench-'));
+    const dir = makeTempDir('edgellm-bench-');
     const hef = path.join(dir, 'm.hef');
     writeExecutable(hef, compile(loadHfModel(STORIES), { prefillLen: 128 }));
     const out = path.join(dir, 'bench.json');

@@ -5,9 +5,9 @@
  */
 import { describe, it, expect, beforeAll } from 'vitest';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { edgellm, STORIES } from '../helpers/cli.js';
+import { makeTempDir } from '../helpers/tmp.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { loadModelHar, saveModelHar } from '../../formats/har-model.js';
 import { inMemory } from '../../src/ir/model.js';
@@ -23,7 +23,7 @@ describe('edgellm eval gate on stories260K', () => {
   let broken: string;
   let baseline: string;
   beforeAll(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-gate-'));
+    dir = makeTempDir('edgellm-gate-');
     good = path.join(dir, 'good.har');
     broken = path.join(dir, 'broken.har');
     baseline = path.join(dir, 'baseline.json');

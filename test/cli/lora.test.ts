@@ -5,10 +5,12 @@
  * adapter rejected with one line while the HAR stays byte-identical.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { edgellm, STORIES, SHARED } from '../helpers/cli.js';
+import { WIKI_ADAPTER as WIKI } from '../helpers/paths.js';
+import { centredUniform } from '../helpers/random.js';
+import { makeTempDir, removeDir } from '../helpers/tmp.js';
 import { readHar } from '../../formats/har.js';
 import { writePeftAdapter, type PeftModuleWeights } from '../../formats/peft.js';
 import { normalizeConfig } from '../../formats/hf.js';
@@ -20,17 +22,14 @@ import { perplexity } from '../../src/eval/ppl.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
 import { loadTextFile } from '../../calibration/datasets.js';
 import { slidingWindows } from '../../calibration/windows.js';
-import { mulberry32 } from '../../src/core/rng.js';
 import { sha256File } from '../../src/core/digest.js';
 
-const WIKI = path.join(SHARED, 'adapters/stories260K-lora-wiki');
 const cfg = normalizeConfig(JSON.parse(fs.readFileSync(path.join(STORIES, 'config.json'), 'utf8')));
 const sha = sha256File;
 
 /** A seeded random PEFT adapter (rank 4, alpha 4) on `roles` of every layer, written to `d`. */
 function randomAdapter(d: string, roles: string[], seed: number, config: Record<string, unknown> = {}): void {
-  const u = mulberry32(seed);
-  const rnd = () => (u() - 0.5) * 0.6;
+  const rnd = centredUniform(seed, 0.6);
   const mods: PeftModuleWeights[] = [];
   for (let l = 0; l < cfg.numLayers; l++)
     for (const s of layerLinears(cfg, l).filter((s) => roles.includes(s.role)))
@@ -43,7 +42,7 @@ let base: string;
 let both: string;
 let hef: string;
 beforeAll(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-cli-lora-'));
+  dir = makeTempDir('edgellm-cli-lora-');
   base = path.join(dir, 'base.har');
   both = path.join(dir, 'both.har');
   hef = path.join(dir, 'both.hef');
@@ -51,7 +50,7 @@ beforeAll(() => {
   if (q.code !== 0) throw new Error(q.stderr);
   randomAdapter(path.join(dir, 'rnd'), ['q_proj', 'gate_proj', 'up_proj', 'down_proj'], 5);
 });
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+afterAll(() => removeDir(dir));
 
 describe('edgellm add-lora / compile / run --adapter', () => {
   it('adds two adapters without touching the base weights or each other, and compiles them into one HEF', async () => {

@@ -3,20 +3,18 @@
  * and eval, checked against the TypeScript reference forward and the acceptance thresholds.
  */
 import { describe, it, expect, beforeAll } from 'vitest';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { edgellm, STORIES, SHARED } from '../helpers/cli.js';
+import { edgellm, STORIES } from '../helpers/cli.js';
+import { TINYSTORIES as TINY } from '../helpers/paths.js';
+import { makeTempDir } from '../helpers/tmp.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { referenceForward } from '../../src/ir/reference.js';
 import { argmax } from '../../src/runtime/sampling.js';
 
-const TINY = path.join(SHARED, 'data/tinystories/TinyStories-valid.txt');
-
 describe('edgellm CLI on stories260K', () => {
   let dir: string;
   beforeAll(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-cli-'));
+    dir = makeTempDir('edgellm-cli-');
   });
 
   it('run on the model directory prints the known greedy continuation, with the reference forward greedy ids', () => {

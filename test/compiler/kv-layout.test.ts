@@ -3,8 +3,6 @@
  * them out of the weights, the HEF states them once (header KV layout), and the runtime builds the
  * graphs' KV initializers from the layout it loads, so changing the layout changes the computation.
  */
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadHfModel } from '../../formats/hf.js';
@@ -20,8 +18,8 @@ import { centerKCache } from '../../passes/k-centering.js';
 import { SimulatorBackend } from '../../src/runtime/simulator.js';
 import { silentContext } from '../../src/core/context.js';
 import type { Executable } from '../../src/ir/executable.js';
-
-const STORIES = path.resolve(__dirname, '../../../shared/models/stories260K');
+import { STORIES } from '../helpers/paths.js';
+import { withTempDirSync } from '../helpers/tmp.js';
 
 const windows = [Array.from({ length: 24 }, (_, i) => (i * 37 + 1) % 512), Array.from({ length: 24 }, (_, i) => (i * 11 + 5) % 512)];
 const prompt = [1, 40, 7, 300, 12, 99, 4];
@@ -53,8 +51,7 @@ describe('KV layout as the one source of KV8 parameters', () => {
   });
 
   it('a HEF holds them once: in the header KV layout, not in the weights section', () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-kv-'));
-    try {
+    withTempDirSync('edgellm-kv-', (dir) => {
       const file = path.join(dir, 'm.hef');
       writeExecutable(file, exe);
       const hef = openHef(file);
@@ -63,9 +60,7 @@ describe('KV layout as the one source of KV8 parameters', () => {
       hef.close();
       for (const n of kvLayoutInitializers(exe.kvLayout).keys()) expect(tensors.has(n)).toBe(false);
       expect(readExecutable(file).kvLayout).toEqual(exe.kvLayout);
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('the runtime computes with the layout it loads: changing a layer K scale or K offset changes the logits', async () => {

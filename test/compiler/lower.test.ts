@@ -1,5 +1,4 @@
 import { describe, it, expect, beforeAll } from 'vitest';
-import * as path from 'node:path';
 import { loadHfModel } from '../../formats/hf.js';
 import { compile } from '../../src/compiler/compile.js';
 import { lowerModel } from '../../src/compiler/lower.js';
@@ -8,19 +7,10 @@ import { referenceForward } from '../../src/ir/reference.js';
 import { rtn } from '../../passes/rtn.js';
 import { silentContext } from '../../src/core/context.js';
 import type { Model } from '../../src/ir/model.js';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import { tinyQwen2 } from '../helpers/fixtures.js';
-
-export const STORIES = path.resolve(__dirname, '../../../shared/models/stories260K');
-
-/** max |a − b| over all elements */
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
+import { STORIES } from '../helpers/paths.js';
+import { maxAbsDiff } from '../helpers/numeric.js';
+import { suiteTempDir } from '../helpers/tmp.js';
 
 function tokens(n: number, vocab: number, seed: number): number[] {
   let s = seed;
@@ -73,9 +63,9 @@ describe('lowerModel on stories260K', () => {
 });
 
 describe('lowerModel on a generated Qwen2 fixture (q/k/v biases, tied embeddings, GQA)', () => {
+  const dir = suiteTempDir('edgellm-qwen2-');
   let model: Model;
   beforeAll(() => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-qwen2-'));
     model = tinyQwen2(dir, { seed: 5 });
   });
 

@@ -1,24 +1,17 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Sha256, artifactSha256, modelSha256, sha256, sha256File, sha256Hex, weightListingSha256 } from '../../src/core/digest.js';
 import { UsageError } from '../../src/core/errors.js';
+import { ROOT, STORIES, TINYSTORIES as TINY } from '../helpers/paths.js';
+import { suiteTempDir, fileWriter, withTempDirSync } from '../helpers/tmp.js';
 
-const SHARED = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../shared');
-const STORIES = path.join(SHARED, 'models/stories260K');
-const TINY = path.join(SHARED, 'data/tinystories/TinyStories-valid.txt');
 /** node:crypto directly, as the independent reference */
 const ref = (...parts: (Uint8Array | string)[]): string => parts.reduce((h, p) => h.update(p), createHash('sha256')).digest('hex');
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-digest-'));
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-const write = (name: string, text: string): string => {
-  fs.writeFileSync(path.join(dir, name), text);
-  return path.join(dir, name);
-};
+const dir = suiteTempDir('edgellm-digest-');
+const write = fileWriter(dir);
 
 describe('sha256 of bytes', () => {
   it('sha256, sha256Hex and Sha256 over any slicing agree with node:crypto', () => {
@@ -36,14 +29,11 @@ describe('sha256 of files and models', () => {
   it('hashes a file as sha256sum does and a model directory independently of where it lives', () => {
     // PROVENANCE.md of ../shared/data lists this file's sha256
     expect(sha256File(TINY)).toBe('3ccdd4ecfe9b52fed5931479dc95ca56ce9fe44e3347cdf0daf401b3729d761c');
-    const copy = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-sha-'));
-    try {
+    withTempDirSync('edgellm-sha-', (copy) => {
       fs.copyFileSync(path.join(STORIES, 'model.safetensors'), path.join(copy, 'model.safetensors'));
       expect(artifactSha256(copy)).toBe(artifactSha256(STORIES));
       expect(modelSha256(copy)).toBe(modelSha256(STORIES));
-    } finally {
-      fs.rmSync(copy, { recursive: true, force: true });
-    }
+    });
     expect(() => sha256File(path.join(dir, 'nope'))).toThrow(UsageError);
   });
 
@@ -62,7 +52,7 @@ describe('sha256 of files and models', () => {
   });
 
   it('keeps the digest of stories260K that the committed accuracy baseline records', () => {
-    const baseline = JSON.parse(fs.readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../ci/baselines/stories260K.json'), 'utf8'));
+    const baseline = JSON.parse(fs.readFileSync(path.join(ROOT, 'ci/baselines/stories260K.json'), 'utf8'));
     expect(artifactSha256(STORIES)).toBe(baseline.kld.referenceSha256);
   });
 });

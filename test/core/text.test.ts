@@ -1,16 +1,11 @@
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DOCUMENT_SEPARATOR, isJsonlFile, readJsonl, readTextCorpus, readTextFile } from '../../src/core/text.js';
 import { FormatError, UsageError } from '../../src/core/errors.js';
+import { suiteTempDir, fileWriter } from '../helpers/tmp.js';
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-text-'));
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-const write = (name: string, text: string): string => {
-  fs.writeFileSync(path.join(dir, name), text);
-  return path.join(dir, name);
-};
+const dir = suiteTempDir('edgellm-text-');
+const write = fileWriter(dir);
 
 describe('readTextFile', () => {
   it('returns the UTF-8 text; UsageError for a missing file, FormatError for one that cannot be read', () => {

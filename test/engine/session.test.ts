@@ -4,7 +4,6 @@
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
-import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
 import { loadHfModel } from '../../formats/hf.js';
@@ -12,8 +11,7 @@ import { lowerModel } from '../../src/compiler/lower.js';
 import { kvNames } from '../../src/compiler/io-contract.js';
 import { CheckedSession } from '../../src/engine/session.js';
 import { EdgeLLMError } from '../../src/core/errors.js';
-
-const STORIES = path.resolve(__dirname, '../../../shared/models/stories260K');
+import { STORIES } from '../helpers/paths.js';
 
 describe('CheckedSession external data', () => {
   it('loads a graph through weights.bin + model.onnx with the in-memory logits, and removes them', async () => {

@@ -1,14 +1,11 @@
 /** runtime/bench: medians, the benchmark prompt, and a short benchmark run on stories260K (no timing assertions). */
-import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { loadHfModel } from '../../formats/hf.js';
 import { compile } from '../../src/compiler/compile.js';
 import { SimulatorBackend } from '../../src/runtime/simulator.js';
 import { benchmark, benchPrompt, median } from '../../src/eval/bench.js';
 import { UsageError } from '../../src/core/errors.js';
-
-const STORIES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../shared/models/stories260K');
+import { STORIES } from '../helpers/paths.js';
 
 describe('bench', () => {
   it('median of odd and even counts', () => {

@@ -1,10 +1,10 @@
 /** runtime/gate: threshold checks between an eval report and a baseline, on hand-made reports. */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { checkGate, parsePercent, readBaseline, writeReport, DEFAULT_GATE, type EvalReport } from '../../src/eval/gate.js';
 import { FormatError, UsageError } from '../../src/core/errors.js';
+import { makeTempDir } from '../helpers/tmp.js';
 
 const kld = (meanKld: number, referenceSha256 = 'ref') => ({
   reference: 'fp32/',
@@ -116,7 +116,7 @@ describe('parsePercent', () => {
 
 describe('baseline files', () => {
   it('round-trip through writeReport/readBaseline and reject what is not a report', () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-gate-'));
+    const dir = makeTempDir('edgellm-gate-');
     const f = path.join(dir, 'b.json');
     writeReport(f, report());
     expect(readBaseline(f)).toEqual(report());

@@ -5,7 +5,6 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { beforeAll, afterAll, describe, expect, it } from 'vitest';
 import { loadHfModel } from '../../formats/hf.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
@@ -15,9 +14,8 @@ import type { Model } from '../../src/ir/model.js';
 import { SimulatorBackend } from '../../src/runtime/simulator.js';
 import { hellaswag, loadHellaSwag, parseHellaSwag, scoreTask, tokenizeTask, type TokenizedTask } from '../../src/eval/hellaswag.js';
 import { FormatError, UsageError } from '../../src/core/errors.js';
+import { SHARED, STORIES } from '../helpers/paths.js';
 
-const SHARED = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../shared');
-const STORIES = path.join(SHARED, 'models/stories260K');
 const HS = path.join(SHARED, 'data/hellaswag/hellaswag_val_full.txt');
 
 /** Σ log-softmax of the scored tokens, from the reference forward of the whole sequence (float64). */

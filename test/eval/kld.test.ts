@@ -2,10 +2,7 @@
  * runtime/kld: KL-divergence of a model's next-token distributions from a reference's, checked
  * against a direct float64 computation from the TypeScript reference forward on stories260K.
  */
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadHfModel } from '../../formats/hf.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
@@ -20,10 +17,8 @@ import { SimulatorBackend } from '../../src/runtime/simulator.js';
 import { klDivergence } from '../../src/eval/kld.js';
 import { ShapeMismatchError } from '../../src/core/errors.js';
 import { readExecutable, writeExecutable } from '../../formats/hef-executable.js';
-
-const SHARED = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../shared');
-const STORIES = path.join(SHARED, 'models/stories260K');
-const TINY = path.join(SHARED, 'data/tinystories/TinyStories-valid.txt');
+import { STORIES, TINYSTORIES as TINY } from '../helpers/paths.js';
+import { withTempDir } from '../helpers/tmp.js';
 
 /** log-softmax of each row, float64. */
 function logSoftmax(logits: Float32Array, V: number): Float64Array[] {
@@ -101,8 +96,7 @@ describe('klDivergence on stories260K', () => {
   });
 
   it('is ≈ 0 with ppl ratio 1 between the compiled model and its HEF artifact read back from disk', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-kld-'));
-    try {
+    await withTempDir('edgellm-kld-', async (dir) => {
       const file = path.join(dir, 'stories.hef');
       writeExecutable(file, compile(fp, { prefillLen: 32 })); // another chunk length: the same function
       const loaded = await SimulatorBackend.load(readExecutable(file));
@@ -111,9 +105,7 @@ describe('klDivergence on stories260K', () => {
       } finally {
         await loaded.dispose();
       }
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('is clearly > 0 for the model with RTN W4 (group 32) weights', async () => {

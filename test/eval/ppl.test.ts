@@ -3,9 +3,7 @@
  * the real stories260K, and the evaluation-text helpers.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { loadHfModel } from '../../formats/hf.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
@@ -16,10 +14,8 @@ import { referencePerplexity } from '../../src/ir/reference.js';
 import { SimulatorBackend } from '../../src/runtime/simulator.js';
 import { perplexity, loadEvalText } from '../../src/eval/ppl.js';
 import { FormatError, UsageError } from '../../src/core/errors.js';
-
-const SHARED = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../shared');
-const STORIES = path.join(SHARED, 'models/stories260K');
-const TINY = path.join(SHARED, 'data/tinystories/TinyStories-valid.txt');
+import { STORIES, TINYSTORIES as TINY } from '../helpers/paths.js';
+import { suiteTempDir } from '../helpers/tmp.js';
 
 describe('perplexity', () => {
   it('on stories260K fp32 agrees with the TypeScript reference forward to 4 significant digits (TinyStories windows of 256)', async () => {
@@ -45,7 +41,7 @@ describe('perplexity', () => {
 });
 
 describe('loadEvalText', () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-evaltext-'));
+  const dir = suiteTempDir('edgellm-evaltext-');
   const jsonl = path.join(dir, 'docs.jsonl');
   fs.writeFileSync(jsonl, ['{"text": "first"}', '', '{"text": "second", "url": "x"}', '{"text": "third"}'].join('\n'));
 

@@ -2,8 +2,6 @@
  * formats/har-model.ts: weight sets split into numbered safetensors shards (needed past 4 GiB, one
  * typed array's limit) read back as the single-member HAR, and a missing shard is named.
  */
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadHfModel } from '../../formats/hf.js';
@@ -12,14 +10,14 @@ import { readHar, writeHar } from '../../formats/har.js';
 import { rtn } from '../../passes/rtn.js';
 import { silentContext } from '../../src/core/context.js';
 import { FormatError } from '../../src/core/errors.js';
-
-const STORIES = path.resolve(__dirname, '../../../shared/models/stories260K');
+import { STORIES } from '../helpers/paths.js';
+import { makeTempDir, removeDir } from '../helpers/tmp.js';
 
 const bytes = (a: ArrayBufferView) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
 describe('HAR weight shards', () => {
   it('splits weights and emulation weights past shardBytes and reads them back tensor for tensor', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-har-shards-'));
+    const dir = makeTempDir('edgellm-har-shards-');
     const fp = loadHfModel(STORIES);
     const q = rtn(fp, { groupSize: 64, quantizeLmHead: false }, silentContext);
     const info = { modelName: 'stories260K', sourceSha256: '' };
@@ -75,6 +73,6 @@ describe('HAR weight shards', () => {
     await writeHar(broken, rest, files);
     await expect(loadModelHar(broken)).rejects.toThrow(FormatError);
     await expect(loadModelHar(broken)).rejects.toThrow(new RegExp(`shard 2 of ${weightShards.length} of weights is missing`));
-    fs.rmSync(dir, { recursive: true, force: true });
+    removeDir(dir);
   });
 });

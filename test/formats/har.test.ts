@@ -1,29 +1,20 @@
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tar from 'tar';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { EdgeLLMError, FormatError } from '../../src/core/errors.js';
 import { HAR_FORMAT, HAR_FORMAT_VERSION, readHar, readHarManifest, writeHar } from '../../formats/har.js';
 import { writeHef } from '../../formats/hef.js';
-import { mulberry32 } from '../../src/core/rng.js';
-
-/** Deterministic bytes: the low byte of each mulberry32 word. */
-function randomBytes(n: number, seed: number): Uint8Array {
-  const r = mulberry32(seed);
-  return Uint8Array.from({ length: n }, () => (r() * 2 ** 32) & 0xff);
-}
+import { randomBytes } from '../helpers/random.js';
+import { expectOneLineFormatError, rejectionOf } from '../helpers/errors.js';
+import { fileWriter, suiteTempDir } from '../helpers/tmp.js';
 
 const utf8 = (s: string): Uint8Array => new TextEncoder().encode(s);
 const sha256Hex = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
-let dir: string;
-beforeAll(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-har-'));
-});
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+const dir = suiteTempDir('edgellm-har-');
 
 const sampleManifest = { model: 'tiny-qwen2', quant: { weightBits: 4, method: 'gptq' }, sourceSha256: 'ab'.repeat(32) };
 
@@ -53,17 +44,9 @@ function manifestMembers(manifest: unknown): Array<[string, string]> {
   return [['manifest.json', text], ['manifest.sha256', sha256Hex(utf8(text))]];
 }
 
+/** Asserts readHar rejects `file` with a one-line FormatError naming it (and matching `pattern`). */
 async function expectFormatError(file: string, pattern?: RegExp): Promise<FormatError> {
-  const error = await readHar(file).then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error, `${file} should be rejected`).toBeInstanceOf(FormatError);
-  const fe = error as FormatError;
-  expect(fe.message).toContain(file);
-  expect(fe.message).not.toContain('\n');
-  if (pattern) expect(fe.message).toMatch(pattern);
-  return fe;
+  return expectOneLineFormatError(await rejectionOf(readHar(file)), file, pattern);
 }
 
 describe('HAR round trip', () => {
@@ -180,11 +163,8 @@ describe('HAR reader rejects', () => {
     });
   });
 
-  function variant(name: string, bytes: Uint8Array): string {
-    const file = path.join(dir, name);
-    fs.writeFileSync(file, bytes);
-    return file;
-  }
+  /** Writes `bytes` to `<dir>/<name>` and returns that path. */
+  const variant = fileWriter(dir);
 
   it('a file whose tar magic is overwritten', async () => {
     const bytes = Buffer.from(good);

@@ -1,28 +1,19 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { EdgeLLMError, FormatError } from '../../src/core/errors.js';
 import { HEF_FORMAT_VERSION, HEF_MAGIC, SECTION_ALIGN, openHef, verifyHef, writeHef, type HefSectionInput } from '../../formats/hef.js';
 import { writeHar } from '../../formats/har.js';
-import { mulberry32 } from '../../src/core/rng.js';
-
-/** Deterministic bytes: the low byte of each mulberry32 word. */
-function randomBytes(n: number, seed: number): Uint8Array {
-  const r = mulberry32(seed);
-  return Uint8Array.from({ length: n }, () => (r() * 2 ** 32) & 0xff);
-}
+import { randomBytes } from '../helpers/random.js';
+import { expectOneLineFormatError, thrownBy } from '../helpers/errors.js';
+import { fileWriter, suiteTempDir } from '../helpers/tmp.js';
 
 const sha256 = (b: Uint8Array): Buffer => createHash('sha256').update(b).digest();
 
-let dir: string;
-beforeAll(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-hef-'));
-});
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+const dir = suiteTempDir('edgellm-hef-');
 
 const io = (name: string, dtype: string, shape: string[]) => ({ name, dtype, shape });
 
@@ -64,20 +55,13 @@ function sampleSections(): HefSectionInput[] {
   ];
 }
 
+/** Asserts `action` throws a one-line FormatError naming `file` (and matching `pattern`); closes what it opens if it does not. */
 function expectFormatError(action: () => unknown, file: string, pattern?: RegExp): FormatError {
-  let error: unknown;
-  try {
+  const error = thrownBy(() => {
     const f = action();
     if (f && typeof f === 'object' && 'close' in f) (f as { close(): void }).close();
-  } catch (e) {
-    error = e;
-  }
-  expect(error, `${file} should be rejected`).toBeInstanceOf(FormatError);
-  const fe = error as FormatError;
-  expect(fe.message).toContain(file);
-  expect(fe.message).not.toContain('\n');
-  if (pattern) expect(fe.message).toMatch(pattern);
-  return fe;
+  });
+  return expectOneLineFormatError(error, file, pattern);
 }
 
 describe('HEF round trip', () => {
@@ -225,11 +209,8 @@ describe('HEF reader rejects', () => {
     for (const s of sampleSections()) sections.set(s.name, openHefSection(file, s.name));
   });
 
-  function variant(name: string, bytes: Uint8Array): string {
-    const file = path.join(dir, name);
-    fs.writeFileSync(file, bytes);
-    return file;
-  }
+  /** Writes `bytes` to `<dir>/<name>` and returns that path. */
+  const variant = fileWriter(dir);
 
   /** Rewrites the header (keeping its encoded length, so the data stays put) with a fresh sha256. */
   function reframe(name: string, edit: (header: Record<string, any>) => void): string {

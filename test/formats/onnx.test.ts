@@ -10,6 +10,7 @@ import { mulberry32 } from '../../src/core/rng.js';
 import { GraphBuilder, OPSETS, decodeModel, elemTypeOf, onnx, referencedInitializers, tensorProto, withInitializers } from '../../formats/onnx.js';
 import { EdgeLLMError, FormatError } from '../../src/core/errors.js';
 import type { Tensor } from '../../src/ir/tensor.js';
+import { thrownBy } from '../helpers/errors.js';
 
 /** protobufjs decodes int64 fields as Long objects (the `long` package is installed) or numbers. */
 const num = (d: unknown): number => (typeof d === 'number' ? d : Number((d as { toString(): string }).toString()));
@@ -268,12 +269,7 @@ describe('running built graphs in onnxruntime-node', () => {
     const bare = decodeModel(g.encode(false), 'bare.onnx');
     const store = new Map(g.initializers);
     store.delete('W');
-    let err: unknown;
-    try {
-      withInitializers(bare, store, 'graph.prefill');
-    } catch (e) {
-      err = e;
-    }
+    const err = thrownBy(() => withInitializers(bare, store, 'graph.prefill'));
     expect(err).toBeInstanceOf(FormatError);
     expect((err as FormatError).file).toBe('graph.prefill');
     expect((err as FormatError).message).toMatch(/^graph\.prefill: .*'W'/);
@@ -316,12 +312,7 @@ describe('decodeModel on bytes that are not a ModelProto', () => {
       buildGraph().g.encode().subarray(0, 40),
     ];
     for (const bytes of cases) {
-      let err: unknown;
-      try {
-        decodeModel(bytes, 'weights/graph.onnx');
-      } catch (e) {
-        err = e;
-      }
+      const err = thrownBy(() => decodeModel(bytes, 'weights/graph.onnx'));
       expect(err).toBeInstanceOf(FormatError);
       expect((err as FormatError).file).toBe('weights/graph.onnx');
       expect((err as Error).message).toMatch(/^weights\/graph\.onnx: not a valid ONNX model/);

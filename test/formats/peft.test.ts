@@ -4,31 +4,26 @@
  * one-line typed error for every malformed adapter.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadPeftAdapter, writePeftAdapter, readPeftConfig, type PeftModuleWeights } from '../../formats/peft.js';
 import { SafetensorsFile, encodeSafetensors } from '../../formats/safetensors.js';
 import { normalizeConfig } from '../../formats/hf.js';
 import { layerLinears } from '../../src/ir/architectures.js';
 import { FormatError, ShapeMismatchError, UnsupportedModelError } from '../../src/core/errors.js';
 import type { ModelConfig } from '../../src/ir/model.js';
-import { mulberry32 } from '../../src/core/rng.js';
+import { STORIES, WIKI_ADAPTER as ADAPTER } from '../helpers/paths.js';
+import { centredUniform } from '../helpers/random.js';
+import { suiteTempDir } from '../helpers/tmp.js';
+import { thrownBy } from '../helpers/errors.js';
 
-const SHARED = path.resolve(__dirname, '../../../shared');
-const ADAPTER = path.join(SHARED, 'adapters/stories260K-lora-wiki');
-const cfg: ModelConfig = normalizeConfig(JSON.parse(fs.readFileSync(path.join(SHARED, 'models/stories260K/config.json'), 'utf8')));
+const cfg: ModelConfig = normalizeConfig(JSON.parse(fs.readFileSync(path.join(STORIES, 'config.json'), 'utf8')));
 
-let dir: string;
-beforeAll(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-peft-'));
-});
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+const dir = suiteTempDir('edgellm-peft-');
 
 /** Seeded small random modules for `roles` of every layer in `layers` (ranks from `rankOf`). */
 function randomModules(roles: string[], layers: number[], rankOf: (name: string) => number, seed = 1): PeftModuleWeights[] {
-  const u = mulberry32(seed);
-  const rnd = () => u() - 0.5;
+  const rnd = centredUniform(seed);
   const out: PeftModuleWeights[] = [];
   for (const l of layers)
     for (const s of layerLinears(cfg, l).filter((s) => roles.includes(s.role))) {
@@ -147,12 +142,7 @@ describe('malformed adapters: one-line typed errors', () => {
   for (const [what, make, type, msg] of cases)
     it(`rejects ${what}`, () => {
       const d = make();
-      let err: unknown;
-      try {
-        loadPeftAdapter(d, cfg, { baseName: 'stories260K' });
-      } catch (e) {
-        err = e;
-      }
+      const err = thrownBy(() => loadPeftAdapter(d, cfg, { baseName: 'stories260K' }));
       expect(err).toBeInstanceOf(type);
       expect((err as Error).message).toMatch(msg);
       expect((err as Error).message).not.toContain('\n');

@@ -1,30 +1,21 @@
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EdgeLLMError, FormatError, ShapeMismatchError } from '../../src/core/errors.js';
+import { describe, expect, it } from 'vitest';
+import { EdgeLLMError, ShapeMismatchError } from '../../src/core/errors.js';
 import { DTYPES, numel } from '../../src/ir/tensor.js';
 import type { DType, Tensor, TypedArray } from '../../src/ir/tensor.js';
 import { mulberry32 } from '../../src/core/rng.js';
-import {
-  SafetensorsCheckpoint,
-  SafetensorsFile,
-  SafetensorsWriter,
-  decodeSafetensors,
-  encodeSafetensors,
-  writeSafetensors,
-} from '../../formats/safetensors.js';
+import { STORIES as STORIES_DIR } from '../helpers/paths.js';
+import { expectFormatErrorNaming, thrownBy } from '../helpers/errors.js';
+import { suiteTempDir } from '../helpers/tmp.js';
+import { SafetensorsCheckpoint } from '../../formats/safetensors-checkpoint.js';
+import { SafetensorsFile, decodeSafetensors, encodeSafetensors } from '../../formats/safetensors.js';
+import { SafetensorsWriter, writeSafetensors } from '../../formats/safetensors-writer.js';
 
-const STORIES = '/work/shared/models/stories260K/model.safetensors';
+const STORIES = path.join(STORIES_DIR, 'model.safetensors');
 const ALL_DTYPES = Object.keys(DTYPES) as DType[];
 
-let dir: string;
-beforeAll(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-safetensors-'));
-});
-afterAll(() => {
-  fs.rmSync(dir, { recursive: true, force: true });
-});
+const dir = suiteTempDir('edgellm-safetensors-');
 
 /** A fresh sub-directory of the test directory. */
 function subdir(name: string): string {
@@ -89,16 +80,7 @@ function parseByHand(bytes: Buffer): { n: number; header: Record<string, { dtype
 
 /** Asserts `fn` throws a FormatError whose message names `file` and matches every pattern. */
 function expectFormatError(fn: () => unknown, file: string, ...patterns: RegExp[]): void {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err, 'expected a FormatError').toBeInstanceOf(FormatError);
-  const msg = (err as Error).message;
-  expect(msg).toContain(file);
-  for (const p of patterns) expect(msg).toMatch(p);
+  expectFormatErrorNaming(thrownBy(fn), file, ...patterns);
 }
 
 describe('safetensors round trip', () => {
@@ -448,12 +430,7 @@ describe('SafetensorsWriter', () => {
   const b = randomTensor('I8', [5], 32);
 
   function expectThrows(fn: () => unknown, kind: new (...args: never[]) => Error, ...patterns: RegExp[]): void {
-    let err: unknown;
-    try {
-      fn();
-    } catch (e) {
-      err = e;
-    }
+    const err = thrownBy(fn);
     expect(err).toBeInstanceOf(kind);
     for (const p of patterns) expect((err as Error).message).toMatch(p);
   }

@@ -1,10 +1,9 @@
 /** Spawns the built CLI as a user would and captures its output and exit code. */
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
+import { ROOT } from './paths.js';
 
-export const ROOT = path.resolve(__dirname, '../..');
-export const SHARED = path.resolve(ROOT, '../shared');
-export const STORIES = path.join(SHARED, 'models/stories260K');
+export { ROOT, SHARED, STORIES } from './paths.js';
 
 export interface CliResult {
   code: number;

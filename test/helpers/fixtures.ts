@@ -4,9 +4,10 @@ import * as path from 'node:path';
 import { makeCheckpoint, type FixtureOptions } from '../../fixtures/make-fixture.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { mulberry32 } from '../../src/core/rng.js';
+import { TINY_QWEN2_DIR } from './paths.js';
 import type { Model } from '../../src/ir/model.js';
 
-const TINY_QWEN2_CONFIG = path.resolve(__dirname, '../../fixtures/tiny-qwen2/config.json');
+const TINY_QWEN2_CONFIG = path.join(TINY_QWEN2_DIR, 'config.json');
 
 /** Writes the tiny Qwen2 fixture checkpoint to `dir` (random weights from `opts.seed`) and loads it. */
 export function tinyQwen2(dir: string, opts: FixtureOptions = {}): Model {

@@ -11,12 +11,7 @@ import {
   numGroups,
 } from '../../src/ir/quant.js';
 import { GraphBuilder } from '../../formats/onnx.js';
-import { mulberry32 } from '../../src/core/rng.js';
-
-function randn(n: number, seed: number): Float32Array {
-  const r = mulberry32(seed);
-  return Float32Array.from({ length: n }, () => Math.sqrt(-2 * Math.log(r() + 1e-12)) * Math.cos(2 * Math.PI * r()));
-}
+import { randn } from '../helpers/random.js';
 
 describe('roundHalfEven', () => {
   it('rounds ties to the even neighbour and everything else to nearest', () => {

@@ -1,6 +1,4 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { slidingWindows } from '../../calibration/windows.js';
 import { mulberry32 } from '../../src/core/rng.js';
@@ -11,9 +9,8 @@ import { layerLinears } from '../../src/ir/architectures.js';
 import { emptyQuantState, inMemory, type LazyTensor, type Model, type ModelConfig } from '../../src/ir/model.js';
 import { referenceForward, referencePerplexity } from '../../src/ir/reference.js';
 import { bf16ToFloat, f32, floatToBf16, floatToHalf, halfToFloat, type Tensor } from '../../src/ir/tensor.js';
-
-const SHARED = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../shared');
-const STORIES = path.join(SHARED, 'models/stories260K');
+import { STORIES, TINYSTORIES } from '../helpers/paths.js';
+import { maxAbsDiff } from '../helpers/numeric.js';
 
 /**
  * Greedy ids from BOS, 60 steps, as referenceForward produced them; they decode to "Once upon a time,
@@ -74,13 +71,6 @@ function tinyModel(cfg: ModelConfig, seed = 1): Model {
   }
   put('model.norm.weight', randomTensor([H], rng, 0.2, 1));
   return { config: { ...cfg }, weights: w, quant: emptyQuantState(), passes: [], tokenizer: { tokenizerJson: '{}', tokenizerConfigJson: null, generationConfigJson: null } };
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 describe('referenceForward on a tiny random model', () => {
@@ -257,7 +247,7 @@ describe.skipIf(!fs.existsSync(STORIES))('referenceForward on stories260K', () =
   });
 
   it('has perplexity 6.237 on TinyStories-valid.txt (60 windows of 256, tail dropped)', async () => {
-    const text = fs.readFileSync(path.join(SHARED, 'data/tinystories/TinyStories-valid.txt'), 'utf8');
+    const text = fs.readFileSync(TINYSTORIES, 'utf8');
     const tokens = await tok.encode(text, true);
     expect(tokens[0]).toBe(1); // BOS from the post-processor
     expect(tokens[1]).not.toBe(1);

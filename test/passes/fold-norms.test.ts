@@ -1,8 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { loadHfModel } from '../../formats/hf.js';
 import { makeCheckpoint } from '../../fixtures/make-fixture.js';
 import { foldNorms } from '../../passes/fold-norms.js';
@@ -13,21 +11,9 @@ import { toFloat32 } from '../../src/ir/tensor.js';
 import { PassOrderError } from '../../src/core/errors.js';
 import { silentContext } from '../../src/core/context.js';
 import type { Model } from '../../src/ir/model.js';
-
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const STORIES = path.resolve(ROOT, '../shared/models/stories260K');
-
-/** ‖a − b‖∞ / ‖b‖∞ */
-function relMaxDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    d = Math.max(d, Math.abs(a[i] - b[i]));
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return d / m;
-}
+import { ROOT, STORIES } from '../helpers/paths.js';
+import { relMaxDiff } from '../helpers/numeric.js';
+import { makeTempDir, removeDir } from '../helpers/tmp.js';
 
 /** Every tensor of `m` loaded and copied (to detect later mutation). */
 function snapshot(m: Model): Map<string, number[]> {
@@ -38,13 +24,13 @@ let tmp: string;
 let qwen: Model;
 let stories: Model;
 beforeAll(() => {
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-fold-'));
+  tmp = makeTempDir('edgellm-fold-');
   const cfg = JSON.parse(fs.readFileSync(path.join(ROOT, 'fixtures/tiny-qwen2/config.json'), 'utf8'));
   makeCheckpoint({ ...cfg, tie_word_embeddings: true }, tmp);
   qwen = loadHfModel(tmp);
   stories = loadHfModel(STORIES);
 });
-afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+afterAll(() => removeDir(tmp));
 
 describe('foldNorms', () => {
   // Folding changes only where float32 rounding happens (W·γ rounded once to float32): the

@@ -1,19 +1,11 @@
 import { describe, it, expect, beforeAll } from 'vitest';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import * as ort from 'onnxruntime-node';
 import { gptqModel, gptqReport, meta } from '../../passes/gptq-sequential.js';
 import { OrtLinalg } from '../../src/engine/linalg.js';
 import { weightedSquaredErrors } from '../../passes/gptq.js';
-import { HessianAccumulator } from '../../calibration/hessian.js';
 import { loadTokenWindows } from '../../calibration/datasets.js';
 import { loadHfModel } from '../../formats/hf.js';
 import { compile } from '../../src/compiler/compile.js';
-import { lowerModel } from '../../src/compiler/lower.js';
-import { captureName, kvNames } from '../../src/compiler/io-contract.js';
 import { SimulatorBackend } from '../../src/runtime/simulator.js';
-import { CheckedSession } from '../../src/engine/session.js';
 import { referenceForward } from '../../src/ir/reference.js';
 import { allLinears, layerLinears } from '../../src/ir/architectures.js';
 import { dequantizeW4, numGroups, quantizeRtnW4 } from '../../src/ir/quant.js';
@@ -22,45 +14,15 @@ import { silentContext } from '../../src/core/context.js';
 import { UsageError } from '../../src/core/errors.js';
 import type { Model } from '../../src/ir/model.js';
 import { tinyQwen2, randomWindows } from '../helpers/fixtures.js';
+import { CALIB, STORIES } from '../helpers/paths.js';
+import { maxAbsDiff } from '../helpers/numeric.js';
+import { capturedHessians } from '../helpers/hessians.js';
+import { withTempDir } from '../helpers/tmp.js';
 
-const SHARED = path.resolve(__dirname, '../../../shared');
-const windows = loadTokenWindows(path.join(SHARED, 'data/calibration/c4-calib-128x256-seed0.tokens.json')).slice(0, 4);
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
-
-/** Hessians of capture points, from the whole-model capture graph of `model` (weights as they are). */
-async function capturedHessians(model: Model, points: string[]): Promise<Map<string, Float64Array>> {
-  const cfg = model.config;
-  const g = lowerModel(model, { seqLen: 'dynamic', maxContext: 256, capture: true, name: 'capture' });
-  const session = await CheckedSession.create(g.encode(true), 'capture');
-  const accs = new Map<string, HessianAccumulator>();
-  for (const w of windows) {
-    const feeds: Record<string, ort.Tensor> = { input_ids: new ort.Tensor('int64', BigInt64Array.from(w.map(BigInt)), [1, w.length]) };
-    for (let i = 0; i < cfg.numLayers; i++)
-      for (const n of [kvNames(i).pastKey, kvNames(i).pastValue]) feeds[n] = new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
-    const res = await session.run(feeds, points.map(captureName));
-    for (const p of points) {
-      const t = res[captureName(p)];
-      if (!accs.has(p)) accs.set(p, new HessianAccumulator(t.dims[2]));
-      await accs.get(p)!.addBatch(t.data as Float32Array);
-    }
-  }
-  await session.release();
-  const out = new Map<string, Float64Array>();
-  for (const [p, a] of accs) {
-    out.set(p, a.H);
-    await a.dispose();
-  }
-  return out;
-}
+const windows = loadTokenWindows(CALIB).slice(0, 4);
 
 describe('gptqModel on stories260K', () => {
-  const model = loadHfModel(path.join(SHARED, 'models/stories260K'));
+  const model = loadHfModel(STORIES);
   const cfg = model.config;
   let q: Model;
   beforeAll(async () => {
@@ -112,8 +74,8 @@ describe('gptqModel on stories260K', () => {
   // barely moves, up to 7e-3 for layer 4's down_proj).
   it('calibrates each linear on inputs produced by the already-quantized linears before it', async () => {
     const points = ['model.layers.0.o_proj_in', 'model.layers.1.attn_in', 'model.layers.4.down_proj_in'];
-    const hq = await capturedHessians(q, points);
-    const hf = await capturedHessians(model, points);
+    const hq = await capturedHessians(q, windows, points);
+    const hf = await capturedHessians(model, windows, points);
     const rep = new Map(gptqReport(q)!.map((r) => [r.name, r]));
     const la = new OrtLinalg();
     for (const [point, spec] of [
@@ -151,8 +113,7 @@ describe('gptqModel on stories260K', () => {
 
 describe('gptqModel on a generated Qwen2 fixture (GQA, q/k/v biases, bf16 weights)', () => {
   it('quantizes every linear and the ONNX logits match the dequantized reference forward (1e-4)', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gptq-qwen2-'));
-    try {
+    await withTempDir('gptq-qwen2-', async (dir) => {
       const model = tinyQwen2(dir, { dtype: 'BF16', seed: 5 });
       const calib = randomWindows(3, 48, model.config.vocabSize, 9);
       const q = await gptqModel(model, calib, { groupSize: 16 }, silentContext);
@@ -164,8 +125,6 @@ describe('gptqModel on a generated Qwen2 fixture (GQA, q/k/v biases, bf16 weight
       const got = await backend.forward(backend.newContext(), ids);
       await backend.dispose();
       expect(maxAbsDiff(got, referenceForward(q, ids))).toBeLessThan(1e-4);
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 });

@@ -1,26 +1,17 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import * as path from 'node:path';
-import * as ort from 'onnxruntime-node';
 import { gptq, weightedSquaredErrors, MAX_DAMP_RETRIES } from '../../passes/gptq.js';
 import { OrtLinalg, upperCholeskyOfInverse } from '../../src/engine/linalg.js';
 import { HessianAccumulator } from '../../calibration/hessian.js';
 import { mulberry32 } from '../../src/core/rng.js';
 import { loadTokenWindows } from '../../calibration/datasets.js';
 import { loadHfModel } from '../../formats/hf.js';
-import { lowerModel } from '../../src/compiler/lower.js';
-import { captureName, kvNames } from '../../src/compiler/io-contract.js';
-import { CheckedSession } from '../../src/engine/session.js';
 import { layerLinears } from '../../src/ir/architectures.js';
 import { dequantizeW4, quantizeRtnW4 } from '../../src/ir/quant.js';
 import { toFloat32 } from '../../src/ir/tensor.js';
 import { EdgeLLMError, ShapeMismatchError, UsageError } from '../../src/core/errors.js';
-
-const SHARED = path.resolve(__dirname, '../../../shared');
-
-function randn(n: number, seed: number): Float32Array {
-  const r = mulberry32(seed);
-  return Float32Array.from({ length: n }, () => Math.sqrt(-2 * Math.log(r() + 1e-12)) * Math.cos(2 * Math.PI * r()));
-}
+import { CALIB, STORIES } from '../helpers/paths.js';
+import { randn } from '../helpers/random.js';
+import { capturedHessians } from '../helpers/hessians.js';
 
 /** H = XᵀX/rows + ridge·I for a random X [rows, K]. */
 function randomHessian(K: number, rows: number, seed: number, ridge: number): Float64Array {
@@ -100,31 +91,12 @@ describe('gptq', () => {
   describe('on real calibration activations of stories260K', () => {
     /** layer input point -> Hessian, from the fp32 model on 6 calibration windows */
     const hessians = new Map<string, Float64Array>();
-    const model = loadHfModel(path.join(SHARED, 'models/stories260K'));
+    const model = loadHfModel(STORIES);
     const cfg = model.config;
     beforeAll(async () => {
-      const windows = loadTokenWindows(path.join(SHARED, 'data/calibration/c4-calib-128x256-seed0.tokens.json')).slice(0, 6);
+      const windows = loadTokenWindows(CALIB).slice(0, 6);
       const points = ['attn_in', 'o_proj_in', 'mlp_in', 'down_proj_in'].flatMap((p) => [`model.layers.0.${p}`, `model.layers.3.${p}`]);
-      const g = lowerModel(model, { seqLen: 'dynamic', maxContext: 256, capture: true, name: 'capture' });
-      const session = await CheckedSession.create(g.encode(true), 'capture');
-      const accs = new Map(points.map((p) => [p, null as HessianAccumulator | null]));
-      for (const w of windows) {
-        const feeds: Record<string, ort.Tensor> = { input_ids: new ort.Tensor('int64', BigInt64Array.from(w.map(BigInt)), [1, w.length]) };
-        for (let i = 0; i < cfg.numLayers; i++)
-          for (const n of [kvNames(i).pastKey, kvNames(i).pastValue]) feeds[n] = new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
-        const res = await session.run(feeds, points.map(captureName));
-        for (const p of points) {
-          const x = res[captureName(p)].data as Float32Array;
-          const K = res[captureName(p)].dims[2];
-          if (!accs.get(p)) accs.set(p, new HessianAccumulator(K));
-          await accs.get(p)!.addBatch(x);
-        }
-      }
-      await session.release();
-      for (const [p, a] of accs) {
-        hessians.set(p, a!.H);
-        await a!.dispose();
-      }
+      for (const [p, H] of await capturedHessians(model, windows, points)) hessians.set(p, H);
     });
 
     // The point of GPTQ: a smaller layer-wise error ‖(W − Q)·X‖² than rounding to nearest on the

@@ -1,6 +1,4 @@
 import { describe, it, expect, beforeAll } from 'vitest';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { loadHfModel } from '../../formats/hf.js';
 import { loadTokenWindows } from '../../calibration/datasets.js';
@@ -17,9 +15,9 @@ import { kvPoints } from '../../src/compiler/io-contract.js';
 import { quantizeModel, DEFAULT_QUANTIZE_OPTIONS } from '../../passes/pipeline.js';
 import type { Model } from '../../src/ir/model.js';
 import { tinyQwen2, randomWindows } from '../helpers/fixtures.js';
-
-const SHARED = path.resolve(__dirname, '../../../shared');
-const STORIES = path.join(SHARED, 'models/stories260K');
+import { CALIB, STORIES } from '../helpers/paths.js';
+import { maxAbsDiffUnchecked } from '../helpers/numeric.js';
+import { makeTempDir, removeDir, withTempDir } from '../helpers/tmp.js';
 
 async function logits(model: Model, ids: number[]): Promise<Float32Array> {
   const backend = await SimulatorBackend.load(compile(model, { prefillLen: 16, maxContext: 64 }));
@@ -38,7 +36,7 @@ describe('K-cache centering on stories260K', () => {
   let windows: number[][];
   beforeAll(() => {
     model = rtn(loadHfModel(STORIES), { groupSize: 32, quantizeLmHead: false }, silentContext);
-    windows = loadTokenWindows(path.join(SHARED, 'data/calibration/c4-calib-128x256-seed0.tokens.json')).slice(0, 8);
+    windows = loadTokenWindows(CALIB).slice(0, 8);
   });
 
   // Any offset leaves attention unchanged (a softmax row is shift-invariant); the only difference is
@@ -84,7 +82,7 @@ describe('K-cache centering on stories260K', () => {
 
   it('keeps the offsets through HAR and HEF, and the compiled HEF runs as the in-memory model', async () => {
     const centered = await calibrateRanges(await centerKCache(model, windows, silentContext), windows, { observer: 'mse', activations: true, kvCache: true }, silentContext);
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-kc-'));
+    const dir = makeTempDir('edgellm-kc-');
     const har = path.join(dir, 'm.har');
     await saveModelHar(har, centered, { modelName: 'stories260K', sourceSha256: 'x'.repeat(64) });
     const back = (await loadModelHar(har)).model;
@@ -103,7 +101,7 @@ describe('K-cache centering on stories260K', () => {
       return r;
     };
     expect(await run(read)).toEqual(await run(exe));
-    fs.rmSync(dir, { recursive: true, force: true });
+    removeDir(dir);
   });
 });
 
@@ -113,8 +111,7 @@ describe('K-cache centering on a generated Qwen2 fixture (GQA, q/k/v biases)', (
   // graph with KV8 off (float cache) gives the same logits with and without them (softmax shift
   // invariance holds per query head; 1e-4 absolute, float32 rounding).
   it('quantizes with the default recipe and the offsets leave the float-cache logits unchanged', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kc-qwen2-'));
-    try {
+    await withTempDir('kc-qwen2-', async (dir) => {
       const model = tinyQwen2(dir, { dtype: 'BF16', seed: 3 });
       const calib = randomWindows(4, 40, model.config.vocabSize, 4);
       const { quantized } = await quantizeModel(model, { ...DEFAULT_QUANTIZE_OPTIONS, groupSize: 16 }, calib, silentContext);
@@ -126,11 +123,7 @@ describe('K-cache centering on a generated Qwen2 fixture (GQA, q/k/v biases)', (
       const ids = calib[0].slice(0, 30);
       const a = await logits(floatCache({ ...quantized, quant: { ...quantized.quant, kCacheOffset: undefined } }), ids);
       const b = await logits(floatCache(quantized), ids);
-      let m = 0;
-      for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-      expect(m).toBeLessThan(1e-4);
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+      expect(maxAbsDiffUnchecked(a, b)).toBeLessThan(1e-4);
+    });
   });
 });

@@ -3,7 +3,6 @@
  * quantizePlan): the order is written once, checked once before anything runs, and every pass
  * records itself on the model it returns.
  */
-import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadHfModel } from '../../formats/hf.js';
 import { checkOrder, passContext, runPasses, type Pass } from '../../passes/pass.js';
@@ -14,8 +13,8 @@ import { rtnPass } from '../../passes/rtn.js';
 import { PassOrderError } from '../../src/core/errors.js';
 import { silentContext } from '../../src/core/context.js';
 import type { Model } from '../../src/ir/model.js';
+import { STORIES } from '../helpers/paths.js';
 
-const STORIES = path.resolve(__dirname, '../../../shared/models/stories260K');
 const NO_ONLINE = { r3: false, r4: false };
 
 describe('quantizePlan', () => {

@@ -1,8 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { loadHfModel } from '../../formats/hf.js';
 import { saveModelHar, loadModelHar } from '../../formats/har-model.js';
 import { makeCheckpoint } from '../../fixtures/make-fixture.js';
@@ -21,21 +19,9 @@ import { onlineRotation } from '../../src/compiler/lower-layer.js';
 import { hadamardRotation, rotationRng, rotateVector } from '../../passes/hadamard.js';
 import * as ort from 'onnxruntime-node';
 import { silentContext } from '../../src/core/context.js';
-
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const STORIES = path.resolve(ROOT, '../shared/models/stories260K');
-
-/** ‖a − b‖∞ / ‖b‖∞ */
-function relMaxDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    d = Math.max(d, Math.abs(a[i] - b[i]));
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return d / m;
-}
+import { ROOT, STORIES } from '../helpers/paths.js';
+import { relMaxDiff } from '../helpers/numeric.js';
+import { makeTempDir, removeDir } from '../helpers/tmp.js';
 
 /** A copy of `m` with every tensor loaded into memory (so a mutation by a pass would show). */
 function materialise(m: Model): Model {
@@ -60,7 +46,7 @@ const ONLINE: QuarotOptions = { seed: 3, online: { r3: true, r4: true } };
 let tmp: string;
 const models: Record<string, { base: Model; folded: Model; ids: number[] }> = {};
 beforeAll(() => {
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-quarot-'));
+  tmp = makeTempDir('edgellm-quarot-');
   const cfg = JSON.parse(fs.readFileSync(path.join(ROOT, 'fixtures/tiny-qwen2/config.json'), 'utf8'));
   makeCheckpoint({ ...cfg, tie_word_embeddings: true }, path.join(tmp, 'qwen2'));
   for (const [name, dir, ids] of [
@@ -71,7 +57,7 @@ beforeAll(() => {
     models[name] = { base, folded: materialise(foldNorms(base, {}, silentContext)), ids: [...ids] };
   }
 });
-afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+afterAll(() => removeDir(tmp));
 
 describe('quarot', () => {
   // Reference: rotated weights are rounded once to float32 (~6e-8 relative each); the float64

@@ -11,8 +11,6 @@
  *    required to be bit-exact: ORT's CPU kernels are deterministic for identical shapes and feeds,
  *    and a fork shares the very same cache tensors, so any difference would be a state leak.
  */
-import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mulberry32 } from '../../src/core/rng.js';
 import { loadHfModel } from '../../formats/hf.js';
@@ -21,18 +19,11 @@ import { EdgeLLMError } from '../../src/core/errors.js';
 import type { Model } from '../../src/ir/model.js';
 import { referenceForward } from '../../src/ir/reference.js';
 import { SimulatorBackend } from '../../src/runtime/simulator.js';
+import { STORIES } from '../helpers/paths.js';
+import { maxAbsDiff } from '../helpers/numeric.js';
 
-const SHARED = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../shared');
-const STORIES = path.join(SHARED, 'models/stories260K');
 const V = 512;
 const TOL = 1e-4;
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
 
 /** BOS then n − 1 pseudo-random ids in [3, vocab) (seeded). */
 function prompt(n: number, seed: number): number[] {

@@ -5,7 +5,6 @@
  * two adapters of different ranks and targets in one executable, merge, and the pass's errors.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadHfModel } from '../../../formats/hf.js';
@@ -28,33 +27,20 @@ import { silentContext } from '../../../src/core/context.js';
 import { UnsupportedModelError, UsageError } from '../../../src/core/errors.js';
 import type { Model } from '../../../src/ir/model.js';
 import type { Tensor } from '../../../src/ir/tensor.js';
-import { mulberry32 } from '../../../src/core/rng.js';
+import { CALIB, STORIES, WIKI_ADAPTER as ADAPTER } from '../../helpers/paths.js';
+import { maxAbsDiffUnchecked as maxDiff } from '../../helpers/numeric.js';
+import { centredUniform as rng } from '../../helpers/random.js';
+import { makeTempDir, removeDir } from '../../helpers/tmp.js';
 
-const SHARED = path.resolve(__dirname, '../../../../shared');
-const STORIES = path.join(SHARED, 'models/stories260K');
-const ADAPTER = path.join(SHARED, 'adapters/stories260K-lora-wiki');
 const REF = JSON.parse(fs.readFileSync(path.join(ADAPTER, 'reference.json'), 'utf8')) as {
   token_ids: number[];
   with_adapter: { last_logits: number[]; greedy_60_ids: number[] };
   without_adapter: { last_logits: number[] };
 };
-const CALIB = path.join(SHARED, 'data/calibration/c4-calib-128x256-seed0.tokens.json');
 // reference.json's fp32 logits vs its own fp64 run differ by up to 1.1e-5 (its `checks`); ours
 // differ in summation order too: 1e-4 leaves room for both while catching any real error
 // (a missing or mis-rotated module moves logits by > 1e-2).
 const TOL = 1e-4;
-
-const maxDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  let d = 0;
-  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
-  return d;
-};
-
-/** Seeded uniform values in [-scale/2, scale/2). */
-function rng(seed: number, scale: number) {
-  const u = mulberry32(seed);
-  return () => (u() - 0.5) * scale;
-}
 
 let dir: string;
 let base: Model;
@@ -63,7 +49,7 @@ let wiki: PeftAdapter;
 let rnd: PeftAdapter;
 
 beforeAll(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgellm-lora-'));
+  dir = makeTempDir('edgellm-lora-');
   base = loadHfModel(STORIES);
   wiki = loadPeftAdapter(ADAPTER, base.config, { baseName: 'stories260K' });
   const r = rng(7, 0.6);
@@ -74,7 +60,7 @@ beforeAll(() => {
   writePeftAdapter(path.join(dir, 'rnd'), { r: 4, lora_alpha: 4, target_modules: ['q_proj', 'gate_proj', 'up_proj', 'down_proj'] }, mods);
   rnd = loadPeftAdapter(path.join(dir, 'rnd'), base.config);
 });
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+afterAll(() => removeDir(dir));
 
 /** Last-position logits of `tokens` through the simulator, with `adapter` (null: none). */
 async function lastLogits(m: Model, tokens: number[], adapter: string | null, prefillLen = 16): Promise<Float32Array> {

@@ -3,7 +3,6 @@
  * Eckart–Young solution on generated matrices, its edge cases, and on the real stories260K adapter:
  * closer to fp32 + adapter (KL-divergence) than the adapter as trained, base untouched.
  */
-import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { symmetricEigen, refitLoraModule } from '../../../passes/lora/refit.js';
 import { ortMatMul } from '../../../src/engine/linalg.js';
@@ -22,19 +21,10 @@ import { compile } from '../../../src/compiler/compile.js';
 import { SimulatorBackend } from '../../../src/runtime/simulator.js';
 import { klDivergence } from '../../../src/eval/kld.js';
 import { silentContext } from '../../../src/core/context.js';
-import { mulberry32 } from '../../../src/core/rng.js';
 import type { Model } from '../../../src/ir/model.js';
-
-const SHARED = path.resolve(__dirname, '../../../../shared');
-const STORIES = path.join(SHARED, 'models/stories260K');
-const ADAPTER = path.join(SHARED, 'adapters/stories260K-lora-wiki');
-const CALIB = path.join(SHARED, 'data/calibration/c4-calib-128x256-seed0.tokens.json');
-
-/** Seeded uniform values in [-0.5, 0.5). */
-function rng(seed: number) {
-  const u = mulberry32(seed);
-  return () => u() - 0.5;
-}
+import { CALIB, STORIES, TINYSTORIES, WIKI_ADAPTER as ADAPTER } from '../../helpers/paths.js';
+import { relMaxDiffUnchecked as relDiff } from '../../helpers/numeric.js';
+import { centredUniform as rng } from '../../helpers/random.js';
 
 /** A generated linear + adapter + anisotropic input Hessian. */
 function problem(out: number, K: number, r: number, seed: number) {
@@ -70,17 +60,6 @@ function product(A: Float32Array, B: Float32Array, s: number, out: number, K: nu
   const P = new Float64Array(out * K);
   for (let o = 0; o < out; o++) for (let k = 0; k < K; k++) for (let j = 0; j < r; j++) P[o * K + k] += s * B[o * r + j] * A[j * K + k];
   return P;
-}
-
-/** max |a − b| / max |b| */
-function relDiff(a: Float64Array, b: Float64Array): number {
-  let big = 0;
-  let diff = 0;
-  for (let i = 0; i < b.length; i++) {
-    big = Math.max(big, Math.abs(b[i]));
-    diff = Math.max(diff, Math.abs(a[i] - b[i]));
-  }
-  return diff / big;
 }
 
 describe('symmetricEigen', () => {
@@ -182,7 +161,7 @@ async function kldsFromFp32Adapter(models: Model[]): Promise<number[]> {
   const fp = loadHfModel(STORIES);
   const peft = loadPeftAdapter(ADAPTER, fp.config);
   const tok = new TextTokenizer(fp.tokenizer);
-  const windows = slidingWindows(await tok.encode(loadTextFile(path.join(SHARED, 'data/tinystories/TinyStories-valid.txt')), true), 128, 8);
+  const windows = slidingWindows(await tok.encode(loadTextFile(TINYSTORIES), true), 128, 8);
   const ref = await SimulatorBackend.load(compile(await addLora(fp, peft, { name: 'wiki', bits: 32, groupSize: 32 }, [], silentContext), { prefillLen: 128 }), { threads: 1 });
   ref.selectAdapter('wiki');
   const out: number[] = [];
