@@ -1,87 +1,15 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { EdgeLLMError, ShapeMismatchError } from '../../src/core/errors.js';
-import { DTYPES, numel } from '../../src/ir/tensor.js';
-import type { DType, Tensor, TypedArray } from '../../src/ir/tensor.js';
-import { mulberry32 } from '../../src/core/rng.js';
-import { STORIES as STORIES_DIR } from '../helpers/paths.js';
-import { expectFormatErrorNaming, thrownBy } from '../helpers/errors.js';
-import { suiteTempDir } from '../helpers/tmp.js';
+import { FormatError } from '../../src/core/errors.js';
+import { numel } from '../../src/ir/tensor.js';
+import type { Tensor } from '../../src/ir/tensor.js';
+import { ALL_DTYPES, randomTensor, expectSameTensor, rawSafetensors, parseByHand, expectFormatError, STORIES_FILE as STORIES, suiteSubdirs } from '../helpers/safetensors.js';
 import { SafetensorsCheckpoint } from '../../formats/safetensors-checkpoint.js';
 import { SafetensorsFile, decodeSafetensors, encodeSafetensors } from '../../formats/safetensors.js';
-import { SafetensorsWriter, writeSafetensors } from '../../formats/safetensors-writer.js';
+import { writeSafetensors } from '../../formats/safetensors-writer.js';
 
-const STORIES = path.join(STORIES_DIR, 'model.safetensors');
-const ALL_DTYPES = Object.keys(DTYPES) as DType[];
-
-const dir = suiteTempDir('edgellm-safetensors-');
-
-/** A fresh sub-directory of the test directory. */
-function subdir(name: string): string {
-  const d = path.join(dir, name);
-  fs.mkdirSync(d, { recursive: true });
-  return d;
-}
-
-/** Deterministic uint32 stream: mulberry32's words (u / 2³² · 2³² is exact). */
-function rng(seed: number): () => number {
-  const r = mulberry32(seed);
-  return () => r() * 2 ** 32;
-}
-
-/** Random data of `dtype` covering its range (raw bits for F16/BF16, negative and > 2^53 values for I64). */
-function randomTensor(dtype: DType, shape: number[], seed: number): Tensor {
-  const r = rng(seed);
-  const n = numel(shape);
-  const data = new DTYPES[dtype].array(n);
-  for (let i = 0; i < n; i++) {
-    const u = r();
-    switch (dtype) {
-      case 'F64':
-      case 'F32':
-        (data as Float64Array)[i] = (u / 2 ** 32 - 0.5) * 2 ** ((u % 40) - 20);
-        break;
-      case 'I64':
-        (data as BigInt64Array)[i] = BigInt.asIntN(64, (BigInt(u) << 32n) | BigInt(r()));
-        break;
-      case 'BOOL':
-        (data as Uint8Array)[i] = u & 1;
-        break;
-      default: // integer kinds and F16/BF16 bits: the typed array wraps u to its width
-        (data as Int32Array)[i] = u | 0;
-    }
-  }
-  return { dtype, shape, data };
-}
-
-function expectSameTensor(got: Tensor, want: Tensor): void {
-  expect(got.dtype).toBe(want.dtype);
-  expect(got.shape).toEqual(want.shape);
-  expect(got.data.constructor).toBe(want.data.constructor);
-  expect(got.data.length).toBe(want.data.length);
-  // compare raw bytes: exact for every dtype (NaN bit patterns included)
-  expect(Buffer.from(got.data.buffer, got.data.byteOffset, got.data.byteLength).equals(Buffer.from(want.data.buffer, want.data.byteOffset, want.data.byteLength))).toBe(true);
-}
-
-/** Builds a safetensors file by hand (independent of the encoder): u64 N, header text as given, data. */
-function rawSafetensors(header: string | object, data: Uint8Array = new Uint8Array(0), headerLength?: bigint): Buffer {
-  const text = Buffer.from(typeof header === 'string' ? header : JSON.stringify(header), 'utf8');
-  const prefix = Buffer.alloc(8);
-  prefix.writeBigUInt64LE(headerLength ?? BigInt(text.length));
-  return Buffer.concat([prefix, text, data]);
-}
-
-/** Parses a header by hand: N and the JSON object. */
-function parseByHand(bytes: Buffer): { n: number; header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }> } {
-  const n = Number(bytes.readBigUInt64LE(0));
-  return { n, header: JSON.parse(bytes.subarray(8, 8 + n).toString('utf8')) };
-}
-
-/** Asserts `fn` throws a FormatError whose message names `file` and matches every pattern. */
-function expectFormatError(fn: () => unknown, file: string, ...patterns: RegExp[]): void {
-  expectFormatErrorNaming(thrownBy(fn), file, ...patterns);
-}
+const subdir = suiteSubdirs('edgellm-safetensors-');
 
 describe('safetensors round trip', () => {
   it.each(ALL_DTYPES)('writes and reads back %s tensors (matrix, scalar, empty)', (dtype) => {
@@ -249,84 +177,6 @@ describe('lazy reading', () => {
   });
 });
 
-describe('sharded checkpoint', () => {
-  function writeSharded(d: string): Map<string, Tensor> {
-    const all = new Map<string, Tensor>([
-      ['model.embed_tokens.weight', randomTensor('BF16', [10, 4], 21)],
-      ['model.layers.0.mlp.up_proj.weight', randomTensor('F32', [6, 4], 22)],
-      ['model.norm.weight', randomTensor('F16', [4], 23)],
-    ]);
-    const names = [...all.keys()];
-    writeSafetensors(path.join(d, 'model-00001-of-00002.safetensors'), names.slice(0, 2).map((n) => [n, all.get(n)!]), { format: 'pt' });
-    writeSafetensors(path.join(d, 'model-00002-of-00002.safetensors'), [[names[2], all.get(names[2])!]], { format: 'pt' });
-    const weightMap = { [names[2]]: 'model-00002-of-00002.safetensors', [names[0]]: 'model-00001-of-00002.safetensors', [names[1]]: 'model-00001-of-00002.safetensors' };
-    fs.writeFileSync(path.join(d, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: 1 }, weight_map: weightMap }));
-    return all;
-  }
-
-  it('reads 2 shards + index back, through the directory or the index file', () => {
-    const d = subdir('sharded');
-    const all = writeSharded(d);
-    for (const target of [d, path.join(d, 'model.safetensors.index.json')]) {
-      const ckpt = SafetensorsCheckpoint.open(target);
-      try {
-        expect(ckpt.names()).toEqual(['model.norm.weight', 'model.embed_tokens.weight', 'model.layers.0.mlp.up_proj.weight']);
-        expect(ckpt.entry('model.norm.weight').file).toBe(path.join(d, 'model-00002-of-00002.safetensors'));
-        expect(ckpt.entry('model.embed_tokens.weight').file).toBe(path.join(d, 'model-00001-of-00002.safetensors'));
-        for (const [name, t] of all) expectSameTensor(ckpt.read(name), t);
-        expectFormatError(() => ckpt.read('lm_head.weight'), 'model.safetensors.index.json', /no tensor 'lm_head.weight'/);
-      } finally {
-        ckpt.close();
-      }
-    }
-  });
-
-  it('prefers the index over model.safetensors in a directory, and opens a single file too', () => {
-    const d = subdir('both');
-    writeSharded(d);
-    writeSafetensors(path.join(d, 'model.safetensors'), [['other', randomTensor('F32', [1], 1)]]);
-    const viaDir = SafetensorsCheckpoint.open(d);
-    expect(viaDir.names()).toHaveLength(3);
-    viaDir.close();
-    const single = SafetensorsCheckpoint.open(path.join(d, 'model.safetensors'));
-    expect(single.names()).toEqual(['other']);
-    single.close();
-  });
-
-  it('index not JSON -> FormatError naming the index', () => {
-    const d = subdir('bad-index');
-    writeSharded(d);
-    const index = path.join(d, 'model.safetensors.index.json');
-    fs.writeFileSync(index, '{"weight_map": ');
-    expectFormatError(() => SafetensorsCheckpoint.open(d), index, /not valid JSON/);
-    fs.writeFileSync(index, '{"weight_map": [1]}');
-    expectFormatError(() => SafetensorsCheckpoint.open(d), index, /weight_map/);
-  });
-
-  it('missing shard -> FormatError naming the index and the shard', () => {
-    const d = subdir('missing-shard');
-    writeSharded(d);
-    fs.rmSync(path.join(d, 'model-00002-of-00002.safetensors'));
-    expectFormatError(() => SafetensorsCheckpoint.open(d), 'model.safetensors.index.json', /model-00002-of-00002\.safetensors/, /does not exist/, /model\.norm\.weight/);
-  });
-
-  it('tensor listed in the index but absent from its shard -> FormatError naming the shard and tensor', () => {
-    const d = subdir('absent-tensor');
-    writeSharded(d);
-    const index = path.join(d, 'model.safetensors.index.json');
-    const j = JSON.parse(fs.readFileSync(index, 'utf8'));
-    j.weight_map['lm_head.weight'] = 'model-00002-of-00002.safetensors';
-    fs.writeFileSync(index, JSON.stringify(j));
-    expectFormatError(() => SafetensorsCheckpoint.open(d), path.join(d, 'model-00002-of-00002.safetensors'), /'lm_head.weight'/, /not present/);
-  });
-
-  it('a directory with neither file, or a missing path -> FormatError', () => {
-    const d = subdir('empty-dir');
-    expectFormatError(() => SafetensorsCheckpoint.open(d), d, /model\.safetensors/);
-    expectFormatError(() => SafetensorsCheckpoint.open(path.join(d, 'nope.safetensors')), 'nope.safetensors', /does not exist/);
-  });
-});
-
 describe('bad files -> FormatError naming the file', () => {
   const f32x4 = new Uint8Array(16);
   const cases: { name: string; bytes: () => Buffer; patterns: RegExp[] }[] = [
@@ -418,100 +268,5 @@ describe('bad files -> FormatError naming the file', () => {
     const data = new Float32Array([1, 2, 3, 4]);
     const bytes = rawSafetensors({ w: { dtype: 'F32', shape: [2, 2], data_offsets: [0, 16] } }, new Uint8Array(data.buffer));
     expect(Array.from(decodeSafetensors(bytes, 'ok').tensors.get('w')!.data as Float32Array)).toEqual([1, 2, 3, 4]);
-  });
-});
-
-describe('SafetensorsWriter', () => {
-  const specs = [
-    { name: 'a', dtype: 'F32' as DType, shape: [2, 3] },
-    { name: 'b', dtype: 'I8' as DType, shape: [5] },
-  ];
-  const a = randomTensor('F32', [2, 3], 31);
-  const b = randomTensor('I8', [5], 32);
-
-  function expectThrows(fn: () => unknown, kind: new (...args: never[]) => Error, ...patterns: RegExp[]): void {
-    const err = thrownBy(fn);
-    expect(err).toBeInstanceOf(kind);
-    for (const p of patterns) expect((err as Error).message).toMatch(p);
-  }
-
-  it('goes HEADER_WRITTEN -> TENSOR_DATA -> DONE and writes a file the reader accepts', () => {
-    const d = subdir('writer-ok');
-    const out = path.join(d, 'o.safetensors');
-    const w = new SafetensorsWriter(out, specs, { k: 'v' });
-    expect(w.state).toBe('HEADER_WRITTEN');
-    expect(fs.existsSync(out)).toBe(false); // only the temp file exists until finish
-    w.write('a', a.data);
-    expect(w.state).toBe('TENSOR_DATA');
-    w.write('b', b.data);
-    w.finish();
-    expect(w.state).toBe('DONE');
-    expect(fs.readdirSync(d)).toEqual(['o.safetensors']);
-    expect(fs.readFileSync(out).equals(Buffer.from(encodeSafetensors([['a', a], ['b', b]], { k: 'v' })))).toBe(true);
-    expectThrows(() => w.write('a', a.data), EdgeLLMError, /writer is DONE/);
-    expectThrows(() => w.finish(), EdgeLLMError, /writer is DONE/);
-    w.abort(); // no-op after finish: the output stays
-    expect(fs.existsSync(out)).toBe(true);
-  });
-
-  it('rejects an out-of-order write and stays usable', () => {
-    const d = subdir('writer-order');
-    const out = path.join(d, 'o.safetensors');
-    const w = new SafetensorsWriter(out, specs);
-    expectThrows(() => w.write('b', b.data), EdgeLLMError, /'b' \(#2 of 2\) written out of order/, /expected 'a' \(#1\)/);
-    w.write('a', a.data);
-    w.write('b', b.data);
-    w.finish();
-    const f = SafetensorsFile.open(out);
-    expectSameTensor(f.read('a'), a);
-    expectSameTensor(f.read('b'), b);
-    f.close();
-  });
-
-  it('rejects a duplicate write and an undeclared name', () => {
-    const w = new SafetensorsWriter(path.join(subdir('writer-dup'), 'o.safetensors'), specs);
-    w.write('a', a.data);
-    expectThrows(() => w.write('a', a.data), EdgeLLMError, /duplicate write of tensor 'a'/);
-    expectThrows(() => w.write('zzz', a.data), EdgeLLMError, /'zzz' was not declared/);
-    w.abort();
-  });
-
-  it('rejects duplicate names in the specs before creating any file', () => {
-    const d = subdir('writer-dupspec');
-    expectThrows(() => new SafetensorsWriter(path.join(d, 'o.safetensors'), [specs[0], specs[1], specs[0]]), EdgeLLMError, /duplicated tensor name 'a'/);
-    expectThrows(() => writeSafetensors(path.join(d, 'o.safetensors'), [['x', a], ['x', a]]), EdgeLLMError, /duplicated tensor name 'x'/);
-    expectThrows(() => new SafetensorsWriter(path.join(d, 'o.safetensors'), [{ name: '__metadata__', dtype: 'F32', shape: [1] }]), EdgeLLMError, /reserved/);
-    expect(fs.readdirSync(d)).toEqual([]);
-  });
-
-  it('rejects wrong byte length and wrong array kind', () => {
-    const w = new SafetensorsWriter(path.join(subdir('writer-len'), 'o.safetensors'), specs);
-    expectThrows(() => w.write('a', new Float32Array(5)), ShapeMismatchError, /tensor 'a' has 20 bytes \(5 elements\)/, /shape \[2, 3\] × F32 \(4 bytes\) needs 24/);
-    expectThrows(() => w.write('a', new Int32Array(6)), ShapeMismatchError, /needs a Float32Array, got Int32Array/);
-    expect(w.state).toBe('HEADER_WRITTEN');
-    w.abort();
-  });
-
-  it('finish with tensors missing throws and names them; abort leaves no output and no temp file', () => {
-    const d = subdir('writer-abort');
-    const out = path.join(d, 'o.safetensors');
-    const w = new SafetensorsWriter(out, specs);
-    w.write('a', a.data);
-    expect(fs.readdirSync(d)).toHaveLength(1); // the temp file
-    expectThrows(() => w.finish(), EdgeLLMError, /1 of 2 declared tensors not written \('b'\)/);
-    w.abort();
-    expect(w.state).toBe('ABORTED');
-    expect(fs.readdirSync(d)).toEqual([]);
-    expectThrows(() => w.write('b', b.data as TypedArray), EdgeLLMError, /writer is ABORTED/);
-  });
-
-  it('writeSafetensors is atomic: a failed write leaves an existing file untouched and no temp file', () => {
-    const d = subdir('writer-atomic');
-    const out = path.join(d, 'o.safetensors');
-    writeSafetensors(out, [['a', a]]);
-    const before = fs.readFileSync(out);
-    expectThrows(() => writeSafetensors(out, [['a', a], ['b', { dtype: 'I8', shape: [6], data: new Int8Array(5) }]]), ShapeMismatchError, /tensor 'b'/);
-    expect(fs.readFileSync(out).equals(before)).toBe(true);
-    expect(fs.readdirSync(d)).toEqual(['o.safetensors']);
   });
 });
