@@ -29,6 +29,11 @@ import { DTYPES, type Tensor } from '../src/ir/tensor.js';
 import { quantSchemeOf } from '../src/ir/quant-scheme.js';
 import { VERSION, artifactTimestamp } from '../src/core/version.js';
 
+const createdAt = (): { createdAt?: string } => {
+  const t = artifactTimestamp();
+  return t === undefined ? {} : { createdAt: t };
+};
+
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
@@ -137,7 +142,7 @@ function decodeWeightMembers(src: MemberSource, base: string): Map<string, LazyT
  *   EdgeLLMError (duplicate or reserved tensor names, unknown dtype, bad shape) or ShapeMismatchError
  *   (data length or typed-array kind disagrees with dtype × shape) from encoding a member;
  *   EdgeLLMError from the HAR writer for a bad member name (e.g. an adapter name with characters a
- *   member path cannot hold) or a member whose size changed between the two passes; Error for a
+ *   member path cannot hold) or a member whose size changed between the two passes; UsageError for a
  *   SOURCE_DATE_EPOCH that is not whole seconds; filesystem errors as thrown by node:fs (the
  *   temporary file is removed)
  */
@@ -161,7 +166,7 @@ export async function saveModelHar(path: string, model: Model, info: HarInfo, em
   if (model.tokenizer.generationConfigJson != null) files.set('tokenizer/generation_config.json', enc.encode(model.tokenizer.generationConfigJson));
   const manifest = {
     edgellmVersion: VERSION,
-    createdAt: artifactTimestamp(),
+    ...createdAt(), // only with SOURCE_DATE_EPOCH: no wall-clock time in the artifact
     modelName: info.modelName,
     sourceSha256: info.sourceSha256,
     config: model.config,

@@ -33,8 +33,8 @@ const specIn = (v: { name: string; dtype: string; shape: string[] }): ValueSpec 
 
 /**
  * Writes `exe` as a HEF (atomically: a temporary file beside `path`, renamed over it when complete;
- * the same Executable gives the same bytes but for the `createdAt` timestamp, which
- * SOURCE_DATE_EPOCH can fix).
+ * the same Executable gives the same bytes; the header's `createdAt` is empty unless
+ * SOURCE_DATE_EPOCH is set).
  * @param path target file; overwritten if it exists
  * @param exe the compiled model: `prefill.onnx` / `decode.onnx` ModelProto bytes without
  *   initializers (written as sections `graph.prefill` / `graph.decode`), `weights` (initializer name
@@ -45,7 +45,7 @@ const specIn = (v: { name: string; dtype: string; shape: string[] }): ValueSpec 
  * @throws EdgeLLMError (duplicate names, unknown dtype, bad shape) or ShapeMismatchError (a tensor's
  *   data length or typed-array kind disagrees with its dtype × shape) from encoding a safetensors
  *   section; EdgeLLMError from the HEF writer for duplicate section names (two adapters of one name)
- *   or a header that does not match HefHeader; Error for a SOURCE_DATE_EPOCH that is not whole
+ *   or a header that does not match HefHeader; UsageError for a SOURCE_DATE_EPOCH that is not whole
  *   seconds (nothing is written in these cases); filesystem errors as thrown by node:fs (the
  *   temporary file is removed)
  */
@@ -72,7 +72,7 @@ export function writeExecutable(path: string, exe: Executable): void {
       prefill: graph(exe.prefill, 'graph.prefill'),
       decode: graph(exe.decode, 'graph.decode'),
       sourceSha256: exe.sourceSha256,
-      createdAt: artifactTimestamp(),
+      createdAt: artifactTimestamp() ?? '', // only with SOURCE_DATE_EPOCH: no wall-clock time in the artifact
       adapters: (exe.adapters ?? []).map((a) => ({
         name: a.name,
         section: `adapter.${a.name}`,

@@ -71,7 +71,12 @@ export function normalizeConfig(raw: Record<string, unknown>, file = 'config.jso
   if (raw.rope_scaling != null) throw new UnsupportedModelError(`${file}: rope_scaling is not supported yet`);
   const eos = raw.eos_token_id;
   const eosTokenIds = Array.isArray(eos) ? eos.map(Number) : eos == null ? [] : [Number(eos)];
-  const attentionBias = raw.attention_bias === true;
+  const bool = (key: string): boolean => {
+    const v = raw[key] ?? false;
+    if (typeof v !== 'boolean') throw new FormatError(file, `field '${key}' must be true or false, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  const attentionBias = bool('attention_bias');
   return {
     family,
     modelType,
@@ -87,9 +92,9 @@ export function normalizeConfig(raw: Record<string, unknown>, file = 'config.jso
     ropeTheta: num('rope_theta', 10000),
     hiddenAct: 'silu',
     // HF's default is untied for all three families; a checkpoint without lm_head is treated as tied.
-    tieWordEmbeddings: raw.tie_word_embeddings === true,
+    tieWordEmbeddings: bool('tie_word_embeddings'),
     // Qwen2 always has q/k/v biases; Llama/Mistral only with attention_bias (the family adapter says).
-    ...ARCHITECTURES[family].biases({ attentionBias, mlpBias: raw.mlp_bias === true }),
+    ...ARCHITECTURES[family].biases({ attentionBias, mlpBias: bool('mlp_bias') }),
     bosTokenId: typeof raw.bos_token_id === 'number' ? raw.bos_token_id : null,
     eosTokenIds,
   };
@@ -163,8 +168,20 @@ export function expectedWeights(cfg: ModelConfig): Map<string, number[]> {
   return m;
 }
 
+/**
+ * Checkpoint tensors that HF models carry as buffers, not weights, and transformers ignores on load
+ * (`_keys_to_ignore_on_load_unexpected`): RoPE's inv_freq, recomputed from rope_theta.
+ */
+const IGNORED_TENSORS = /(^|\.)rotary_emb\.inv_freq$/;
+
 function checkWeights(cfg: ModelConfig, weights: Map<string, LazyTensor>, dir: string): void {
-  for (const [name, shape] of expectedWeights(cfg)) {
+  const expected = expectedWeights(cfg);
+  // A tensor nothing reads means config.json and the weights disagree (e.g. num_hidden_layers 4 over
+  // a 5-layer checkpoint would silently drop a layer): an error naming it, not a silent drop.
+  const unused = [...weights.keys()].filter((n) => !expected.has(n) && !IGNORED_TENSORS.test(n));
+  if (unused.length)
+    throw new FormatError(dir, `tensor '${unused[0]}'${unused.length > 1 ? ` (and ${unused.length - 1} more)` : ''} is in the checkpoint but not in the model config.json describes`);
+  for (const [name, shape] of expected) {
     const w = weights.get(name);
     if (!w) throw new FormatError(dir, `tensor '${name}' is missing from the checkpoint`);
     if (w.shape.length !== shape.length || w.shape.some((d, i) => d !== shape[i]))

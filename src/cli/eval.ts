@@ -13,7 +13,7 @@ import { TextTokenizer } from '../../formats/tokenizer.js';
 import { slidingWindows } from '../../calibration/windows.js';
 import { defaultSharedDir } from '../../calibration/datasets.js';
 import { UsageError } from '../core/errors.js';
-import { VERSION, artifactTimestamp } from '../core/version.js';
+import { VERSION, reportTimestamp } from '../core/version.js';
 import { int, float, textPath, outputPathCheck } from './common.js';
 
 const TASKS = EVAL_TASKS;
@@ -83,7 +83,7 @@ export function registerEval(program: Command): void {
       if (o.adapter !== undefined) backend.selectAdapter(o.adapter);
       const identity: EvalRequest['identity'] = {
         edgellmVersion: VERSION,
-        createdAt: artifactTimestamp(),
+        createdAt: reportTimestamp(),
         model: file,
         kind: art.kind,
         modelSha256: artifactSha256(file),

@@ -9,6 +9,7 @@ import { executableHeader } from '../../formats/hef-executable.js';
 import { artifactKind } from './load-artifact.js';
 import { kvCacheBytes, type KvLayout } from '../ir/executable.js';
 import { UsageError } from '../core/errors.js';
+import { sha256File } from '../core/digest.js';
 import type { ModelConfig, QuantReport } from '../ir/model.js';
 
 export interface InspectInfo {
@@ -17,6 +18,8 @@ export interface InspectInfo {
   formatVersion: number;
   edgellmVersion: string;
   fileBytes: number;
+  /** sha256 (hex) of the file's bytes: the artifact's own content hash (equal for reproducible builds) */
+  sha256: string;
   modelName: string;
   sections: { name: string; kind: string; bytes: number; offset?: number }[];
   quantScheme: Record<string, unknown>;
@@ -67,6 +70,7 @@ function adapterInfos(list: unknown, sizeOf: (a: Record<string, any>) => number)
 export async function inspectArtifact(file: string): Promise<InspectInfo> {
   const kind = artifactKind(file);
   const fileBytes = fs.statSync(file).size;
+  const sha256 = sha256File(file);
   if (kind === 'hef') {
     const hef = verifyHef(file);
     hef.close();
@@ -80,6 +84,7 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
       formatVersion: hef.version,
       edgellmVersion: h.edgellmVersion,
       fileBytes,
+      sha256,
       modelName: h.modelName,
       sections: [...hef.sections.values()].map((s) => ({ name: s.name, kind: s.kind, bytes: s.length, offset: s.offset })),
       quantScheme: { ...h.quant },
@@ -109,6 +114,7 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
     formatVersion: Number(manifest.formatVersion),
     edgellmVersion: String(manifest.edgellmVersion ?? ''),
     fileBytes,
+    sha256,
     modelName: String(manifest.modelName ?? ''),
     sections: [...files].map(([name, data]) => ({ name, kind: 'member', bytes: data.length })),
     quantScheme,
@@ -126,6 +132,7 @@ const kib = (b: number) => (b >= 1 << 20 ? `${(b / (1 << 20)).toFixed(2)} MiB` :
 export function formatInspect(i: InspectInfo): string {
   const lines = [
     `${i.file}: edgellm ${i.kind.toUpperCase()} format version ${i.formatVersion} (written by edgellm ${i.edgellmVersion}), ${kib(i.fileBytes)}`,
+    `sha256: ${i.sha256}`,
     `model: ${i.modelName} (${i.config.modelType}, ${i.config.numLayers} layers, hidden ${i.config.hiddenSize}, heads ${i.config.numHeads}/${i.config.numKvHeads} kv, vocab ${i.config.vocabSize})`,
     `quantization: ${Object.entries(i.quantScheme)
       .map(([k, v]) => `${k}=${v}`)

@@ -2,6 +2,7 @@
 import * as fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
+import { UsageError } from './errors.js';
 
 function findVersion(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
@@ -18,15 +19,27 @@ function findVersion(): string {
 
 export const VERSION = findVersion();
 
-/**
- * The time stamp written into artifacts (HAR manifest, HEF header, eval reports), ISO 8601 UTC.
- * With `SOURCE_DATE_EPOCH` set (seconds since 1970, the reproducible-builds convention) it is that
- * moment, so the same inputs give the same bytes; otherwise the current time.
- * @throws Error when SOURCE_DATE_EPOCH is set but is not a whole number of seconds
- */
-export function artifactTimestamp(env: NodeJS.ProcessEnv = process.env): string {
+function sourceDateEpoch(env: NodeJS.ProcessEnv): string | undefined {
   const epoch = env.SOURCE_DATE_EPOCH;
-  if (epoch == null || epoch === '') return new Date().toISOString();
-  if (!/^\d+$/.test(epoch)) throw new Error(`SOURCE_DATE_EPOCH must be a whole number of seconds, got '${epoch}'`);
+  if (epoch == null || epoch === '') return undefined;
+  if (!/^\d+$/.test(epoch)) throw new UsageError(`SOURCE_DATE_EPOCH must be a whole number of seconds, got '${epoch}'`);
   return new Date(Number(epoch) * 1000).toISOString();
+}
+
+/**
+ * The time stamp written into artifacts (HAR manifest, HEF header), ISO 8601 UTC: only when
+ * `SOURCE_DATE_EPOCH` is set (seconds since 1970, the reproducible-builds convention), as that
+ * moment; otherwise none (undefined), so the same inputs give the same bytes on every run.
+ * @throws UsageError when SOURCE_DATE_EPOCH is set but is not a whole number of seconds
+ */
+export function artifactTimestamp(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  return sourceDateEpoch(env);
+}
+
+/**
+ * The time stamp of a report (`eval --json`), ISO 8601 UTC: SOURCE_DATE_EPOCH when set, else now.
+ * @throws UsageError when SOURCE_DATE_EPOCH is set but is not a whole number of seconds
+ */
+export function reportTimestamp(env: NodeJS.ProcessEnv = process.env): string {
+  return sourceDateEpoch(env) ?? new Date().toISOString();
 }
