@@ -22,7 +22,7 @@ export async function writeAtomic(target: string, write: (tmpPath: string) => vo
     await write(tmp);
     fs.renameSync(tmp, target);
   } catch (e) {
-    fs.rmSync(tmp, { force: true });
+    removeQuietly(tmp);
     throw e;
   }
 }
@@ -34,8 +34,20 @@ export function writeAtomicSync(target: string, write: (tmpPath: string) => void
     write(tmp);
     fs.renameSync(tmp, target);
   } catch (e) {
-    fs.rmSync(tmp, { force: true });
+    removeQuietly(tmp);
     throw e;
+  }
+}
+
+/**
+ * Removes a failed write's temporary file, never throwing: a cleanup error (e.g. ENOTDIR when the
+ * target's "directory" is a regular file) must not replace the error that made the write fail.
+ */
+function removeQuietly(tmp: string): void {
+  try {
+    fs.rmSync(tmp, { force: true });
+  } catch {
+    // nothing to remove, or nothing we can do: the original error is the one to report
   }
 }
 
