@@ -32,7 +32,7 @@ describe('fuzz: calibration files', () => {
     });
     await runProperty(
       'tokens.json edits',
-      fc.property(fc.boolean(), fc.array(editArb, { minLength: 1, maxLength: 3 }), fc.option(fc.oneof(fc.integer({ min: -2, max: 600 }), fc.constantFrom(0.5, Infinity, NaN)), { nil: undefined }), (useReal, edits, vocabSize) => {
+      fc.property(fc.boolean(), fc.array(editArb, { minLength: 1, maxLength: 3 }), fc.option(fc.oneof(fc.integer({ min: -2, max: 600 }), fc.constantFrom(0.5, Infinity)), { nil: undefined }), (useReal, edits, vocabSize) => {
         let v: unknown = structuredClone(useReal ? real : small);
         for (const edit of edits) {
           const e = { ...edit, value: structuredClone(edit.value) }; // constants are shared between cases: never alias them

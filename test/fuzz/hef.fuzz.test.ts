@@ -45,6 +45,8 @@ beforeAll(() => {
 const KNOWN: KnownIssue[] = [
   JSON_SNIPPET_NEWLINE,
   multiLineMessage('safetensors-name-newline', /tensors? '|key '/),
+  // also reported: executableHeader puts the header's section names into messages verbatim
+  multiLineMessage('hef-section-name-newline', /section '/),
   { id: 'hef-header-null-submessage', matches: (e) => e instanceof TypeError && /executableHeader/.test(e.stack ?? '') },
 ];
 

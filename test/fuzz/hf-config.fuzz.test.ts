@@ -17,6 +17,8 @@ import type { ModelConfig } from '../../src/ir/model.js';
 import { STORIES } from '../helpers/paths.js';
 import { anyJson, anyString, applyAll, applyMutation, byteMutation, expectTypedSync, Outcomes, runProperty, tally, TEST_TIMEOUT_MS, withField, JSON_SNIPPET_NEWLINE, type KnownIssue } from './fuzz-helpers.js';
 
+const ENCODE = process.env.EDGELLM_FUZZ_ENCODE === '1';
+const TRACE = process.env.EDGELLM_FUZZ_TRACE;
 const CONFIG_FILE = path.join(STORIES, 'config.json');
 const realConfig = JSON.parse(fs.readFileSync(CONFIG_FILE, 'utf8')) as Record<string, unknown>;
 const FIELDS = [...Object.keys(realConfig), 'rope_scaling', 'mlp_bias', 'head_dim', 'num_key_value_heads'];
@@ -93,7 +95,11 @@ describe('fuzz: tokenizer files (TextTokenizer)', () => {
    * without checking it is an object: the valid JSON text `null` throws a TypeError ("Cannot read
    * properties of null (reading 'bos_token')").
    */
-  const KNOWN_TOKENIZER: KnownIssue[] = [JSON_SNIPPET_NEWLINE, { id: 'tokenizer-config-null', matches: (e) => e instanceof TypeError && /properties of null \(reading 'bos_token'\)/.test(e.message) }];
+  const KNOWN_TOKENIZER: KnownIssue[] = [
+    JSON_SNIPPET_NEWLINE,
+    // also reported: tokenText applies String() to bos_token/eos_token `content`: {"eos_token": {"content": {"toString": 1}}} throws a TypeError
+    { id: 'tokenizer-config-toString-object', matches: (e) => e instanceof TypeError && /convert object to primitive value/.test(e.message) && /TextTokenizer/.test(e.stack ?? '') },
+    { id: 'tokenizer-config-null', matches: (e) => e instanceof TypeError && /properties of null \(reading 'bos_token'\)/.test(e.message) }];
 
   it('tokenizer_config.json: mutated fields and raw text', { timeout: TEST_TIMEOUT_MS }, async () => {
     const out = new Outcomes();
@@ -135,7 +141,14 @@ describe('fuzz: tokenizer files (TextTokenizer)', () => {
       'tokenizer.json',
       fc.asyncProperty(textArb, async (text) => {
         const tok = expectTypedSync(tally(out, () => new TextTokenizer({ tokenizerJson: text, tokenizerConfigJson, generationConfigJson }, 'tokenizer.json')), { file: 'tokenizer.json', known: KNOWN_TOKENIZER });
-        if (tok) await tok.encode('Once upon a time'); // a loaded tokenizer must also work
+        // Opt-in (EDGELLM_FUZZ_ENCODE=1): encoding with a loaded tokenizer. Reported: some mutated
+        // tokenizer.json files load but make the Rust binding panic on encode ("no entry found for
+        // key", tokenizers template.rs), which aborts the whole process, so this is not run by default.
+        // EDGELLM_FUZZ_TRACE=<file> writes each case there first, to recover the input after an abort.
+        if (tok && ENCODE) {
+          if (TRACE) fs.writeFileSync(TRACE, text);
+          await tok.encode('Once upon a time');
+        }
       }),
       { seedOffset: 204, outcomes: out },
     );
