@@ -36,6 +36,7 @@ import { ROOT, STORIES, WIKI_ADAPTER, CALIB } from '../helpers/paths.js';
 import { makeTempDir, removeDir, suiteTempDir } from '../helpers/tmp.js';
 import { readHar } from '../../formats/har.js';
 import { verifyHef } from '../../formats/hef.js';
+import { mulberry32 } from '../../src/core/rng.js';
 
 const RUNS = Number(process.env.EDGELLM_CRASH_RUNS ?? 6);
 const WRITE_RUNS = Number(process.env.EDGELLM_CRASH_WRITE_RUNS ?? 4);
@@ -52,17 +53,8 @@ const dir = suiteTempDir('edgellm-crash-');
 
 // ---- helpers ---------------------------------------------------------------------------------
 
-/** mulberry32: a small seeded PRNG, uniform in [0, 1). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The project's seeded PRNG (src/core/rng.ts), uniform in [0, 1). */
+const rng = mulberry32;
 
 function seedFor(name: string): number {
   let h = SEED >>> 0;
