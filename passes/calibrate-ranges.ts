@@ -29,7 +29,7 @@ export const meta = { name: 'calibrate', requires: [] as string[] };
  * Calibrates static ranges on `windows` (token ids, each evaluated from position 0).
  * @returns a new Model with the ranges; the input is not modified
  */
-export async function calibrateRanges(model: Model, windows: number[][], opts: CalibrateOptions, ctx: RunContext): Promise<Model> {
+export async function calibrateRanges(model: Model, windows: readonly number[][], opts: CalibrateOptions, ctx: RunContext): Promise<Model> {
   const cfg = model.config;
   const maxLen = Math.max(...windows.map((w) => w.length));
   const g = lowerModel({ ...model, quant: { ...model.quant, activations: {}, kvCache: [] } }, {
@@ -67,5 +67,5 @@ export async function calibrateRanges(model: Model, windows: number[][], opts: C
 
 /** Static A8/KV8 range calibration as a {@link Pass} (on `ctx.windows`). */
 export function calibrateRangesPass(options: CalibrateOptions): Pass<CalibrateOptions> {
-  return { name: meta.name, requires: meta.requires, stage: 'calibrate', options, run: (model, ctx) => calibrateRanges(model, ctx.windows as number[][], options, ctx) };
+  return { name: meta.name, requires: meta.requires, stage: 'calibrate', options, run: (model, ctx) => calibrateRanges(model, ctx.windows, options, ctx) };
 }

@@ -84,7 +84,7 @@ const DEFAULT_CACHE_BYTES = 4 * 2 ** 30;
  *   UnsupportedModelError (a layer graph without the expected capture points), EdgeLLMError when a
  *   Hessian stays indefinite after the damping retries
  */
-export async function gptqModel(model: Model, windows: number[][], opts: GptqPassOptions, ctx: RunContext): Promise<Model> {
+export async function gptqModel(model: Model, windows: readonly number[][], opts: GptqPassOptions, ctx: RunContext): Promise<Model> {
   checkGroupSize(opts.groupSize);
   if (windows.length === 0 || windows.some((w) => w.length === 0)) throw new UsageError('gptq: needs at least one non-empty calibration window');
   const solveOpts: GptqOptions = { ...GPTQ_DEFAULTS, ...stripUndefined(opts), groupSize: opts.groupSize };
@@ -211,7 +211,7 @@ function setPacked(weights: Map<string, LazyTensor>, name: string, p: PackedW4):
 }
 
 /** Layer 0's input: rows of model.embed_tokens.weight, float32 [S, hidden] per window (read without a full fp32 copy). */
-function embed(model: Model, windows: number[][]): Float32Array[] {
+function embed(model: Model, windows: readonly number[][]): Float32Array[] {
   const H = model.config.hiddenSize;
   const t = model.weights.get('model.embed_tokens.weight');
   if (!t) throw new UnsupportedModelError('gptq: model.embed_tokens.weight is missing');
@@ -384,5 +384,5 @@ function cutGraph(g: GraphBuilder, cuts: Map<string, string>, outputs: string[])
 
 /** GPTQ W4 as a {@link Pass}: layer by layer on `ctx.windows`. */
 export function gptqPass(options: GptqPassOptions): Pass<GptqPassOptions> {
-  return { name: meta.name, requires: meta.requires, stage: 'quantize', options, run: (model, ctx) => gptqModel(model, ctx.windows as number[][], options, ctx) };
+  return { name: meta.name, requires: meta.requires, stage: 'quantize', options, run: (model, ctx) => gptqModel(model, ctx.windows, options, ctx) };
 }

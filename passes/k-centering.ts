@@ -33,7 +33,7 @@ export const meta = { name: 'k-centering', requires: [] as string[] };
  * position 0), with the model as it runs (quantized weights, float activations, no offsets).
  * @returns per layer { min, max }, float64 [numKvHeads·headDim] each
  */
-export async function kChannelRanges(model: Model, windows: number[][], ctx: RunContext): Promise<{ min: Float64Array; max: Float64Array }[]> {
+export async function kChannelRanges(model: Model, windows: readonly number[][], ctx: RunContext): Promise<{ min: Float64Array; max: Float64Array }[]> {
   const cfg = model.config;
   const { numLayers: nL, numKvHeads: nKv, headDim: hd } = cfg;
   if (windows.length === 0) throw new UsageError('k-centering: no calibration windows');
@@ -69,7 +69,7 @@ export async function kChannelRanges(model: Model, windows: number[][], ctx: Run
  * @returns a new Model; the input is not modified
  * @throws UsageError with no windows
  */
-export async function centerKCache(model: Model, windows: number[][], ctx: RunContext): Promise<Model> {
+export async function centerKCache(model: Model, windows: readonly number[][], ctx: RunContext): Promise<Model> {
   const ranges = await kChannelRanges(model, windows, ctx);
   const kCacheOffset = ranges.map(({ min, max }) => Array.from(min, (lo, c) => Math.fround((lo + max[c]) / 2)));
   return {
@@ -81,5 +81,5 @@ export async function centerKCache(model: Model, windows: number[][], ctx: RunCo
 
 /** K-cache centering as a {@link Pass} (stage calibrate: offsets measured on `ctx.windows`). */
 export function kCenteringPass(): Pass<Record<string, never>> {
-  return { name: meta.name, requires: meta.requires, stage: 'calibrate', options: {}, run: (model, ctx) => centerKCache(model, ctx.windows as number[][], ctx) };
+  return { name: meta.name, requires: meta.requires, stage: 'calibrate', options: {}, run: (model, ctx) => centerKCache(model, ctx.windows, ctx) };
 }

@@ -110,7 +110,7 @@ export async function addLora(model: Model, peft: PeftAdapter, opts: AddLoraOpti
   const { modules: tmods, applied } = transformAdapter(peft, model, src);
   const build = (mods: TransformedModule[], bits: 32 | 8 | 4) => buildAdapter(opts.name, peft, mods, bits, opts.groupSize, applied);
   const plan = planAddLora(model, tmods.map((m) => m.linear), opts, src.optimized !== undefined);
-  const w = windows as number[][];
+  const w = windows;
   let mods = tmods;
   let refit: LoraRefitSummary | undefined;
   if (plan.refitSkipped) ctx.log(`add-lora ${opts.name}: not refit to the quantized base: the HAR keeps no fp32 weights (quantized with --no-emulation-weights)`);

@@ -36,7 +36,7 @@ function baseObserver(model: Model): ObserverKind {
 async function runAdapterCapture(
   model: Model,
   adapter: LoraAdapterData,
-  windows: number[][],
+  windows: readonly number[][],
   points: string[],
   label: string,
   ctx: RunContext,
@@ -62,7 +62,7 @@ function linearInputPoint(model: Pick<Model, 'config'>, linear: string): string 
  * Input Hessians of the linears `adapter` adapts, on `windows`, with the adapter applied.
  * @returns input point (`model.layers.{i}.attn_in`, …) -> H = mean x·xᵀ, float64 [in, in] row-major
  */
-export async function loraInputHessians(model: Model, adapter: LoraAdapterData, windows: number[][], ctx: RunContext): Promise<Map<string, Float64Array>> {
+export async function loraInputHessians(model: Model, adapter: LoraAdapterData, windows: readonly number[][], ctx: RunContext): Promise<Map<string, Float64Array>> {
   const points = [...new Set(adapter.modules.map((m) => linearInputPoint(model, m.linear)))];
   const acc = new Map(points.map((p) => [p, null as HessianAccumulator | null]));
   try {
@@ -85,7 +85,7 @@ export async function loraInputHessians(model: Model, adapter: LoraAdapterData, 
  * quantized A and B), with the observer of the base's `calibrate` pass.
  * @returns linear -> QParams
  */
-export async function calibrateLora(model: Model, adapter: LoraAdapterData, windows: number[][], ctx: RunContext): Promise<Map<string, QParams>> {
+export async function calibrateLora(model: Model, adapter: LoraAdapterData, windows: readonly number[][], ctx: RunContext): Promise<Map<string, QParams>> {
   const kind = baseObserver(model);
   const obs = new Map(adapter.modules.map((m) => [m.linear, OBSERVERS[kind]()]));
   const points = adapter.modules.map((m) => loraPoint(m.linear));
