@@ -1,56 +1,53 @@
 /** edgellm run (see `edgellm run --help`). */
 import type { Command } from 'commander';
-import { UsageError } from '../core/errors.js';
-import { loadArtifact } from './load-artifact.js';
-import { SimulatorBackend } from '../runtime/simulator.js';
-import { generate } from '../runtime/generate.js';
-import { TextTokenizer, StreamDecoder } from '../../formats/tokenizer.js';
-import { int, float } from './common.js';
+import { int } from './common.js';
+import { openSession } from './open-session.js';
+import { addGenerationFlags, paramsFromFlags } from './generation-flags.js';
+import type { ChatMessage } from '../../formats/chat-template.js';
+import type { GenerationInput } from '../runtime/session.js';
 
 /** `edgellm run`: generate text on the simulator backend. */
 export function registerRun(program: Command): void {
-  program
+  const cmd = program
     .command('run')
     .description('generate text on the simulator backend (a model directory runs the fp32 reference)')
     .argument('<model>', 'model.hef, model.har or a HuggingFace model directory')
     .option('-p, --prompt <text>', 'prompt text ("" = start from BOS)', '')
-    .option('-n, --max-tokens <n>', 'tokens to generate', int('--max-tokens'), 128)
-    .option('-t, --temperature <t>', 'sampling temperature (0 = greedy)', float('--temperature'), 0.8)
-    .option('--top-p <p>', 'nucleus sampling mass', float('--top-p'), 0.95)
-    .option('--top-k <k>', 'keep the k most likely tokens (0 = all)', int('--top-k'), 40)
-    .option('--seed <n>', 'sampling seed', int('--seed'), 0)
+    .option('--chat', 'send the prompt as one user turn through the model\'s chat template')
+    .option('--system <text>', 'with --chat: a system message before the user turn')
+    .option('--chat-template <file>', 'a jinja chat template to use instead of the model\'s')
+    .option('--raw', 'encode the prompt without the tokenizer\'s special tokens (no BOS)')
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
     .option('--adapter <name>', 'run with this LoRA adapter of the HEF/HAR (see `edgellm inspect`)')
-    .option('--json', 'print a JSON result on stdout instead of streaming text')
-    .action(async (file: string, o) => {
-      const { exe } = await loadArtifact(file, { prefillLen: o.prefillLen });
-      const backend = await SimulatorBackend.load(exe);
-      if (o.adapter !== undefined) backend.selectAdapter(o.adapter);
-      const tok = new TextTokenizer(exe.tokenizer);
-      const prompt = await tok.encode(o.prompt, true);
-      if (prompt.length === 0) throw new UsageError('the prompt encodes to no tokens and the tokenizer adds no BOS');
-      const stream = await StreamDecoder.create(tok, prompt);
-      if (!o.json) process.stdout.write(await tok.decode(prompt));
-      const res = await generate(
-        backend,
-        prompt,
-        { maxTokens: o.maxTokens, temperature: o.temperature, topP: o.topP, topK: o.topK, seed: o.seed, stopTokens: exe.config.eosTokenIds },
-        o.json ? undefined : async (id) => void process.stdout.write(await stream.push(id)),
-      );
-      await backend.dispose();
+    .option('--json', 'print a JSON result on stdout instead of streaming text');
+  addGenerationFlags(cmd).action(async (file: string, o) => {
+    const params = paramsFromFlags(o);
+    const { session } = await openSession(file, { prefillLen: o.prefillLen, adapter: o.adapter, chatTemplateFile: o.chatTemplate });
+    try {
+      let input: GenerationInput;
+      if (o.chat) {
+        const messages: ChatMessage[] = o.system !== undefined ? [{ role: 'system', content: o.system }] : [];
+        messages.push({ role: 'user', content: o.prompt });
+        input = { messages };
+      } else input = { prompt: o.prompt, raw: o.raw === true };
+      if (!o.json && !o.chat) process.stdout.write(await session.tokenizer.decode(await session.encode(input)));
+      const res = await session.generate({ input, params, onText: o.json ? undefined : (t) => void process.stdout.write(t) });
       const stats = {
         promptTokens: res.promptTokens,
         generatedTokens: res.tokens.length,
         ttftMs: res.ttftMs,
         decodeTokensPerSecond: res.decodeTokensPerSecond,
-        stopReason: res.stopReason,
+        stopReason: res.status,
       };
-      if (o.json) process.stdout.write(JSON.stringify({ text: await tok.decode(res.tokens), tokens: res.tokens, ...stats }, null, 2) + '\n');
+      if (o.json) process.stdout.write(JSON.stringify({ text: res.text, tokens: res.tokens, ...stats }, null, 2) + '\n');
       else {
         process.stdout.write('\n');
         process.stderr.write(
-          `TTFT ${res.ttftMs.toFixed(1)} ms (${res.promptTokens} prompt tokens) | decode ${res.decodeTokensPerSecond.toFixed(1)} tokens/s (${res.tokens.length} tokens, ${res.stopReason})\n`,
+          `TTFT ${res.ttftMs.toFixed(1)} ms (${res.promptTokens} prompt tokens) | decode ${res.decodeTokensPerSecond.toFixed(1)} tokens/s (${res.tokens.length} tokens, ${res.status})\n`,
         );
       }
-    });
+    } finally {
+      await session.dispose();
+    }
+  });
 }

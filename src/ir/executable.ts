@@ -70,3 +70,21 @@ export interface Executable {
 
 /** A LoRA adapter with its tensors in memory (quantized codes + scales, see src/ir/model.ts LoraAdapter). */
 export type ExecutableAdapter = Omit<LoraAdapter, 'tensors'> & { tensors: Map<string, Tensor> };
+
+/**
+ * The contents of one KV-cache context as plain bytes (what a context file stores): per layer the
+ * K and V caches of its first `length` positions, each [num_kv_heads, length, head_dim] in the
+ * layout's element type (uint8 KV8 codes, or float32 little-endian), row-major.
+ */
+export interface KvSnapshot {
+  /** tokens held */
+  length: number;
+  /** the LoRA adapter the cache was computed with (null: the base model) */
+  adapter: string | null;
+  layers: { key: Uint8Array; value: Uint8Array }[];
+}
+
+/** Bytes of one K (or V) cache of `length` positions in layout `l`. */
+export function kvSnapshotLayerBytes(l: KvLayout, length: number): number {
+  return l.numKvHeads * length * l.headDim * (l.dtype === 'uint8' ? 1 : 4);
+}

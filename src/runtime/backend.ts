@@ -4,6 +4,8 @@
  * load an executable's prefill and decode graphs once, then run tokens against KV-cache contexts.
  */
 
+import type { KvLayout, KvSnapshot } from '../ir/executable.js';
+
 /** An opaque KV-cache context: one conversation's state on the backend. */
 export interface KvContext {
   /** tokens held in the cache */
@@ -20,6 +22,8 @@ export interface ExecutionBackend {
   /** maximum context in tokens (KV-cache capacity) */
   readonly maxContext: number;
   readonly vocabSize: number;
+  /** the executable's KV-cache layout (what a {@link KvSnapshot} of this backend holds) */
+  readonly kvLayout: KvLayout;
   /** names of the LoRA adapters the executable holds, selectable per context without reloading */
   readonly adapters: readonly string[];
   /**
@@ -44,6 +48,20 @@ export interface ExecutionBackend {
    * other unchanged). Used to score several continuations of one shared prefix (HellaSwag endings).
    */
   fork(ctx: KvContext): KvContext;
+  /**
+   * Keeps the first `length` tokens of the context and forgets the rest (prefix reuse: a prompt
+   * that shares only part of what the cache holds re-evaluates from where they differ).
+   * @throws EdgeLLMError when `length` is negative, fractional or above `ctx.length`
+   */
+  truncate(ctx: KvContext, length: number): void;
+  /** A copy of the context's cache bytes (for a context file). */
+  snapshot(ctx: KvContext): KvSnapshot;
+  /**
+   * A new context holding `snap`'s tokens.
+   * @throws EdgeLLMError when the snapshot's adapter is unknown, its length exceeds `maxContext`,
+   *   or a layer's byte size disagrees with the layout
+   */
+  restore(snap: KvSnapshot): KvContext;
   /** Releases sessions and memory. */
   dispose(): Promise<void>;
 }

@@ -10,7 +10,7 @@
 import * as ort from 'onnxruntime-node';
 import type { ExecutionBackend, KvContext } from './backend.js';
 import { CheckedSession, type SessionOptions } from '../engine/session.js';
-import type { Executable } from '../ir/executable.js';
+import { kvSnapshotLayerBytes, type Executable, type KvLayout, type KvSnapshot } from '../ir/executable.js';
 import { INPUT_IDS, LOGITS, kvNames } from '../compiler/io-contract.js';
 import { withInitializers, decodeModel } from '../../formats/onnx.js';
 import { kvLayoutInitializers } from '../compiler/kv-layout.js';
@@ -57,6 +57,10 @@ export class SimulatorBackend implements ExecutionBackend {
   }
   get vocabSize(): number {
     return this.exe.config.vocabSize;
+  }
+
+  get kvLayout(): KvLayout {
+    return this.exe.kvLayout;
   }
 
   get adapters(): readonly string[] {
@@ -133,6 +137,45 @@ export class SimulatorBackend implements ExecutionBackend {
     const ctx = context as SimContext;
     const copy: SimContext = { length: ctx.length, adapter: ctx.adapter, kv: ctx.kv.map(([k, v]) => [k, v]) };
     return copy;
+  }
+
+  truncate(context: KvContext, length: number): void {
+    const ctx = context as SimContext;
+    if (!Number.isInteger(length) || length < 0 || length > ctx.length)
+      throw new EdgeLLMError(`truncate: length ${length} is not an integer in [0, ${ctx.length}]`);
+    if (length === ctx.length) return;
+    ctx.kv = ctx.kv.map(([k, v]) => [trimContext(k, length), trimContext(v, length)]);
+    ctx.length = length;
+  }
+
+  snapshot(context: KvContext): KvSnapshot {
+    const ctx = context as SimContext;
+    const bytes = (t: ort.Tensor) => {
+      const d = t.data as Float32Array | Uint8Array;
+      return new Uint8Array(d.buffer.slice(d.byteOffset, d.byteOffset + d.byteLength));
+    };
+    return { length: ctx.length, adapter: ctx.adapter, layers: ctx.kv.map(([k, v]) => ({ key: bytes(k), value: bytes(v) })) };
+  }
+
+  restore(snap: KvSnapshot): KvContext {
+    this.checkAdapter(snap.adapter);
+    const l = this.exe.kvLayout;
+    if (!Number.isInteger(snap.length) || snap.length < 0 || snap.length > this.maxContext)
+      throw new EdgeLLMError(`restore: ${snap.length} tokens do not fit the KV-cache capacity of ${this.maxContext}`);
+    if (snap.layers.length !== l.numLayers) throw new EdgeLLMError(`restore: ${snap.layers.length} layers, the executable has ${l.numLayers}`);
+    const want = kvSnapshotLayerBytes(l, snap.length);
+    const dims = [1, l.numKvHeads, snap.length, l.headDim];
+    const tensor = (b: Uint8Array, what: string) => {
+      if (b.byteLength !== want) throw new EdgeLLMError(`restore: ${what} holds ${b.byteLength} bytes, the layout needs ${want}`);
+      const copy = b.slice();
+      return l.dtype === 'uint8' ? new ort.Tensor('uint8', copy, dims) : new ort.Tensor('float32', new Float32Array(copy.buffer, 0, want / 4), dims);
+    };
+    const ctx: SimContext = {
+      length: snap.length,
+      adapter: snap.adapter,
+      kv: snap.layers.map((x, i) => [tensor(x.key, `layer ${i} K`), tensor(x.value, `layer ${i} V`)]),
+    };
+    return ctx;
   }
 
   /** Runs one graph call on `tokens` padded to `seqLen`; keeps only the real tokens' KV. */

@@ -8,7 +8,7 @@
  * get a bound of 0: they must never be drawn.
  */
 import { describe, expect, it } from 'vitest';
-import { argmax, sampleToken, type SamplingOptions } from '../../src/runtime/sampling.js';
+import { applyPenalties, argmax, penaltiesOff, sampleToken, type SamplingOptions } from '../../src/runtime/sampling.js';
 import { mulberry32 } from '../../src/core/rng.js';
 
 const N = 20000;
@@ -240,5 +240,55 @@ describe('sampleToken', () => {
     // and the limits: near-greedy below, near-uniform (ln 8) above
     expect(h(0.05, 74)).toBeLessThan(0.05);
     expect(h(100, 75)).toBeGreaterThan(Math.log(8) - 0.01);
+  });
+});
+
+describe('min-p', () => {
+  it('keeps exactly the tokens with p ≥ minP · p_max after temperature, renormalised', () => {
+    const T = 0.9;
+    const p = softmax(LOGITS, T);
+    const pmax = Math.max(...p);
+    for (const [minP, seed] of [[0.3, 81], [0.05, 82]] as const) {
+      const keep = p.map((_, i) => i).filter((i) => p[i] >= minP * pmax);
+      const f = frequencies(LOGITS, { temperature: T, topK: 0, topP: 1, minP }, seed);
+      expectMatches(f, restrict(p, keep));
+    }
+  });
+
+  it('applies after top-k and top-p (on their renormalised distribution)', () => {
+    const opts = { temperature: 1, topK: 5, topP: 0.9, minP: 0.4 };
+    const q = topP(topK(softmax(LOGITS, 1), 5), 0.9);
+    const qmax = Math.max(...q);
+    const keep = q.map((_, i) => i).filter((i) => q[i] > 0 && q[i] >= 0.4 * qmax);
+    expectMatches(frequencies(LOGITS, opts, 83), restrict(q, keep));
+  });
+});
+
+describe('applyPenalties', () => {
+  const base = Float32Array.from([2, -1, 0.5, 3, -2]);
+  const off = { repeatPenalty: 1, repeatLastN: 64, frequencyPenalty: 0, presencePenalty: 0 };
+
+  it('is the identity (same array) when off or with an empty window', () => {
+    expect(penaltiesOff(off)).toBe(true);
+    expect(applyPenalties(base, [0, 1, 1], off)).toBe(base);
+    expect(applyPenalties(base, [0, 1], { ...off, repeatPenalty: 2, repeatLastN: 0 })).toBe(base);
+    expect(applyPenalties(base, [], { ...off, repeatPenalty: 2 })).toBe(base);
+  });
+
+  it('repeat: positive logits divided, negative multiplied; frequency per occurrence; presence once (llama.cpp order)', () => {
+    const got = applyPenalties(base, [3, 1, 3, 3, 4], { repeatPenalty: 2, repeatLastN: -1, frequencyPenalty: 0.25, presencePenalty: 0.5 });
+    // token 3: 3/2 − 3·0.25 − 0.5; token 1: −1·2 − 0.25 − 0.5; token 4: −2·2 − 0.25 − 0.5; 0, 2 unseen
+    expect(Array.from(got)).toEqual([2, -2.75, 0.5, 0.25, -4.75]);
+    expect(Array.from(base)).toEqual([2, -1, 0.5, 3, -2]); // input untouched
+  });
+
+  it('looks only at the last repeatLastN tokens and ignores ids outside the vocabulary', () => {
+    const got = applyPenalties(base, [0, 0, 2, 99], { ...off, presencePenalty: 1, repeatLastN: 2 });
+    expect(Array.from(got)).toEqual([2, -1, -0.5, 3, -2]);
+  });
+
+  it('changes greedy decoding: a penalised argmax gives way to the runner-up', () => {
+    expect(argmax(base)).toBe(3);
+    expect(argmax(applyPenalties(base, [3], { ...off, repeatPenalty: 2 }))).toBe(0);
   });
 });
