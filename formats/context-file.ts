@@ -9,7 +9,8 @@
  *   8       4      format version (u32, {@link CONTEXT_FORMAT_VERSION})
  *   12      4      header length H (u32, ≤ {@link MAX_HEADER_BYTES})
  *   16      H      header, UTF-8 JSON: { model, adapter, tokens, kv: { numLayers, numKvHeads, headDim,
- *                  dtype }, edgellm, meta? } (meta: the caller's JSON object, e.g. chat messages)
+ *                  dtype }, edgellm, meta?, transcript? } (meta: the caller's JSON object, e.g. chat
+ *                  messages; transcript: the text the conversation renders and its ids)
  *   16+H    4·n    the n token ids in the cache (u32)
  *   …       …      per layer, K then V: [num_kv_heads, n, head_dim] in the layout's dtype
  *   end−32  32     sha256 of every byte before it
@@ -44,6 +45,8 @@ export interface ContextFile {
   edgellm: string;
   /** the caller's metadata (a JSON object), e.g. the chat messages the tokens render */
   meta?: Record<string, unknown>;
+  /** the text the conversation renders so far and its token ids (src/runtime/contexts.ts HeldContext) */
+  transcript?: { text: string; ids: number[] };
 }
 
 /**
@@ -55,7 +58,7 @@ export interface ContextFile {
 export function writeContextFile(file: string, c: Omit<ContextFile, 'snapshot'> & { snapshot: KvSnapshot }): void {
   if (c.tokens.length !== c.snapshot.length) throw new FormatError(file, `${c.tokens.length} token ids for a cache of ${c.snapshot.length} tokens`);
   const header = Buffer.from(
-    JSON.stringify({ model: c.model, adapter: c.snapshot.adapter, tokens: c.tokens.length, kv: pickShape(c.kv), edgellm: c.edgellm, meta: c.meta }),
+    JSON.stringify({ model: c.model, adapter: c.snapshot.adapter, tokens: c.tokens.length, kv: pickShape(c.kv), edgellm: c.edgellm, meta: c.meta, transcript: c.transcript }),
     'utf8',
   );
   const pre = Buffer.alloc(PREAMBLE);
@@ -118,6 +121,9 @@ export function readContextFile(file: string): ContextFile {
   const kv = checkShape(file, h.kv);
   const meta = h.meta;
   if (meta !== undefined && (meta === null || typeof meta !== 'object' || Array.isArray(meta))) throw new FormatError(file, 'header.meta is not a JSON object');
+  const tr = h.transcript as { text?: unknown; ids?: unknown } | undefined;
+  if (tr !== undefined && (tr === null || typeof tr.text !== 'string' || !Array.isArray(tr.ids) || tr.ids.some((t) => !Number.isInteger(t) || t < 0)))
+    throw new FormatError(file, 'header.transcript is not { text: string, ids: non-negative integers }');
   const layerBytes = kvSnapshotLayerBytes({ ...kv, maxContext: 0, layers: [] }, n as number);
   const expected = PREAMBLE + hLen + 4 * (n as number) + 2 * kv.numLayers * layerBytes + DIGEST;
   if (expected !== size) throw new FormatError(file, `size ${size} bytes disagrees with its header (${n} tokens × ${kv.numLayers} layers need ${expected})`);
@@ -132,7 +138,7 @@ export function readContextFile(file: string): ContextFile {
     o += layerBytes;
     layers.push({ key, value });
   }
-  return { model, tokens, kv, snapshot: { length: n as number, adapter: adapter as string | null, layers }, edgellm: String(h.edgellm ?? ''), meta: meta as Record<string, unknown> | undefined };
+  return { model, tokens, kv, snapshot: { length: n as number, adapter: adapter as string | null, layers }, edgellm: String(h.edgellm ?? ''), meta: meta as Record<string, unknown> | undefined, transcript: tr as ContextFile['transcript'] };
 }
 
 /**

@@ -35,6 +35,12 @@ export interface HeldContext {
   lastUsed: number;
   /** the caller's metadata, saved with the context (e.g. the chat messages its tokens render) */
   meta?: Record<string, unknown>;
+  /**
+   * the text the context's conversation renders so far and its token ids (the cache's tokens plus
+   * the last generated one): a prompt whose text extends `text` reuses these ids; unknown after a
+   * stop string cut the text, or for token-id prompts
+   */
+  transcript?: { text: string; ids: number[] };
 }
 
 /** Context ids are file-name safe: letters, digits, '.', '_', '-', 1-64 characters, not starting with '.'. */
@@ -99,6 +105,7 @@ export class ContextStore {
     c.kv = this.backend.newContext({ adapter: c.kv.adapter });
     c.tokens = [];
     c.meta = undefined;
+    c.transcript = undefined;
   }
 
   /** Forgets the context. @throws ContextNotFoundError, ContextBusyError */
@@ -142,7 +149,7 @@ export class ContextStore {
   private fromFile(id: string, file: string): HeldContext {
     const f = readContextFile(file);
     checkContextFits(file, f, this.opts.modelDigest(), this.backend.kvLayout);
-    return { id, kv: this.backend.restore(f.snapshot), tokens: f.tokens, busy: false, lastUsed: 0, meta: f.meta };
+    return { id, kv: this.backend.restore(f.snapshot), tokens: f.tokens, busy: false, lastUsed: 0, meta: f.meta, transcript: f.transcript };
   }
 
   private write(c: HeldContext, file: string): void {
@@ -153,6 +160,7 @@ export class ContextStore {
       snapshot: this.backend.snapshot(c.kv),
       edgellm: VERSION,
       meta: c.meta,
+      transcript: c.transcript,
     });
   }
 

@@ -131,15 +131,20 @@ export class ModelSession {
     return this.template.render(messages, { ...opts, bosToken: this.tokenizer.bosToken, eosToken: this.tokenizer.eosToken });
   }
 
+  /** The prompt text an input renders to (null for token ids) and whether encoding adds special tokens. */
+  private promptText(input: GenerationInput): { text: string; special: boolean } | null {
+    if ('tokens' in input) return null;
+    if ('messages' in input) return { text: this.renderChat(input.messages, input), special: false };
+    return { text: input.prompt, special: !input.raw };
+  }
+
   /**
    * The prompt's token ids.
    * @throws UsageError for an empty result or no chat template; FormatError from the template
    */
   async encode(input: GenerationInput): Promise<number[]> {
-    let ids: number[];
-    if ('tokens' in input) ids = [...input.tokens];
-    else if ('messages' in input) ids = await this.tokenizer.encode(this.renderChat(input.messages, input), false);
-    else ids = await this.tokenizer.encode(input.prompt, !input.raw);
+    const t = this.promptText(input);
+    const ids = t === null ? [...(input as { tokens: number[] }).tokens] : await this.tokenizer.encode(t.text, t.special);
     if (ids.length === 0) throw new UsageError('the prompt encodes to no tokens (and the tokenizer adds no BOS)');
     return ids;
   }
@@ -154,15 +159,23 @@ export class ModelSession {
   async generate(req: GenerateRequest): Promise<GenerateResult> {
     const t0 = performance.now();
     const p = resolveParams(req.params ?? {}, {}, this.defaults);
-    const prompt = await this.encode(req.input);
+    const full = await this.encode(req.input);
+    const text = this.promptText(req.input)?.text ?? null;
+    const ctx = req.context !== undefined ? this.contexts.get(req.context, { create: true, adapter: req.adapter }) : this.pickSlot(full, text);
+    if (ctx.busy) throw new ContextBusyError(`context '${ctx.id}' is generating`);
+    // text-level reuse: a prompt whose text extends the context's transcript keeps the context's own
+    // tokens for that part (what the model generated), and only the rest is tokenized
+    const tr = ctx.transcript;
+    const prompt = text !== null && tr && tr.text.length > 0 && text.startsWith(tr.text) ? [...tr.ids, ...(await this.tokenizer.encode(text.slice(tr.text.length), false))] : full;
     const V = this.backend.vocabSize;
     for (const t of prompt) if (!Number.isInteger(t) || t < 0 || t >= V) throw new UsageError(`token id ${t} is outside the vocabulary [0, ${V})`);
     if (prompt.length >= this.capacity) throw new ContextOverflowError(prompt.length, this.capacity);
-    const ctx = req.context !== undefined ? this.contexts.get(req.context, { create: true, adapter: req.adapter }) : this.pickSlot(prompt);
-    if (ctx.busy) throw new ContextBusyError(`context '${ctx.id}' is generating`);
     ctx.busy = true;
+    ctx.transcript = undefined;
     try {
-      return await this.run(ctx, prompt, p, req, t0);
+      const r = await this.run(ctx, prompt, p, req, t0);
+      if (text !== null && !(r.stoppedBy && 'string' in r.stoppedBy)) ctx.transcript = { text: text + r.text, ids: r.contextIds };
+      return r;
     } finally {
       ctx.busy = false;
     }
@@ -259,13 +272,17 @@ export class ModelSession {
     };
   }
 
-  /** The idle slot whose tokens share the longest prefix with `prompt` (ties: least recently used). */
-  private pickSlot(prompt: number[]): HeldContext {
+  /**
+   * The idle slot sharing the longest prefix with the prompt: its transcript's tokens when the
+   * prompt text extends its transcript, else the common prefix of token ids (ties: least recently used).
+   */
+  private pickSlot(prompt: number[], text: string | null): HeldContext {
     let best: HeldContext | null = null;
     let bestLen = -1;
     for (const s of this.slots) {
       if (s.busy) continue;
-      const n = commonPrefix(s.tokens, prompt);
+      const tr = s.transcript;
+      const n = text !== null && tr && tr.text.length > 0 && text.startsWith(tr.text) ? tr.ids.length : commonPrefix(s.tokens, prompt);
       if (n > bestLen || (n === bestLen && best && s.lastUsed < best.lastUsed)) {
         best = s;
         bestLen = n;
