@@ -23,6 +23,7 @@
 import { readHar, writeHar, type HarMember, type ProducedMember } from './har.js';
 import { encodeSafetensors, decodeSafetensors, SafetensorsFile } from './safetensors.js';
 import { FormatError } from '../src/core/errors.js';
+import { checkModelManifest, checkRanges } from './har-manifest.js';
 import type { Model, QuantState, ModelConfig, PassRecord, LinearQuant, QuantReport, LoraAdapter, LazyTensor } from '../src/ir/model.js';
 import { inMemory } from '../src/ir/model.js';
 import { DTYPES, type Tensor } from '../src/ir/tensor.js';
@@ -227,7 +228,8 @@ export interface LoadedHar {
  *   rotated 1.5B model), so the whole archive is still verified
  * @param opts.lazy leave the weight members in the archive: every member is still verified (hashed
  *   as it streams past), but tensors are read from the file on `load()`, one at a time
- * @throws FormatError for any corrupt or inconsistent member
+ * @throws FormatError for any corrupt or inconsistent member, or a manifest / ranges.json field of
+ *   the wrong shape (formats/har-manifest.ts), naming the HAR and the member or field
  */
 export async function loadModelHar(path: string, opts: { emulation?: boolean; lazy?: boolean } = {}): Promise<LoadedHar> {
   const withEmulation = opts.emulation ?? true;
@@ -239,19 +241,23 @@ export async function loadModelHar(path: string, opts: { emulation?: boolean; la
     if (!f) throw new FormatError(path, `member '${name}' is missing`);
     return f;
   };
-  const json = (name: string): Record<string, unknown> => {
+  const json = (name: string): unknown => {
     try {
       return JSON.parse(dec.decode(need(name)));
     } catch (e) {
       throw new FormatError(path, `member '${name}' is not valid JSON: ${(e as Error).message}`);
     }
   };
+  checkModelManifest(path, manifest);
+  const config = manifest.config as ModelConfig;
   const weights = decodeWeightMembers(src, 'weights');
   if (!weights) throw new FormatError(path, `member 'weights.safetensors' is missing`);
-  const ranges = json('ranges.json') as Pick<QuantState, 'activations' | 'kvCache' | 'kCacheOffset'>;
+  const rawRanges = json('ranges.json');
+  checkRanges(path, rawRanges, config.numLayers, config.numKvHeads * config.headDim);
+  const ranges = rawRanges as Pick<QuantState, 'activations' | 'kvCache' | 'kCacheOffset'>;
   const opt = (name: string) => (files.has(name) ? dec.decode(files.get(name)!) : null);
   const model: Model = {
-    config: manifest.config as ModelConfig,
+    config,
     weights,
     quant: { linears: (manifest.linears ?? {}) as Record<string, LinearQuant>, activations: ranges.activations ?? {}, kvCache: ranges.kvCache ?? [], ...(ranges.kCacheOffset ? { kCacheOffset: ranges.kCacheOffset } : {}) },
     passes: (manifest.passes ?? []) as PassRecord[],
@@ -261,11 +267,6 @@ export async function loadModelHar(path: string, opts: { emulation?: boolean; la
       generationConfigJson: opt('tokenizer/generation_config.json'),
     },
   };
-  if (!model.config || typeof model.config.hiddenSize !== 'number') throw new FormatError(path, 'manifest has no valid config');
-  const off = model.quant.kCacheOffset;
-  const c = model.config;
-  if (off && (!Array.isArray(off) || off.length !== c.numLayers || off.some((l) => !Array.isArray(l) || l.length !== c.numKvHeads * c.headDim || l.some((x) => typeof x !== 'number'))))
-    throw new FormatError(path, `ranges.json: kCacheOffset must hold ${c.numLayers} layers of ${c.numKvHeads * c.headDim} numbers`);
   if (files.has('report.json')) model.report = json('report.json') as unknown as QuantReport;
   if (manifest.online) model.online = manifest.online as Model['online']; // QuaRot's online R3/R4 (factors are weights)
   const adapterList = (manifest.adapters ?? []) as (Omit<LoraAdapter, 'tensors'> & { member: string })[];

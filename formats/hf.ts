@@ -41,11 +41,23 @@ function readOptionalText(file: string): string | null {
  * @param raw the parsed config.json
  * @param file path used in error messages
  * @throws UnsupportedModelError for a `model_type` outside {@link SUPPORTED_MODEL_TYPES}, rope scaling,
- *   or an activation other than silu; FormatError for missing or non-integer fields.
+ *   or an activation other than silu; FormatError naming the field for a missing or wrongly typed
+ *   one (sizes not positive integers, `model_type` / `hidden_act` not strings, `bos_token_id` /
+ *   `eos_token_id` entries not non-negative integers).
  */
 export function normalizeConfig(raw: Record<string, unknown>, file = 'config.json'): ModelConfig {
-  const modelType = String(raw.model_type ?? '');
-  const family = SUPPORTED_MODEL_TYPES[modelType];
+  const str = (key: string, fallback: string): string => {
+    const v = raw[key] ?? fallback;
+    if (typeof v !== 'string') throw new FormatError(file, `field '${key}' must be a string, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  /** A token id: a non-negative integer. */
+  const tokenId = (key: string, v: unknown): number => {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new FormatError(file, `field '${key}' must hold non-negative integer token ids, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  const modelType = str('model_type', '');
+  const family = Object.hasOwn(SUPPORTED_MODEL_TYPES, modelType) ? SUPPORTED_MODEL_TYPES[modelType] : undefined;
   if (!family)
     throw new UnsupportedModelError(
       `${file}: unsupported model_type '${modelType}' (supported: ${Object.keys(SUPPORTED_MODEL_TYPES).join(', ')})`,
@@ -66,11 +78,12 @@ export function normalizeConfig(raw: Record<string, unknown>, file = 'config.jso
   if (numHeads % numKvHeads !== 0)
     throw new FormatError(file, `num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`);
   const headDim = int('head_dim', Math.floor(hiddenSize / numHeads));
-  const act = String(raw.hidden_act ?? 'silu');
+  const act = str('hidden_act', 'silu');
   if (act !== 'silu') throw new UnsupportedModelError(`${file}: hidden_act '${act}' is not supported (supported: silu)`);
   if (raw.rope_scaling != null) throw new UnsupportedModelError(`${file}: rope_scaling is not supported yet`);
   const eos = raw.eos_token_id;
-  const eosTokenIds = Array.isArray(eos) ? eos.map(Number) : eos == null ? [] : [Number(eos)];
+  const eosTokenIds = Array.isArray(eos) ? eos.map((v) => tokenId('eos_token_id', v)) : eos == null ? [] : [tokenId('eos_token_id', eos)];
+  const bosTokenId = raw.bos_token_id == null ? null : tokenId('bos_token_id', raw.bos_token_id);
   const bool = (key: string): boolean => {
     const v = raw[key] ?? false;
     if (typeof v !== 'boolean') throw new FormatError(file, `field '${key}' must be true or false, got ${JSON.stringify(v)}`);
@@ -95,7 +108,7 @@ export function normalizeConfig(raw: Record<string, unknown>, file = 'config.jso
     tieWordEmbeddings: bool('tie_word_embeddings'),
     // Qwen2 always has q/k/v biases; Llama/Mistral only with attention_bias (the family adapter says).
     ...ARCHITECTURES[family].biases({ attentionBias, mlpBias: bool('mlp_bias') }),
-    bosTokenId: typeof raw.bos_token_id === 'number' ? raw.bos_token_id : null,
+    bosTokenId,
     eosTokenIds,
   };
 }

@@ -123,6 +123,13 @@ export function readPeftConfig(dir: string): PeftLoraConfig {
     const v = raw[key] ?? {};
     if (!isObj(v) || !Object.values(v).every((x) => typeof x === 'number' && x > 0 && (!integer || Number.isInteger(x))))
       throw new FormatError(file, `field '${key}' must map module patterns to positive ${integer ? 'integers' : 'numbers'}, got ${JSON.stringify(v)}`);
+    for (const k of Object.keys(v)) {
+      try {
+        patternRegExp(k);
+      } catch (e) {
+        throw new FormatError(file, `field '${key}': key ${JSON.stringify(k)} is not a valid regex: ${(e as Error).message}`);
+      }
+    }
     return v as Record<string, number>;
   };
   let layers: number[] | null = null;
@@ -144,9 +151,14 @@ export function readPeftConfig(dir: string): PeftLoraConfig {
   };
 }
 
-/** peft's `get_pattern_key`: the first pattern key matching `^(.*\.)?(key)$`, or undefined. */
+/** The regex a rank_pattern / alpha_pattern key stands for (peft's `get_pattern_key`). @throws SyntaxError for an invalid key */
+function patternRegExp(key: string): RegExp {
+  return new RegExp(`^(.*\\.)?(?:${key})$`);
+}
+
+/** peft's `get_pattern_key`: the first pattern key matching `^(.*\.)?(key)$`, or undefined (keys are checked by readPeftConfig). */
 function patternValue(patterns: Record<string, number>, name: string): number | undefined {
-  for (const [key, v] of Object.entries(patterns)) if (new RegExp(`^(.*\\.)?(?:${key})$`).test(name)) return v;
+  for (const [key, v] of Object.entries(patterns)) if (patternRegExp(key).test(name)) return v;
   return undefined;
 }
 

@@ -6,6 +6,8 @@ import { Tokenizer as HfTokenizer } from 'tokenizers';
 import { Template } from '@huggingface/jinja';
 import { FormatError } from '../src/core/errors.js';
 import type { TokenizerFiles } from '../src/ir/model.js';
+import { describe, isPlainObject as isObject } from './safetensors.js';
+import { checkBeforeLoad, checkLoaded } from './tokenizer-check.js';
 
 export interface ChatMessage {
   role: string;
@@ -16,28 +18,47 @@ export interface ChatMessage {
 export class TextTokenizer {
   private readonly tok: HfTokenizer;
   private readonly config: Record<string, unknown>;
+  private readonly label: string;
   readonly bosToken: string | null;
   readonly eosToken: string | null;
   readonly bosTokenId: number | null;
   readonly eosTokenId: number | null;
   readonly addBosToken: boolean;
 
-  /** @throws FormatError when tokenizer.json or tokenizer_config.json cannot be parsed */
+  /**
+   * @param label the name tokenizer.json's errors give
+   * @throws FormatError when tokenizer.json or tokenizer_config.json cannot be parsed, tokenizer.json
+   *   would make `tokenizers` panic (a post_processor adding a special token the vocabulary does not
+   *   hold, a bad Precompiled normalizer, a truncation stride too large: formats/tokenizer-check.ts),
+   *   tokenizer_config.json is not a JSON object, or its `bos_token` / `eos_token` is not a string,
+   *   null or `{"content": string}`
+   */
   constructor(files: TokenizerFiles, label = 'tokenizer.json') {
+    const parsed = checkBeforeLoad(files.tokenizerJson, label);
     try {
       this.tok = HfTokenizer.fromString(files.tokenizerJson);
     } catch (e) {
       throw new FormatError(label, `cannot load tokenizer: ${(e as Error).message}`);
     }
+    checkLoaded(this.tok, parsed, label);
+    this.label = label;
+    const configFile = 'tokenizer_config.json';
+    let config: unknown;
     try {
-      this.config = files.tokenizerConfigJson ? JSON.parse(files.tokenizerConfigJson) : {};
+      config = files.tokenizerConfigJson ? JSON.parse(files.tokenizerConfigJson) : {};
     } catch (e) {
-      throw new FormatError('tokenizer_config.json', `not valid JSON: ${(e as Error).message}`);
+      throw new FormatError(configFile, `not valid JSON: ${(e as Error).message}`);
     }
-    const tokenText = (v: unknown): string | null =>
-      typeof v === 'string' ? v : v && typeof v === 'object' && 'content' in v ? String((v as { content: unknown }).content) : null;
-    this.bosToken = tokenText(this.config.bos_token);
-    this.eosToken = tokenText(this.config.eos_token);
+    if (!isObject(config)) throw new FormatError(configFile, `must be a JSON object, got ${describe(config)}`);
+    this.config = config;
+    const tokenText = (key: string): string | null => {
+      const v = config[key];
+      if (v == null || typeof v === 'string') return v ?? null;
+      if (isObject(v) && typeof v.content === 'string') return v.content;
+      throw new FormatError(configFile, `field '${key}' must be a token string, null or {"content": string}, got ${describe(v)}`);
+    };
+    this.bosToken = tokenText('bos_token');
+    this.eosToken = tokenText('eos_token');
     this.bosTokenId = this.bosToken != null ? this.tok.tokenToId(this.bosToken) : null;
     this.eosTokenId = this.eosToken != null ? this.tok.tokenToId(this.eosToken) : null;
     this.addBosToken = this.config.add_bos_token !== false;
@@ -51,9 +72,16 @@ export class TextTokenizer {
   /**
    * Encodes text. With `addSpecialTokens` the tokenizer's post-processor runs (for Llama
    * tokenizers that prepends BOS).
+   * @throws FormatError naming tokenizer.json when the tokenizer refuses the text (e.g. a WordPiece
+   *   model without its unknown token, truncation that needs a second sequence)
    */
   async encode(text: string, addSpecialTokens = true): Promise<number[]> {
-    const enc = await this.tok.encode(text, null, { addSpecialTokens });
+    let enc;
+    try {
+      enc = await this.tok.encode(text, null, { addSpecialTokens });
+    } catch (e) {
+      throw new FormatError(this.label, `cannot encode: ${(e as Error).message}`);
+    }
     return enc.getIds();
   }
 

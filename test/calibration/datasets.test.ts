@@ -4,6 +4,7 @@ import { isTokenWindowFile, loadTextFile, loadTokenWindows, namedDataset } from 
 import { FormatError, UsageError } from '../../src/core/errors.js';
 import { CALIB, SHARED } from '../helpers/paths.js';
 import { suiteTempDir, fileWriter } from '../helpers/tmp.js';
+import { expectOneLineFormatError, thrownBy } from '../helpers/errors.js';
 
 const dir = suiteTempDir('edgellm-datasets-');
 const write = fileWriter(dir);
@@ -56,6 +57,12 @@ describe('loadTokenWindows', () => {
     expect(() => loadTokenWindows(write('empty.tokens.json', '[[1], []]'))).toThrow(/window 1 is empty/);
     expect(() => loadTokenWindows(write('str.tokens.json', '[["a"]]'))).toThrow(FormatError);
     expect(() => loadTokenWindows(write('bad.tokens.json', '[[1,'))).toThrow(/not valid JSON/);
+  });
+
+  it('keeps a JSON.parse message that quotes a newline on one line, naming the file', () => {
+    const f = write('nl.tokens.json', 'z\n  [1, 2],\n  [3]');
+    const e = thrownBy(() => loadTokenWindows(f));
+    expectOneLineFormatError(e, f, /not valid JSON: .*\\n/);
   });
 });
 

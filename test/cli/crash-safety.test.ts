@@ -4,8 +4,8 @@
  * After every kill the output path either does not exist or holds a complete artifact that verifies
  * (readHar / verifyHef check every sha256), and the inputs are byte-for-byte unchanged (for the
  * in-place add-lora: the old bytes, or a complete new HAR with the adapter). Stale temporary files
- * (`.<name>.<pid>.<rand>.tmp`, src/core/atomic.ts) may remain; a following uninterrupted run must
- * still succeed and verify.
+ * (`.<name>.<pid>.<rand>.tmp`, src/core/atomic.ts) may remain until the next write of the same
+ * output removes them; a following uninterrupted run must still succeed and verify.
  *
  * A uniform moment in [0, T] rarely hits the write itself (a few ms at the end of a run of seconds),
  * so each command also gets write-targeted kills: the test watches the output's directory and kills
@@ -24,8 +24,8 @@
  *
  * Also: an output under a regular file (ENOTDIR, which stops root too, unlike permission bits), an
  * output that is an existing directory (EISDIR on the rename), and a full disk (ENOSPC on a small
- * tmpfs; skipped where `mount -t tmpfs` is not permitted) give a one-line error, a non-zero exit
- * code, no output, no temporary file, and untouched inputs.
+ * tmpfs; skipped where `mount -t tmpfs` is not permitted) give a one-line error (for ENOSPC naming
+ * the output), a non-zero exit code, no output, no temporary file, and untouched inputs.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
@@ -169,6 +169,15 @@ async function verifyArtifact(p: string, expectAdapter?: string): Promise<string
 }
 
 const tempFiles = (d: string): string[] => fs.readdirSync(d).filter((f) => TMP_RE.test(f));
+/** Whether a process with this pid exists now (EPERM: it does, another user's). */
+function pidRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
 
 // ---- the commands under test -----------------------------------------------------------------
 
@@ -328,13 +337,19 @@ async function runLane(lane: Lane, T: number, W: number, laneDir: string, tmpdir
   r.tempFilesLeft = tempFiles(laneDir).length;
   r.strayTmpdirEntries = fs.readdirSync(tmpdir).filter((f) => !ORT_LEFTOVER.test(f)).length;
 
-  // Recovery: with the stale temporary files still there, an uninterrupted run succeeds and verifies.
+  // Recovery: with the stale temporary files still there, an uninterrupted run succeeds and verifies,
+  // leaves no temporary file of its own and removes the stale ones of its output (their writers are gone).
   fs.rmSync(out, { force: true });
+  const staleBefore = new Set(tempFiles(laneDir));
   const o = await runCli(lane.prepare(laneDir), tmpdir);
   const problem = o.code !== 0 ? `exited ${o.code ?? o.signal}: ${o.stderr.trim()}` : await verifyArtifact(out, lane.adapter);
   r.recovery = problem ?? 'ok';
   if (problem) r.failures.push(`${lane.name}: uninterrupted run after the kills: ${problem}`);
-  if (tempFiles(laneDir).length !== r.tempFilesLeft) r.failures.push(`${lane.name}: the uninterrupted run left a temporary file of its own`);
+  const tempsAfter = tempFiles(laneDir);
+  if (tempsAfter.some((f) => !staleBefore.has(f))) r.failures.push(`${lane.name}: the uninterrupted run left a temporary file of its own`);
+  // (a killed writer's pid may have been reused by a live process meanwhile: such a file is rightly kept)
+  const ofOutput = tempsAfter.filter((f) => f.startsWith(`.${path.basename(out)}.`) && !pidRunning(Number(f.split('.').at(-3))));
+  if (ofOutput.length) r.failures.push(`${lane.name}: the uninterrupted run kept stale temporary files of its output: ${ofOutput.join(', ')}`);
   for (const p of lane.inputs()) if (shaOf(p) !== inputSha.get(p)) r.failures.push(`${lane.name}: input ${p} changed by the uninterrupted run`);
   r.seconds = Math.round((performance.now() - t0) / 100) / 10;
   return r;
@@ -502,6 +517,7 @@ describe('unwritable output', () => {
       const r = await runCli(['compile', base, '-o', path.join(m, 'out.hef')], tmpdir);
       expectCleanFailure(r, m, []);
       expect(r.stderr).toMatch(/ENOSPC/);
+      expect(r.stderr).toContain(`${path.join(m, 'out.hef')}: cannot write: ENOSPC`); // names the output, not only the syscall
       expect(sha256File(base)).toBe(baseSha);
     });
 
@@ -514,6 +530,7 @@ describe('unwritable output', () => {
       const r = await runCli(['add-lora', WIKI_ADAPTER, '--har', har, '--name', 'wiki', '--calib', CALIB, '--calib-samples', '8', '-q'], tmpdir);
       expectCleanFailure(r, m, ['model.har']);
       expect(r.stderr).toMatch(/ENOSPC/);
+      expect(r.stderr).toContain(`${har}: cannot write: ENOSPC`);
       expect(sha256File(har)).toBe(baseSha);
     });
   });

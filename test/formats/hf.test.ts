@@ -9,7 +9,8 @@ import { describe, expect, it } from 'vitest';
 import { loadHfModel, normalizeConfig } from '../../formats/hf.js';
 import { encodeSafetensors } from '../../formats/safetensors.js';
 import { SafetensorsFile } from '../../formats/safetensors.js';
-import { FormatError } from '../../src/core/errors.js';
+import { FormatError, UnsupportedModelError } from '../../src/core/errors.js';
+import { thrownBy } from '../helpers/errors.js';
 import { STORIES } from '../helpers/paths.js';
 import { suiteTempDir } from '../helpers/tmp.js';
 
@@ -50,6 +51,37 @@ describe('config.json types', () => {
       expect(e.message).toMatch(new RegExp(`^x/config.json: field '${key}' must be true or false, got ${JSON.stringify(bad)}`));
     }
     expect(normalizeConfig({ ...realConfig, [key]: true })).toBeTruthy();
+  });
+});
+
+describe('config.json strings and token ids', () => {
+  it.each(['model_type', 'hidden_act'])('%s must be a string (objects whose toString is not a function, arrays and numbers are refused)', (key) => {
+    for (const bad of [{ toString: 1 }, { valueOf: 1, toString: 1 }, [key === 'model_type' ? 'llama' : 'silu'], 3, true]) {
+      const e = formatError(() => normalizeConfig({ ...realConfig, [key]: bad }, 'x/config.json'));
+      expect(e.message).toMatch(new RegExp(`^x/config.json: field '${key}' must be a string, got `));
+    }
+  });
+
+  it('a model_type naming an Object.prototype member is unsupported, not a crash', () => {
+    for (const t of ['toString', '__proto__', 'constructor', 'hasOwnProperty'])
+      expect(() => normalizeConfig({ ...realConfig, model_type: t }, 'x/config.json')).toThrow(UnsupportedModelError);
+  });
+
+  it.each(['eos_token_id', 'bos_token_id'])('%s must hold non-negative integer token ids', (key) => {
+    const bads: unknown[] = [{ toString: 1 }, 'x', -1, -1.5, 2.5, true, [{}], ...(key === 'eos_token_id' ? [[{ toString: 1 }], ['x', {}], [1, -1], [2, null]] : [[1]])];
+    for (const bad of bads) {
+      const e = formatError(() => normalizeConfig({ ...realConfig, [key]: bad }, 'x/config.json'));
+      expect(e.message).toMatch(new RegExp(`^x/config.json: field '${key}' must hold non-negative integer token ids, got `));
+    }
+    const ok = normalizeConfig({ ...realConfig, eos_token_id: [2, 0], bos_token_id: null });
+    expect([ok.eosTokenIds, ok.bosTokenId]).toEqual([[2, 0], null]);
+    expect(normalizeConfig({ ...realConfig, eos_token_id: null }).eosTokenIds).toEqual([]);
+  });
+
+  it('keeps an unsupported model_type with a newline on one line', () => {
+    const e = thrownBy(() => normalizeConfig({ ...realConfig, model_type: 'lla\nma' }, 'x/config.json'));
+    expect(e).toBeInstanceOf(UnsupportedModelError);
+    expect((e as Error).message).toContain("unsupported model_type 'lla\\nma'");
   });
 });
 

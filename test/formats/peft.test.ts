@@ -138,6 +138,21 @@ describe('malformed adapters: one-line typed errors', () => {
     ],
     ['a missing lora_B tensor', () => variant('missing', (d) => editTensors(d, (t) => t.delete('base_model.model.model.layers.4.self_attn.q_proj.lora_B.weight'))), FormatError, /tensor '.*layers\.4\.self_attn\.q_proj\.lora_B\.weight' is missing/],
     ['adapter_config.json that is not JSON', () => variant('json', (d) => fs.writeFileSync(path.join(d, 'adapter_config.json'), '{r: 4')), FormatError, /adapter_config\.json: not valid JSON/],
+    [
+      'adapter_config.json that is not JSON, with a newline where JSON.parse quotes it',
+      () => variant('json-nl', (d) => fs.writeFileSync(path.join(d, 'adapter_config.json'), 'z\n  "r": 4,\n}')),
+      FormatError,
+      /adapter_config\.json: not valid JSON: .*\\n/,
+    ],
+    ['a rank_pattern key that is not a regex', () => variant('rank-re', (d) => editConfig(d, { rank_pattern: { '(': 4 } })), FormatError, /adapter_config\.json: field 'rank_pattern': key "\(" is not a valid regex/],
+    ['an alpha_pattern key that is not a regex', () => variant('alpha-re', (d) => editConfig(d, { alpha_pattern: { 'q_proj[': 2 } })), FormatError, /adapter_config\.json: field 'alpha_pattern': key "q_proj\[" is not a valid regex/],
+    ['a target_modules regex that is not a regex', () => variant('tm-re', (d) => editConfig(d, { target_modules: '(q_proj' })), FormatError, /adapter_config\.json: target_modules regex "\(q_proj" is invalid/],
+    [
+      'a tensor not selected by target_modules whose name holds a newline (kept on one line)',
+      () => variant('nl-name', (d) => editTensors(d, (t) => t.set('base_model.model.x\ny', { dtype: 'F32', shape: [1], data: new Float32Array(1) }))),
+      FormatError,
+      /not selected by target_modules, e\.g\. 'base_model\.model\.x\\ny'/,
+    ],
   ];
   for (const [what, make, type, msg] of cases)
     it(`rejects ${what}`, () => {

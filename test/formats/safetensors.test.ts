@@ -253,6 +253,22 @@ describe('bad files -> FormatError naming the file', () => {
       bytes: () => rawSafetensors({ __metadata__: { n: 3 } }),
       patterns: [/__metadata__/, /'n'/],
     },
+    // names from the file are escaped so that the message stays on one line
+    {
+      name: 'a tensor name with a newline',
+      bytes: () => rawSafetensors({ 'a\nb': { dtype: 'F8_E4M3', shape: [4], data_offsets: [0, 4] } }, new Uint8Array(4)),
+      patterns: [/tensor 'a\\nb': unknown dtype/, /^[^\n]*$/],
+    },
+    {
+      name: 'a metadata key with control characters',
+      bytes: () => rawSafetensors({ __metadata__: { 'k\r\n\u001b': 3 } }),
+      patterns: [/key 'k\\r\\n\\u001b' has 3/, /^[^\n\r\u001b]*$/],
+    },
+    {
+      name: 'header JSON whose parse error quotes a newline',
+      bytes: () => rawSafetensors('z\n  "w": {'),
+      patterns: [/not valid UTF-8 JSON: .*\\n/, /^[^\n]*$/],
+    },
   ];
 
   it.each(cases)('$name (file reader and in-memory decoder)', ({ name, bytes, patterns }) => {

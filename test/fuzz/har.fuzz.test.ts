@@ -14,7 +14,7 @@ import { readHar, readHarManifest, writeHar } from '../../formats/har.js';
 import { loadModelHar } from '../../formats/har-model.js';
 import { suiteTempDir } from '../helpers/tmp.js';
 import { makeHar } from './fuzz-fixtures.js';
-import { anyJson, anyString, applyAll, applyMutation, byteMutation, expectTyped, JSON_SNIPPET_NEWLINE, multiLineMessage, Outcomes, runProperty, TEST_TIMEOUT_MS, withField, type ByteMutation, type KnownIssue } from './fuzz-helpers.js';
+import { anyJson, anyString, applyAll, applyMutation, byteMutation, expectTyped, Outcomes, runProperty, TEST_TIMEOUT_MS, withField, type ByteMutation } from './fuzz-helpers.js';
 
 const dir = suiteTempDir('edgellm-fuzz-har-');
 let harBytes: Uint8Array;
@@ -29,18 +29,6 @@ beforeAll(async () => {
   manifest = rest;
   members = c.files;
 });
-
-/**
- * Reported: loadModelHar trusts the manifest's shapes: `"adapters": "abc"` (or any non-array with a
- * length) throws a TypeError ("adapterList.map is not a function"), `"adapters": [null]` a
- * destructuring TypeError, instead of a FormatError. Reachable only by an archive whose manifest
- * checksums are right (another producer, or a crafted file): random corruption is caught first.
- */
-const KNOWN: KnownIssue[] = [
-  JSON_SNIPPET_NEWLINE,
-  multiLineMessage('safetensors-name-newline', /tensors? '|key '/),
-  { id: 'har-manifest-shape', matches: (e) => e instanceof TypeError && /loadModelHar/.test(e.stack ?? '') },
-];
 
 let caseNo = 0;
 type Variant = 'readHar' | 'manifest' | 'model' | 'lazy';
@@ -61,7 +49,7 @@ async function readAll(file: string, variant: Variant, out: Outcomes): Promise<v
       for (const w of h.model.weights.values()) w.load(); // lazy tensors are read here
       return h;
     });
-  await expectTyped(fn, { file, known: KNOWN });
+  await expectTyped(fn, { file });
 }
 
 const variantArb = fc.constantFrom<Variant>('readHar', 'manifest', 'model', 'lazy');

@@ -4,7 +4,8 @@
  * formats/tokenizer.ts TextTokenizer (readTokenizerFiles only reads them as text;
  * generation_config.json is carried as text and parsed by no reader, so there is nothing to fuzz).
  * Property: returns, or throws a one-line FormatError naming the file, or (config.json)
- * UnsupportedModelError.
+ * UnsupportedModelError; a tokenizer that loads also encodes (with and without special tokens) or
+ * refuses with such a FormatError, and never aborts the process (a panic in the Rust binding).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -15,22 +16,14 @@ import { TextTokenizer } from '../../formats/tokenizer.js';
 import { UnsupportedModelError } from '../../src/core/errors.js';
 import type { ModelConfig } from '../../src/ir/model.js';
 import { STORIES } from '../helpers/paths.js';
-import { anyJson, anyString, applyAll, applyMutation, byteMutation, expectTypedSync, Outcomes, runProperty, tally, TEST_TIMEOUT_MS, withField, JSON_SNIPPET_NEWLINE, type KnownIssue } from './fuzz-helpers.js';
+import { anyJson, anyString, applyAll, applyMutation, byteMutation, expectTyped, expectTypedSync, Outcomes, runProperty, tally, TEST_TIMEOUT_MS, withField } from './fuzz-helpers.js';
 
-const ENCODE = process.env.EDGELLM_FUZZ_ENCODE === '1';
+/** encode with every tokenizer that loads (EDGELLM_FUZZ_ENCODE=0 turns it off) */
+const ENCODE = process.env.EDGELLM_FUZZ_ENCODE !== '0';
 const TRACE = process.env.EDGELLM_FUZZ_TRACE;
 const CONFIG_FILE = path.join(STORIES, 'config.json');
 const realConfig = JSON.parse(fs.readFileSync(CONFIG_FILE, 'utf8')) as Record<string, unknown>;
 const FIELDS = [...Object.keys(realConfig), 'rope_scaling', 'mlp_bias', 'head_dim', 'num_key_value_heads'];
-
-/**
- * Reported: normalizeConfig applies String() to model_type / hidden_act and Number() to
- * eos_token_id; a JSON object whose own toString/valueOf is not a function (`{"toString": 1}`,
- * valid JSON) makes them throw a TypeError ("Cannot convert object to primitive value").
- */
-const KNOWN_CONFIG: KnownIssue[] = [
-  { id: 'config-toString-object', matches: (e) => e instanceof TypeError && /convert object to primitive value/.test(e.message) && /normalizeConfig/.test(e.stack ?? '') },
-];
 
 /** On success the documented fields are valid (what normalizeConfig promises its callers). */
 function checkConfig(c: ModelConfig): void {
@@ -39,6 +32,8 @@ function checkConfig(c: ModelConfig): void {
   expect(c.numHeads % c.numKvHeads).toBe(0);
   expect(Number.isFinite(c.rmsNormEps) && Number.isFinite(c.ropeTheta)).toBe(true);
   expect(typeof c.tieWordEmbeddings).toBe('boolean');
+  expect(typeof c.modelType).toBe('string');
+  for (const id of [...c.eosTokenIds, ...(c.bosTokenId === null ? [] : [c.bosTokenId])]) expect(Number.isSafeInteger(id) && id >= 0, `token id ${id}`).toBe(true);
 }
 
 /** Values a config field may be set to: any JSON, nasty values, and plausible ones. */
@@ -56,7 +51,7 @@ describe('fuzz: config.json (normalizeConfig)', () => {
         let raw = realConfig;
         for (const e of edits) raw = withField(raw, e.key, e.value, e.remove);
         raw = JSON.parse(JSON.stringify(raw)); // what readJson would hand over
-        const c = expectTypedSync(tally(out, () => normalizeConfig(raw, CONFIG_FILE)), { file: CONFIG_FILE, also: [UnsupportedModelError], known: KNOWN_CONFIG });
+        const c = expectTypedSync(tally(out, () => normalizeConfig(raw, CONFIG_FILE)), { file: CONFIG_FILE, also: [UnsupportedModelError] });
         if (c) checkConfig(c);
       }),
       { seedOffset: 201, outcomes: out },
@@ -74,13 +69,52 @@ describe('fuzz: config.json (normalizeConfig)', () => {
     await runProperty(
       'config.json arbitrary',
       fc.property(rawArb, (raw) => {
-        const c = expectTypedSync(tally(out, () => normalizeConfig(raw, CONFIG_FILE)), { file: CONFIG_FILE, also: [UnsupportedModelError], known: KNOWN_CONFIG });
+        const c = expectTypedSync(tally(out, () => normalizeConfig(raw, CONFIG_FILE)), { file: CONFIG_FILE, also: [UnsupportedModelError] });
         if (c) checkConfig(c);
       }),
       { seedOffset: 202, outcomes: out },
     );
   });
 });
+
+/**
+ * tokenizer.json with its post_processor, truncation and normalizer replaced by plausible but often
+ * inconsistent values: TemplateProcessing / Bert / Roberta / Sequence processors naming tokens in or
+ * out of the vocabulary with right or wrong ids (the real template with its special token renamed
+ * among them), truncation strides around max_length, and Precompiled normalizers whose charsmap is
+ * a small double-array trie with a few units set (labels, leaves, offsets).
+ */
+function processorEdits(tj: Record<string, any>): fc.Arbitrary<Record<string, unknown>> {
+  const token = fc.constantFrom('<s>', '</s>', '<unk>', 'Ns>', 'Once', '', 'a\nb');
+  const id = fc.oneof(fc.constantFrom(0, 1, 2, 511, 512, 99999), fc.integer({ min: -1, max: 600 }));
+  const piece = fc.oneof(
+    fc.record({ SpecialToken: fc.record({ id: token, type_id: fc.nat({ max: 2 }) }) }),
+    fc.record({ Sequence: fc.record({ id: fc.constantFrom('A', 'B'), type_id: fc.nat({ max: 2 }) }) }),
+  );
+  const specials = fc.dictionary(token, fc.record({ ids: fc.array(id, { maxLength: 2 }), tokens: fc.array(token, { maxLength: 2 }) }), { maxKeys: 2 });
+  const real = tj.post_processor;
+  const processor = fc.oneof(
+    fc.constant(real),
+    token.map((k) => ({ ...real, special_tokens: { [k]: { ...real.special_tokens['<s>'], id: k } } })),
+    fc.record({ single: fc.array(piece, { maxLength: 3 }), pair: fc.array(piece, { maxLength: 4 }), special_tokens: specials }, { requiredKeys: [] }).map((r) => ({ ...real, ...r })),
+    fc.record({ type: fc.constantFrom('BertProcessing', 'RobertaProcessing'), sep: fc.tuple(token, id), cls: fc.tuple(token, id), trim_offsets: fc.boolean(), add_prefix_space: fc.boolean() }),
+    fc.constant(null),
+  );
+  const postProcessor = fc.oneof(processor, fc.array(processor, { maxLength: 2 }).map((processors) => ({ type: 'Sequence', processors })));
+  const truncation = fc.oneof(
+    fc.constant(null),
+    fc.record({ direction: fc.constantFrom('Left', 'Right'), max_length: fc.nat({ max: 8 }), strategy: fc.constantFrom('LongestFirst', 'OnlyFirst', 'OnlySecond'), stride: fc.nat({ max: 8 }) }),
+  );
+  const unitSet = fc.record({ at: fc.nat({ max: 511 }), offset: fc.nat({ max: 1023 }), leaf: fc.boolean(), wide: fc.boolean(), label: fc.option(fc.nat({ max: 255 })) });
+  const charsmap = fc.record({ n: fc.constantFrom(0, 1, 255, 256, 512), sets: fc.array(unitSet, { maxLength: 4 }), strings: fc.uint8Array({ maxLength: 8 }), sizeDelta: fc.constantFrom(0, 0, 0, 4, -4, 1) }).map(({ n, sets, strings, sizeDelta }) => {
+    const b = Buffer.alloc(4 + 4 * n);
+    b.writeUInt32LE(Math.max(0, 4 * n + sizeDelta), 0);
+    for (const s of sets) if (s.at < n) b.writeUInt32LE(((s.offset << 10) | (s.wide ? 512 : 0) | (s.leaf ? 256 : 0) | (s.label ?? s.at & 255)) >>> 0, 4 + 4 * s.at);
+    return Buffer.concat([b, strings]).toString('base64');
+  });
+  const normalizer = fc.oneof(fc.constant(tj.normalizer), fc.constant(null), charsmap.map((precompiled_charsmap) => ({ type: 'Precompiled', precompiled_charsmap })));
+  return fc.record({ post_processor: postProcessor, truncation, normalizer }, { requiredKeys: [] }).map((r) => ({ ...tj, ...r }));
+}
 
 describe('fuzz: tokenizer files (TextTokenizer)', () => {
   const tokenizerJson = fs.readFileSync(path.join(STORIES, 'tokenizer.json'), 'utf8');
@@ -89,17 +123,6 @@ describe('fuzz: tokenizer files (TextTokenizer)', () => {
   const generationConfigJson = fs.existsSync(path.join(STORIES, 'generation_config.json')) ? fs.readFileSync(path.join(STORIES, 'generation_config.json'), 'utf8') : null;
   const enc = new TextEncoder();
   const dec = new TextDecoder();
-
-  /**
-   * Reported: TextTokenizer reads `this.config.bos_token` from JSON.parse(tokenizer_config.json)
-   * without checking it is an object: the valid JSON text `null` throws a TypeError ("Cannot read
-   * properties of null (reading 'bos_token')").
-   */
-  const KNOWN_TOKENIZER: KnownIssue[] = [
-    JSON_SNIPPET_NEWLINE,
-    // also reported: tokenText applies String() to bos_token/eos_token `content`: {"eos_token": {"content": {"toString": 1}}} throws a TypeError
-    { id: 'tokenizer-config-toString-object', matches: (e) => e instanceof TypeError && /convert object to primitive value/.test(e.message) && /TextTokenizer/.test(e.stack ?? '') },
-    { id: 'tokenizer-config-null', matches: (e) => e instanceof TypeError && /properties of null \(reading 'bos_token'\)/.test(e.message) }];
 
   it('tokenizer_config.json: mutated fields and raw text', { timeout: TEST_TIMEOUT_MS }, async () => {
     const out = new Outcomes();
@@ -117,7 +140,7 @@ describe('fuzz: tokenizer files (TextTokenizer)', () => {
     await runProperty(
       'tokenizer_config.json',
       fc.property(textArb, (text) => {
-        const tok = expectTypedSync(tally(out, () => new TextTokenizer({ tokenizerJson, tokenizerConfigJson: text, generationConfigJson }, 'tokenizer.json')), { file: 'tokenizer_config.json', known: KNOWN_TOKENIZER });
+        const tok = expectTypedSync(tally(out, () => new TextTokenizer({ tokenizerJson, tokenizerConfigJson: text, generationConfigJson }, 'tokenizer.json')), { file: 'tokenizer_config.json' });
         if (tok) expect(typeof tok.addBosToken).toBe('boolean');
       }),
       { seedOffset: 203, outcomes: out },
@@ -126,7 +149,7 @@ describe('fuzz: tokenizer files (TextTokenizer)', () => {
 
   it('tokenizer.json: byte mutations and JSON edits', { timeout: TEST_TIMEOUT_MS }, async () => {
     const out = new Outcomes();
-    const tj = JSON.parse(tokenizerJson) as Record<string, unknown>;
+    const tj = JSON.parse(tokenizerJson) as Record<string, any>;
     const bytes = enc.encode(tokenizerJson);
     const textArb = fc.oneof(
       fc.array(byteMutation(bytes.length, 2048), { minLength: 1, maxLength: 3 }).map((ms) => dec.decode(applyAll(bytes, ms))),
@@ -136,18 +159,31 @@ describe('fuzz: tokenizer files (TextTokenizer)', () => {
         return JSON.stringify(c);
       }),
       anyJson.map((v) => JSON.stringify(v) ?? ''),
+      processorEdits(tj).map((c) => JSON.stringify(c)),
     );
     await runProperty(
       'tokenizer.json',
       fc.asyncProperty(textArb, async (text) => {
-        const tok = expectTypedSync(tally(out, () => new TextTokenizer({ tokenizerJson: text, tokenizerConfigJson, generationConfigJson }, 'tokenizer.json')), { file: 'tokenizer.json', known: KNOWN_TOKENIZER });
-        // Opt-in (EDGELLM_FUZZ_ENCODE=1): encoding with a loaded tokenizer. Reported: some mutated
-        // tokenizer.json files load but make the Rust binding panic on encode ("no entry found for
-        // key", tokenizers template.rs), which aborts the whole process, so this is not run by default.
-        // EDGELLM_FUZZ_TRACE=<file> writes each case there first, to recover the input after an abort.
+        const tok = expectTypedSync(tally(out, () => new TextTokenizer({ tokenizerJson: text, tokenizerConfigJson, generationConfigJson }, 'tokenizer.json')), { file: 'tokenizer.json' });
+        // Encoding with every tokenizer that loads: a tokenizer.json that makes the Rust binding
+        // panic (a post_processor special token missing from the vocabulary, a bad Precompiled
+        // charsmap, a truncation stride too large) aborts the whole process, so TextTokenizer must
+        // refuse it when it loads (formats/tokenizer-check.ts). EDGELLM_FUZZ_TRACE=<file> writes
+        // each case there first, to recover the input after an abort.
         if (tok && ENCODE) {
           if (TRACE) fs.writeFileSync(TRACE, text);
-          await tok.encode('Once upon a time');
+          const ids = await expectTyped(async () => {
+            try {
+              const sample = 'Once upon a time, 12 ünïcode ｗｉｄｅ tokens and a longer tail of words to truncate';
+              const r = [...(await tok.encode(sample)), ...(await tok.encode(sample, false))];
+              out.add('encode ok');
+              return r;
+            } catch (e) {
+              out.add(`encode ${(e as Error)?.constructor?.name}`);
+              throw e;
+            }
+          }, { file: 'tokenizer.json' });
+          if (ids) expect(ids.every((id) => Number.isInteger(id) && id >= 0)).toBe(true);
         }
       }),
       { seedOffset: 204, outcomes: out },
