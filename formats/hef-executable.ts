@@ -15,11 +15,17 @@
  * scaling, per-module A8 of A·x, the section holding the tensors).
  */
 import { writeHef, openHef, type HefFile } from './hef.js';
-import { encodeSafetensors, decodeSafetensors } from './safetensors.js';
+import * as fs from 'node:fs';
+import { encodeSafetensors, decodeSafetensors, SafetensorsFile, typedArrayOf, type PageAlignment } from './safetensors.js';
+import { DTYPES } from '../src/ir/tensor.js';
 import { FormatError } from '../src/core/errors.js';
-import type { Executable, ExecutableAdapter, GraphPart, KvLayout } from '../src/ir/executable.js';
+import type { Executable, ExecutableAdapter, GraphPart, KvLayout, MappedWeights } from '../src/ir/executable.js';
+import type { Tensor } from '../src/ir/tensor.js';
 import type { ValueSpec, ElemType } from './onnx.js';
 import { VERSION, artifactTimestamp } from '../src/core/version.js';
+
+/** Alignment of the weights section and of its large tensors in the file (ORT memory-maps external data at 4 KiB-aligned offsets). */
+export const WEIGHTS_ALIGNMENT: PageAlignment = { bytes: 4096, minTensorBytes: 64 * 1024 };
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -53,7 +59,8 @@ export function writeExecutable(path: string, exe: Executable): void {
   const sections = [
     { name: 'graph.prefill', kind: 'graph', data: exe.prefill.onnx },
     { name: 'graph.decode', kind: 'graph', data: exe.decode.onnx },
-    { name: 'weights', kind: 'weights', data: encodeSafetensors(exe.weights, { producer: `edgellm ${VERSION}` }) },
+    // page-aligned in the file (the section, and in it every tensor of 64 KiB or more) so a backend can memory-map them
+    { name: 'weights', kind: 'weights', data: encodeSafetensors(exe.weights, { producer: `edgellm ${VERSION}` }, WEIGHTS_ALIGNMENT), align: WEIGHTS_ALIGNMENT.bytes },
     { name: 'tokenizer.json', kind: 'tokenizer', data: enc.encode(exe.tokenizer.tokenizerJson) },
   ];
   if (exe.tokenizer.tokenizerConfigJson != null) sections.push({ name: 'tokenizer_config.json', kind: 'json', data: enc.encode(exe.tokenizer.tokenizerConfigJson) });
@@ -113,12 +120,20 @@ export interface GraphHeader extends Omit<GraphPart, 'onnx'> {
 
 /**
  * Interprets the header of an open HEF (the one place its fields are read).
- * @throws FormatError when the config is not JSON or a graph/adapter section it names is absent
+ * @throws FormatError when the config is not a JSON object, a sub-message the executable needs is
+ *   absent (quant, kv_cache, prefill, decode, a kv_cache layer's k or v), or a graph/adapter section
+ *   it names is absent
  */
 export function executableHeader(path: string, hef: Pick<HefFile, 'header' | 'sections'>): ExecutableHeader {
   const h = hef.header;
-  const graph = (g: any): GraphHeader => {
-    if (!g || !hef.sections.has(g.section)) throw new FormatError(path, `header names graph section '${g?.section}', which the file does not hold`);
+  // protobufjs gives null for an absent message field (proto3 has no required fields)
+  const need = (v: any, field: string) => {
+    if (v == null) throw new FormatError(path, `header has no ${field}`);
+    return v;
+  };
+  const graph = (g: any, field: string): GraphHeader => {
+    need(g, field);
+    if (!hef.sections.has(g.section)) throw new FormatError(path, `header names graph section '${g.section}', which the file does not hold`);
     return { section: g.section, seqLen: g.seqLen, inputs: (g.inputs ?? []).map(specIn), outputs: (g.outputs ?? []).map(specIn) };
   };
   let config;
@@ -127,27 +142,28 @@ export function executableHeader(path: string, hef: Pick<HefFile, 'header' | 'se
   } catch {
     throw new FormatError(path, 'header config is not valid JSON');
   }
-  const kv = h.kvCache;
+  if (typeof config !== 'object' || config === null || Array.isArray(config)) throw new FormatError(path, 'header config is not a JSON object');
+  need(h.quant, 'quant');
+  const kv = need(h.kvCache, 'kv_cache');
   return {
     edgellmVersion: h.edgellmVersion,
     createdAt: h.createdAt,
     modelName: h.modelName,
     config,
-    quant: h.quant,
+    quant: { ...h.quant, lmHeadBits: h.quant?.lmHeadBits || 32 },
     kvLayout: {
       numLayers: kv.numLayers,
       numKvHeads: kv.numKvHeads,
       headDim: kv.headDim,
       maxContext: kv.maxContext,
       dtype: kv.dtype,
-      layers: (kv.layers ?? []).map((x: any) => ({
-        k: { scale: x.k.scale, zeroPoint: x.k.zeroPoint },
-        v: { scale: x.v.scale, zeroPoint: x.v.zeroPoint },
-        ...(x.kOffset?.length ? { kOffset: Array.from(x.kOffset as number[]) } : {}),
-      })),
+      layers: (kv.layers ?? []).map((x: any, i: number) => {
+        const [k, v] = [need(x.k, `k in kv_cache layer ${i}`), need(x.v, `v in kv_cache layer ${i}`)];
+        return { k: { scale: k.scale, zeroPoint: k.zeroPoint }, v: { scale: v.scale, zeroPoint: v.zeroPoint }, ...(x.kOffset?.length ? { kOffset: Array.from(x.kOffset as number[]) } : {}) };
+      }),
     },
-    prefill: graph(h.prefill),
-    decode: graph(h.decode),
+    prefill: graph(h.prefill, 'prefill graph'),
+    decode: graph(h.decode, 'decode graph'),
     sourceSha256: h.sourceSha256,
     adapters: (h.adapters ?? []).map((a: any) => {
       if (!hef.sections.has(a.section)) throw new FormatError(path, `header names adapter section '${a.section}', which the file does not hold`);
@@ -172,15 +188,18 @@ export function executableHeader(path: string, hef: Pick<HefFile, 'header' | 'se
 
 /**
  * Reads a HEF into an Executable (every section it uses is checksum-verified on read).
+ * @param opts.mapWeights leave the page-aligned tensors of 64 KiB or more in the file, described by
+ *   `exe.mappedWeights` for the backend to memory-map (the weights section is still verified, by
+ *   streaming it through sha256); the others are read into `exe.weights`
  * @throws FormatError for a corrupt or inconsistent file
  */
-export function readExecutable(path: string): Executable {
+export function readExecutable(path: string, opts: { mapWeights?: boolean } = {}): Executable {
   const hef: HefFile = openHef(path);
   try {
     const h = executableHeader(path, hef);
     const text = (name: string) => (hef.sections.has(name) ? dec.decode(hef.readSection(name)) : null);
     const graph = ({ section, ...g }: GraphHeader): GraphPart => ({ onnx: hef.readSection(section), ...g });
-    const { tensors } = decodeSafetensors(hef.readSection('weights'), `${path}:weights`);
+    const { weights, mappedWeights } = opts.mapWeights ? mapWeightsSection(path, hef) : { weights: decodeSafetensors(hef.readSection('weights'), `${path}:weights`).tensors, mappedWeights: undefined };
     const tokenizerJson = text('tokenizer.json');
     if (tokenizerJson == null) throw new FormatError(path, "section 'tokenizer.json' is missing");
     return {
@@ -190,12 +209,56 @@ export function readExecutable(path: string): Executable {
       kvLayout: h.kvLayout,
       prefill: graph(h.prefill),
       decode: graph(h.decode),
-      weights: tensors,
+      weights,
       tokenizer: { tokenizerJson, tokenizerConfigJson: text('tokenizer_config.json'), generationConfigJson: text('generation_config.json') },
       sourceSha256: h.sourceSha256,
       adapters: h.adapters.map(({ section, ...a }) => ({ ...a, tensors: decodeSafetensors(hef.readSection(section), `${path}:${section}`).tensors })),
+      ...(mappedWeights ? { mappedWeights } : {}),
     };
   } finally {
     hef.close();
   }
+}
+
+/** The weights section split into tensors to map (page-aligned, ≥ 64 KiB) and tensors read now. */
+function mapWeightsSection(path: string, hef: HefFile): { weights: Map<string, Tensor>; mappedWeights: MappedWeights } {
+  const sec = hef.sections.get('weights');
+  if (!sec) throw new FormatError(path, "section 'weights' is missing");
+  hef.verifySection(sec);
+  const st = SafetensorsFile.open(path, { offset: sec.offset, size: sec.length, label: `${path}:weights` });
+  try {
+    const weights = new Map<string, Tensor>();
+    const tensors: MappedWeights['tensors'] = new Map();
+    for (const e of st.entries.values()) {
+      const offset = sec.offset + e.offset;
+      if (e.byteLength >= WEIGHTS_ALIGNMENT.minTensorBytes && offset % WEIGHTS_ALIGNMENT.bytes === 0) tensors.set(e.name, { dtype: e.dtype, shape: [...e.shape], offset, byteLength: e.byteLength });
+      else weights.set(e.name, st.read(e.name));
+    }
+    return { weights, mappedWeights: { file: path, tensors } };
+  } finally {
+    st.close();
+  }
+}
+
+/**
+ * Reads mapped weights into memory (for a backend that cannot map them).
+ * @throws FormatError when the file is shorter than a tensor's range says
+ */
+export function readMappedWeights(m: MappedWeights): Map<string, Tensor> {
+  const out = new Map<string, Tensor>();
+  const fd = fs.openSync(m.file, 'r');
+  try {
+    for (const [name, t] of m.tensors) {
+      const bytes = new Uint8Array(t.byteLength);
+      for (let done = 0; done < t.byteLength; ) {
+        const n = fs.readSync(fd, bytes, done, Math.min(t.byteLength - done, 1 << 30), t.offset + done);
+        if (n === 0) throw new FormatError(m.file, `truncated: tensor '${name}' runs past the end of the file`);
+        done += n;
+      }
+      out.set(name, { dtype: t.dtype, shape: [...t.shape], data: typedArrayOf(t.dtype, bytes, t.byteLength / DTYPES[t.dtype].bytes) });
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return out;
 }

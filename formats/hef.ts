@@ -45,6 +45,8 @@ export interface HefSectionInput {
   /** "weights" | "graph" | "tokenizer" | "json" */
   kind: string;
   data: Uint8Array;
+  /** file-offset alignment of the section, a power of two multiple of SECTION_ALIGN (default SECTION_ALIGN), e.g. 4096 for memory-mapped weights */
+  align?: number;
 }
 
 /** A section as the header describes it. */
@@ -73,6 +75,11 @@ export interface HefFile {
    * @throws FormatError if the section is absent, short or its sha256 does not match
    */
   readSection(name: string): Uint8Array;
+  /**
+   * Verifies one section's sha256 by streaming it in chunks (no full-size allocation).
+   * @throws FormatError if the section is short or its sha256 does not match
+   */
+  verifySection(s: HefSection): void;
   /** Closes the file descriptor; further readSection calls throw. */
   close(): void;
 }
@@ -127,6 +134,7 @@ export function writeHef(path: string, header: Record<string, unknown>, sections
   if ('sections' in header) throw fail('header.sections is filled in by the writer; pass the sections separately');
   const seen = new Set<string>();
   for (const s of sections) {
+    if (s.align !== undefined && (s.align < SECTION_ALIGN || (s.align & (s.align - 1)) !== 0)) throw fail(`section '${s.name}': alignment ${s.align} is not a power of two ≥ ${SECTION_ALIGN}`);
     if (!s.name) throw fail('section name must not be empty');
     if (seen.has(s.name)) throw fail(`duplicate section name '${s.name}'`);
     seen.add(s.name);
@@ -147,6 +155,7 @@ export function writeHef(path: string, header: Record<string, unknown>, sections
     offsets = [];
     let pos = dataStart;
     for (const s of sections) {
+      pos = alignUp(pos, s.align ?? SECTION_ALIGN);
       offsets.push(pos);
       pos = alignUp(pos + s.data.byteLength, SECTION_ALIGN);
     }

@@ -207,15 +207,45 @@ export function referencedInitializers(model: onnxProto.onnx.IModelProto): strin
 
 /**
  * The ModelProto with the graph's missing initializers taken from `weights` (tensor data shared,
- * not copied).
+ * not copied), except the names in `elsewhere` (added by {@link withExternalInitializers}).
  * @throws FormatError when a referenced initializer is not in `weights`
  */
-export function withInitializers(model: onnxProto.onnx.IModelProto, weights: Map<string, Tensor>, label: string): onnxProto.onnx.IModelProto {
+export function withInitializers(model: onnxProto.onnx.IModelProto, weights: Map<string, Tensor>, label: string, elsewhere?: ReadonlySet<string>): onnxProto.onnx.IModelProto {
   const add: onnxProto.onnx.ITensorProto[] = [];
   for (const name of referencedInitializers(model)) {
+    if (elsewhere?.has(name)) continue;
     const t = weights.get(name);
     if (!t) throw new FormatError(label, `graph reads weight '${name}', which the weights section does not hold`);
     add.push(tensorProto(name, t));
+  }
+  return { ...model, graph: { ...model.graph!, initializer: [...(model.graph!.initializer ?? []), ...add] } };
+}
+
+/**
+ * The ModelProto with initializers stored as ONNX external data (onnx/docs/ExternalData.md): each
+ * one `location` (a file name relative to the model file), `offset` and `length` in bytes; only the
+ * ones the graph references are added.
+ */
+export function withExternalInitializers(
+  model: onnxProto.onnx.IModelProto,
+  refs: Map<string, { dtype: DType; shape: number[]; offset: number; byteLength: number }>,
+  location: string,
+): onnxProto.onnx.IModelProto {
+  const add: onnxProto.onnx.ITensorProto[] = [];
+  for (const name of referencedInitializers(model)) {
+    const r = refs.get(name);
+    if (!r) continue;
+    add.push({
+      name,
+      dataType: DTYPES[r.dtype].onnx,
+      dims: r.shape,
+      dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
+      externalData: [
+        { key: 'location', value: location },
+        { key: 'offset', value: String(r.offset) },
+        { key: 'length', value: String(r.byteLength) },
+      ],
+    });
   }
   return { ...model, graph: { ...model.graph!, initializer: [...(model.graph!.initializer ?? []), ...add] } };
 }

@@ -148,7 +148,7 @@ function parseHeader(headerBytes: Uint8Array, dataStart: number, dataLength: num
 }
 
 /** A typed array of `dtype` over a fresh buffer holding exactly `bytes` (aligned: offset 0). */
-function typedArrayOf(dtype: DType, bytes: Uint8Array, count: number): TypedArray {
+export function typedArrayOf(dtype: DType, bytes: Uint8Array, count: number): TypedArray {
   return new DTYPES[dtype].array(bytes.buffer, 0, count);
 }
 
@@ -289,12 +289,24 @@ export interface Layout {
 }
 
 /**
+ * Page alignment for memory-mapping: tensors of at least `minTensorBytes` start at a multiple of
+ * `bytes` from the start of the file (the header is padded so the data starts at one too), with
+ * zero bytes in the gaps. Readers that require contiguous data (the reference safetensors crate)
+ * refuse such gaps; edgellm's own reader accepts them (it checks only bounds and overlaps).
+ */
+export interface PageAlignment {
+  /** a power of two ≥ 8, e.g. 4096 */
+  bytes: number;
+  minTensorBytes: number;
+}
+
+/**
  * Plans a file: data_offsets in the given order, the header JSON (metadata first, tensors in order;
  * built by hand because JSON.stringify would move integer-like names first) padded with spaces to a
- * multiple of 8 bytes.
+ * multiple of 8 bytes (or, with `align`, so the data starts page-aligned; see {@link PageAlignment}).
  * @throws EdgeLLMError for duplicate or reserved names, unknown dtypes, bad shapes or metadata
  */
-export function planLayout(specs: readonly SafetensorsSpec[], metadata: Record<string, string> | undefined, label: string): Layout {
+export function planLayout(specs: readonly SafetensorsSpec[], metadata: Record<string, string> | undefined, label: string, align?: PageAlignment): Layout {
   const seen = new Set<string>();
   const offsets: [number, number][] = [];
   const parts: string[] = [];
@@ -312,14 +324,15 @@ export function planLayout(specs: readonly SafetensorsSpec[], metadata: Record<s
     if (!isDType(dtype)) throw new EdgeLLMError(`${label}: tensor '${name}': unknown dtype ${describe(dtype)} (known: ${Object.keys(DTYPES).join(', ')})`);
     if (!Array.isArray(shape) || !shape.every(isNonNegativeInt))
       throw new EdgeLLMError(`${label}: tensor '${name}': shape must be an array of non-negative integers, got ${describe(shape)}`);
-    const begin = end;
-    end = begin + numel(shape) * DTYPES[dtype].bytes;
+    const bytes = numel(shape) * DTYPES[dtype].bytes;
+    const begin = align && bytes >= align.minTensorBytes ? alignUp(end, align.bytes) : end;
+    end = begin + bytes;
     if (!Number.isSafeInteger(end)) throw new EdgeLLMError(`${label}: tensor '${name}': data end offset ${end} is not a safe integer`);
     offsets.push([begin, end]);
     parts.push(`${JSON.stringify(name)}:{"dtype":"${dtype}","shape":[${shape.join(',')}],"data_offsets":[${begin},${end}]}`);
   }
   const json = new TextEncoder().encode(`{${parts.join(',')}}`);
-  const n = alignUp(json.length, HEADER_ALIGN);
+  const n = align ? alignUp(8 + json.length, align.bytes) - 8 : alignUp(json.length, HEADER_ALIGN);
   const head = new Uint8Array(8 + n).fill(0x20, 8 + json.length); // space padding
   new DataView(head.buffer).setBigUint64(0, BigInt(n), true);
   head.set(json, 8);
@@ -342,14 +355,15 @@ export function tensorBytes(label: string, spec: SafetensorsSpec, data: TypedArr
 /**
  * Serialises tensors to safetensors bytes in memory, laid out in iteration order.
  * @param metadata written as `__metadata__` (omitted when empty)
+ * @param align page alignment of the large tensors (default: none, contiguous as the format wants)
  * @throws EdgeLLMError (duplicate names, unknown dtype, bad shape), ShapeMismatchError (data length
  *   or typed-array kind does not match dtype × shape)
  */
-export function encodeSafetensors(tensors: Iterable<[string, Tensor]>, metadata?: Record<string, string>): Uint8Array {
+export function encodeSafetensors(tensors: Iterable<[string, Tensor]>, metadata?: Record<string, string>, align?: PageAlignment): Uint8Array {
   const list = [...tensors];
   const specs = list.map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape }));
   const label = '<in-memory safetensors>';
-  const { head, offsets, dataLength } = planLayout(specs, metadata, label);
+  const { head, offsets, dataLength } = planLayout(specs, metadata, label, align);
   const out = new Uint8Array(head.length + dataLength);
   out.set(head, 0);
   list.forEach(([, t], i) => out.set(tensorBytes(label, specs[i], t.data), head.length + offsets[i][0]));

@@ -54,6 +54,8 @@ export interface GptqPassOptions extends Partial<Omit<GptqOptions, 'groupSize'>>
   groupSize: number;
   /** also quantize lm_head, with GPTQ on the final-norm output (default false, as the reference code) */
   quantizeLmHead?: boolean;
+  /** lm_head's group size (default: `groupSize`) */
+  lmHeadGroupSize?: number;
   /** bytes of captured layer inputs kept between steps (default 4 GiB); beyond it steps recompute */
   cacheBytes?: number;
 }
@@ -86,6 +88,7 @@ const DEFAULT_CACHE_BYTES = 4 * 2 ** 30;
  */
 export async function gptqModel(model: Model, windows: readonly number[][], opts: GptqPassOptions, ctx: RunContext): Promise<Model> {
   checkGroupSize(opts.groupSize);
+  if (opts.lmHeadGroupSize !== undefined) checkGroupSize(opts.lmHeadGroupSize);
   if (windows.length === 0 || windows.some((w) => w.length === 0)) throw new UsageError('gptq: needs at least one non-empty calibration window');
   const solveOpts: GptqOptions = { ...GPTQ_DEFAULTS, ...stripUndefined(opts), groupSize: opts.groupSize };
   if (solveOpts.actOrder && !solveOpts.staticGroups) throw new UsageError('gptq: --act-order needs static groups (MatMulNBits has no g_idx)');
@@ -138,7 +141,7 @@ export async function gptqModel(model: Model, windows: readonly number[][], opts
       const spec = lmHead(cfg);
       bar.status?.('lm_head');
       const H = await finalNormHessian(model, hidden);
-      report.push(await quantizeLinear(spec, toFloat32(linearWeight(model, spec).load()), H, solveOpts, la, weights, linears));
+      report.push(await quantizeLinear(spec, toFloat32(linearWeight(model, spec).load()), H, { ...solveOpts, groupSize: opts.lmHeadGroupSize ?? solveOpts.groupSize }, la, weights, linears));
       bar.tick();
     }
   } finally {

@@ -35,8 +35,13 @@ export interface QuantizeOptions {
   groupSize: number;
   /** weight quantizer: GPTQ (default) or round-to-nearest */
   method: 'gptq' | 'rtn';
-  /** quantize lm_head to W4 too (default false) */
+  /** quantize lm_head to W4 too (default true; a tied embedding then shares its table) */
   quantizeLmHead: boolean;
+  /**
+   * lm_head's group size (default 16): the head is the most sensitive linear to W4 (stories260K,
+   * TinyStories ppl: float head 6.737, W4 g32 6.912, W4 g16 6.800; scripts/accuracy-gate.sh)
+   */
+  lmHeadGroupSize: number;
   /** static 8-bit activation quantization at every linear input (default true) */
   activationQuant: boolean;
   /** static 8-bit KV-cache quantization (default true) */
@@ -67,7 +72,8 @@ export interface QuantizeOptions {
 export const DEFAULT_QUANTIZE_OPTIONS: QuantizeOptions = {
   groupSize: 32,
   method: 'gptq',
-  quantizeLmHead: false,
+  quantizeLmHead: true,
+  lmHeadGroupSize: 16,
   activationQuant: true,
   kvQuant: true,
   observer: 'mse',
@@ -95,8 +101,8 @@ export interface QuantizeResult {
  * Calibration loss of a rotation: NLL (nats/token) of the W4-RTN-quantized rotated model on
  * `windows`. A cheap proxy of the final recipe used to rank seeds; never looks at evaluation text.
  */
-async function rotationLoss(rotated: Model, opts: Pick<QuantizeOptions, 'groupSize' | 'quantizeLmHead'>, windows: number[][], ctx: RunContext): Promise<number> {
-  const w4 = rtn(rotated, { groupSize: opts.groupSize, quantizeLmHead: opts.quantizeLmHead }, ctx);
+async function rotationLoss(rotated: Model, opts: Pick<QuantizeOptions, 'groupSize' | 'quantizeLmHead' | 'lmHeadGroupSize'>, windows: number[][], ctx: RunContext): Promise<number> {
+  const w4 = rtn(rotated, { groupSize: opts.groupSize, quantizeLmHead: opts.quantizeLmHead, lmHeadGroupSize: opts.lmHeadGroupSize }, ctx);
   const backend = await SimulatorBackend.load(compile(w4, { prefillLen: Math.max(...windows.map((w) => w.length)) }));
   const r = await perplexity(backend, windows);
   await backend.dispose();
@@ -112,7 +118,7 @@ interface QuarotSearchPass extends Pass<QuarotOptions & { seeds: number }> {
   seedSearch?: { seed: number; meanNll: number }[];
 }
 
-function quarotSearchPass(options: QuarotOptions & { seeds: number }, proxy: Pick<QuantizeOptions, 'groupSize' | 'quantizeLmHead'>): QuarotSearchPass {
+function quarotSearchPass(options: QuarotOptions & { seeds: number }, proxy: Pick<QuantizeOptions, 'groupSize' | 'quantizeLmHead' | 'lmHeadGroupSize'>): QuarotSearchPass {
   const base = quarotPass(options);
   if (options.seeds <= 1) return { ...base, options };
   const pass: QuarotSearchPass = {
@@ -141,7 +147,7 @@ function quarotSearchPass(options: QuarotOptions & { seeds: number }, proxy: Pic
  * @param mergeLora a PEFT adapter merged into the fp32 weights first (`quantize --merge-lora`)
  */
 export function quantizePlan(opts: QuantizeOptions, mergeLora?: PeftAdapter): Pass[] {
-  const lin = { groupSize: opts.groupSize, quantizeLmHead: opts.quantizeLmHead };
+  const lin = { groupSize: opts.groupSize, quantizeLmHead: opts.quantizeLmHead, lmHeadGroupSize: opts.lmHeadGroupSize };
   return [
     ...(mergeLora ? [mergeLoraPass({ peft: mergeLora })] : []),
     ...(opts.rotate ? [foldNormsPass(), quarotSearchPass({ seed: opts.rotationSeed, online: opts.onlineHadamard, seeds: opts.rotationSeeds }, lin)] : []),

@@ -21,6 +21,8 @@ export interface RtnOptions {
   groupSize: number;
   /** also quantize lm_head (default false, as in the GPTQ reference code, which keeps the head in float) */
   quantizeLmHead: boolean;
+  /** lm_head's group size (default: `groupSize`) */
+  lmHeadGroupSize?: number;
 }
 
 export const meta = { name: 'rtn', requires: [] as string[] };
@@ -58,14 +60,16 @@ export function rtn(model: Model, opts: RtnOptions, ctx: RunContext): Model {
   const linears = { ...model.quant.linears };
   const specs = allLinears(model.config).filter((s) => opts.quantizeLmHead || s.role !== 'lm_head');
   const bar = ctx.progress('rtn', specs.length);
+  if (opts.lmHeadGroupSize !== undefined) checkGroupSize(opts.lmHeadGroupSize);
   for (const spec of specs) {
+    const gs = spec.role === 'lm_head' ? (opts.lmHeadGroupSize ?? opts.groupSize) : opts.groupSize;
     const W = toFloat32(linearWeight(model, spec).load());
-    const p = quantizeRtnW4(W, spec.outFeatures, spec.inFeatures, opts.groupSize);
+    const p = quantizeRtnW4(W, spec.outFeatures, spec.inFeatures, gs);
     const nb = p.scales.length / spec.outFeatures;
     weights.delete(`${spec.name}.weight`);
-    weights.set(`${spec.name}.qweight`, inMemory({ dtype: 'U8', shape: [spec.outFeatures, nb, opts.groupSize / 2], data: p.qweight }));
+    weights.set(`${spec.name}.qweight`, inMemory({ dtype: 'U8', shape: [spec.outFeatures, nb, gs / 2], data: p.qweight }));
     weights.set(`${spec.name}.scales`, inMemory({ dtype: 'F32', shape: [spec.outFeatures, nb], data: p.scales }));
-    linears[spec.name] = { bits: 4, groupSize: opts.groupSize, scheme: 'symmetric', method: 'rtn' };
+    linears[spec.name] = { bits: 4, groupSize: gs, scheme: 'symmetric', method: 'rtn' };
     bar.tick();
   }
   bar.done();

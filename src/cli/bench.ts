@@ -8,7 +8,8 @@ import { SimulatorBackend } from '../runtime/simulator.js';
 import { benchmark, DEFAULT_BENCH } from '../eval/bench.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
 import { VERSION } from '../core/version.js';
-import { int, outputPathCheck } from './common.js';
+import { int, outputPathCheck, precision, PRECISION_HELP } from './common.js';
+import type { Executable } from '../ir/executable.js';
 import { writeFileAtomicSync } from '../core/atomic.js';
 
 const MiB = 1024 * 1024;
@@ -33,6 +34,8 @@ export function registerBench(program: Command): void {
     .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores)', int('--threads'))
     .option('--seed <n>', 'seed of the pseudo-random prompt', int('--seed'), DEFAULT_BENCH.seed)
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
+    .option('--context-depth <n>', 'tokens already in the KV cache before the prompt (llama-bench -d): decode measured at that depth', int('--context-depth'), 0)
+    .option('--precision <mode>', PRECISION_HELP, precision('--precision'), 'exact')
     .option('--adapter <name>', 'run with this LoRA adapter of the HEF/HAR selected (default: the base model)')
     .option('--json [file]', 'write the figures as JSON to file (table still on stdout), or print JSON on stdout with no file')
     .action(async (file: string, o) => {
@@ -40,7 +43,8 @@ export function registerBench(program: Command): void {
       if (typeof o.json === 'string') outputPathCheck(o.json);
       const t0 = performance.now();
       const { exe, kind } = await loadArtifact(file, { prefillLen: o.prefillLen });
-      const backend = await SimulatorBackend.load(exe, { threads: o.threads });
+      const t1 = performance.now();
+      const backend = await SimulatorBackend.load(exe, { threads: o.threads, precision: o.precision });
       try {
         backend.selectAdapter(o.adapter ?? null);
       } catch (e) {
@@ -48,13 +52,14 @@ export function registerBench(program: Command): void {
         throw e;
       }
       const loadMs = performance.now() - t0;
+      const readMs = t1 - t0;
       const rssAfterLoad = process.memoryUsage().rss;
       const tok = new TextTokenizer(exe.tokenizer);
       let r;
       try {
         r = await benchmark(
           backend,
-          { runs: o.runs, warmup: o.warmup, promptTokens: o.promptTokens, decodeTokens: o.decodeTokens, seed: o.seed, bosTokenId: tok.bosTokenId },
+          { runs: o.runs, warmup: o.warmup, promptTokens: o.promptTokens, decodeTokens: o.decodeTokens, seed: o.seed, bosTokenId: tok.bosTokenId, contextDepth: o.contextDepth },
           ctx.progress('bench', o.warmup + o.runs),
         );
       } finally {
@@ -75,7 +80,14 @@ export function registerBench(program: Command): void {
         quant: exe.quant,
         adapter: o.adapter ?? null,
         adapters: backend.adapters.length,
+        precision: o.precision,
         loadMs,
+        /** reading and verifying the artifact (sha256 of every section used; compiling a HAR or directory), ms */
+        readMs,
+        /** building the backend session(s): ORT graph optimisation, weight prepacking, ms */
+        sessionMs: loadMs - readMs,
+        /** bytes of weights one decode step reads: every linear's weights (the embedding: one row) */
+        weightBytesPerToken: weightBytesPerToken(exe),
         ...r,
         /** process peak resident set (getrusage ru_maxrss), bytes: loading included */
         peakRssBytes: process.resourceUsage().maxRSS * 1024,
@@ -89,11 +101,23 @@ export function registerBench(program: Command): void {
             `model      ${file} (${kind}, ${(result.fileBytes / MiB).toFixed(2)} MiB; ${exe.quant.weightBits < 16 ? `W${exe.quant.weightBits}` : "float weights"} ${exe.quant.activationScheme === 'none' ? '' : 'A8 '}KV ${exe.kvLayout.dtype})`,
             ...(backend.adapters.length ? [`adapter    ${o.adapter ?? 'none (base model)'} (${backend.adapters.length} in the executable: LoRA branches in the graphs)`] : []),
             `backend    ${backend.name}, ${result.threads ?? 'all'} threads of ${result.cpus} cpus, prefill chunk ${result.prefillLen}, context ${result.maxContext}`,
-            `load       ${loadMs.toFixed(0)} ms`,
-            `TTFT       ${r.ttftMs.toFixed(1)} ms  (${r.promptTokens} prompt tokens; median of ${r.runs.length}, range ${r.ttftMsRange.map((x) => x.toFixed(1)).join('-')})`,
-            `decode     ${r.decodeTokensPerSecond.toFixed(2)} tokens/s  (${r.decodeMsPerToken.toFixed(2)} ms/token over ${r.decodeTokens} tokens; range ${r.decodeTokensPerSecondRange.map((x) => x.toFixed(2)).join('-')})`,
+            `load       ${loadMs.toFixed(0)} ms  (read + verify ${readMs.toFixed(0)} ms, sessions ${(loadMs - readMs).toFixed(0)} ms)`,
+            `TTFT       ${r.ttftMs.toFixed(1)} ms  (${r.promptTokens} prompt tokens${r.contextDepth ? ` after ${r.contextDepth} of context` : ''}; median of ${r.runs.length}, range ${r.ttftMsRange.map((x) => x.toFixed(1)).join('-')})`,
+            `decode     ${r.decodeTokensPerSecond.toFixed(2)} tokens/s  (${r.decodeMsPerToken.toFixed(2)} ms/token over ${r.decodeTokens} tokens; range ${r.decodeTokensPerSecondRange.map((x) => x.toFixed(2)).join('-')}; ${(result.weightBytesPerToken / MiB).toFixed(1)} MiB of weights per token)`,
             `peak RSS   ${(result.peakRssBytes / MiB).toFixed(1)} MiB  (after load ${(rssAfterLoad / MiB).toFixed(1)} MiB)`,
           ].join('\n') + '\n',
         );
     });
+}
+
+/**
+ * Bytes of weights a decode step reads: every initializer of the executable (mapped or in memory)
+ * but a float embedding table, of which one row is read (a shared 4-bit table is read whole by lm_head).
+ */
+function weightBytesPerToken(exe: Executable): number {
+  let n = 0;
+  const add = (name: string, bytes: number, shape: number[]) => (n += name === 'model.embed_tokens.weight' ? bytes / (shape[0] || 1) : bytes);
+  for (const [name, t] of exe.weights) add(name, t.data.byteLength, t.shape);
+  for (const [name, t] of exe.mappedWeights?.tensors ?? []) add(name, t.byteLength, t.shape);
+  return n;
 }

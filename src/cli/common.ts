@@ -55,3 +55,12 @@ export async function calibrationWindows(file: string, tok: TextTokenizer, o: { 
   if (isTokenWindowFile(file)) return loadTokenWindows(file, { vocabSize: o.vocabSize }).slice(0, o.n);
   return sampleWindows(await tok.encode(loadTextFile(file), false), o.n, o.seqLen, o.seed);
 }
+
+/** commander option parser for --precision: exact | fast (src/runtime/simulator.ts ExecutionPrecision). */
+export const precision = (name: string) => (v: string): 'exact' | 'fast' => {
+  if (v !== 'exact' && v !== 'fast') throw new UsageError(`${name} ${v}: expected exact or fast`);
+  return v;
+};
+
+/** --precision's help text. */
+export const PRECISION_HELP = 'how 4-bit linears compute: exact (float32 on the dequantized weights: the static A8/KV8 scheme as the device runs it) or fast (int8 compute with dynamic per-block requantization, ~4e-3 relative error)';

@@ -14,7 +14,7 @@ import { slidingWindows } from '../../calibration/windows.js';
 import { defaultSharedDir } from '../../calibration/datasets.js';
 import { UsageError } from '../core/errors.js';
 import { VERSION, reportTimestamp } from '../core/version.js';
-import { int, float, textPath, outputPathCheck } from './common.js';
+import { int, float, precision, PRECISION_HELP, textPath, outputPathCheck } from './common.js';
 
 const TASKS = EVAL_TASKS;
 type Task = EvalTask;
@@ -49,6 +49,8 @@ export function registerEval(program: Command): void {
     .option('--emulate <level>', 'for a HAR: native (source fp32), optimized (fp32 after folding/rotation) or quantized (default)')
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
     .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores; 1 is faster for tiny models on a busy machine)', int('--threads'))
+    .option('--precision <mode>', `${PRECISION_HELP}; with fast, kld's default reference is the same model at exact`, precision('--precision'), 'exact')
+    .option('--reference-precision <mode>', 'kld: the reference\'s precision (default exact)', precision('--reference-precision'), 'exact')
     .option('--json [file]', 'write every figure as JSON to file (table still on stdout), or print JSON on stdout with no file')
     .option('--baseline <file>', 'compare with a stored report (a --json or --write-baseline file); exit 1 listing each violated threshold')
     .option('--max-ppl-increase <pct>', `gate: allowed perplexity increase over the baseline (default ${100 * DEFAULT_GATE.maxPplIncrease}%)`)
@@ -69,6 +71,7 @@ export function registerEval(program: Command): void {
       const baseline = o.baseline ? readBaseline(o.baseline) : undefined;
       const needText = tasks.includes('ppl') || tasks.includes('kld');
       if (needText && !o.text) throw new UsageError(`--task ${tasks.join(',')} needs --text FILE|wikitext2|c4|tinystories`);
+      if (tasks.includes('kld') && !o.reference && o.precision === 'fast') o.reference = file; // fast vs exact
       if (tasks.includes('kld') && !o.reference) throw new UsageError('--task kld needs --reference <model-dir|har|hef>');
       if (o.emulate !== undefined && !['native', 'optimized', 'quantized'].includes(o.emulate))
         throw new UsageError(`--emulate ${o.emulate}: expected native, optimized or quantized`);
@@ -79,7 +82,7 @@ export function registerEval(program: Command): void {
       const loadOpts: LoadOptions = { prefillLen: o.prefillLen, emulate: o.emulate, lora: o.lora, onWarning: warn };
       const art: LoadedArtifact = await loadArtifact(file, loadOpts);
       const tok = new TextTokenizer(art.exe.tokenizer);
-      const backend = await SimulatorBackend.load(art.exe, { threads: o.threads });
+      const backend = await SimulatorBackend.load(art.exe, { threads: o.threads, precision: o.precision });
       if (o.adapter !== undefined) backend.selectAdapter(o.adapter);
       const identity: EvalRequest['identity'] = {
         edgellmVersion: VERSION,
@@ -101,7 +104,7 @@ export function registerEval(program: Command): void {
           req.text = { file: text, sha256: sha256File(text), seqLen: o.seqlen, windows: slidingWindows(ids, o.seqlen, o.maxWindows) };
           if (tasks.includes('kld')) {
             const ref = await loadArtifact(o.reference, { prefillLen: o.prefillLen, lora: o.referenceLora, onWarning: warn });
-            refBackend = await SimulatorBackend.load(ref.exe, { threads: o.threads });
+            refBackend = await SimulatorBackend.load(ref.exe, { threads: o.threads, precision: o.referencePrecision });
             if (o.referenceAdapter !== undefined) refBackend.selectAdapter(o.referenceAdapter);
             req.reference = { backend: refBackend, file: o.reference, kind: ref.kind, sha256: artifactSha256(o.reference), adapter: o.referenceAdapter ?? null, lora: o.referenceLora ?? null };
           }

@@ -79,7 +79,7 @@ export async function loadArtifact(p: string, opts: LoadOptions): Promise<Loaded
   if (emulate !== 'quantized' && kind !== 'har') throw new UsageError(`--emulate ${emulate} needs a HAR; ${p} is a ${kind}`);
   if (opts.lora !== undefined && kind !== 'model-dir')
     throw new UsageError(`--lora applies a PEFT adapter to an fp32 model directory; ${p} is a ${kind} (add adapters to a HAR with \`edgellm add-lora\`, select them with --adapter)`);
-  if (kind === 'hef') return { kind, exe: readExecutable(p) };
+  if (kind === 'hef') return { kind, exe: readExecutable(p, { mapWeights: true }) };
   let model: Model;
   if (kind === 'har') {
     const har = await loadModelHar(p, { emulation: emulate !== 'quantized', lazy: true });

@@ -22,6 +22,8 @@ export interface OpenOptions {
   /** --chat-template: a file holding a jinja chat template */
   chatTemplateFile?: string;
   slots?: number;
+  /** how 4-bit linears compute (default exact) */
+  precision?: 'exact' | 'fast';
   maxContexts?: number;
   contextsDir?: string;
 }
@@ -53,7 +55,7 @@ export async function openSession(file: string, o: OpenOptions): Promise<OpenedM
     chatTemplate = new ChatTemplate(src, o.chatTemplateFile);
   }
   const { exe, kind } = await loadArtifact(file, { prefillLen: o.prefillLen });
-  const backend = await SimulatorBackend.load(exe);
+  const backend = await SimulatorBackend.load(exe, { precision: o.precision });
   if (o.adapter !== undefined) backend.selectAdapter(o.adapter);
   let digest: string | undefined;
   const opts: SessionOptions = {

@@ -17,6 +17,7 @@ import { int, float, outputPathCheck, defaultCalibration, calibrationWindows } f
 /** Maps and validates the command's flags. @throws UsageError */
 function quantizeOptions(o: Record<string, any>): QuantizeOptions {
   if (!['gptq', 'rtn'].includes(o.method)) throw new UsageError(`--method ${o.method}: expected gptq or rtn`);
+  lmHeadBits(o.lmHeadBits);
   if (!OBSERVER_KINDS.includes(o.actObserver)) throw new UsageError(`--act-observer ${o.actObserver}: expected ${OBSERVER_KINDS.join(', ')}`);
   const online = String(o.onlineHadamard ?? '')
     .split(',')
@@ -30,7 +31,8 @@ function quantizeOptions(o: Record<string, any>): QuantizeOptions {
     groupSize: o.groupSize,
     percDamp: o.damp,
     actOrder: !!o.actOrder,
-    quantizeLmHead: !!o.quantizeLmHead,
+    quantizeLmHead: lmHeadBits(o.lmHeadBits) === 4,
+    lmHeadGroupSize: o.lmHeadGroupSize,
     observer: o.actObserver,
     activationQuant: o.actQuant,
     kvQuant: o.kvQuant,
@@ -57,7 +59,8 @@ export function registerQuantize(program: Command): void {
     .option('--group-size <n>', 'weight group size (power of two >= 16)', int('--group-size'), DEFAULT_QUANTIZE_OPTIONS.groupSize)
     .option('--damp <f>', 'GPTQ damping, fraction of mean(diag H)', float('--damp'), DEFAULT_QUANTIZE_OPTIONS.percDamp)
     .option('--act-order', 'GPTQ act-order (static groups, so groups stay block-wise)')
-    .option('--quantize-lm-head', 'quantize lm_head to W4 too (default: kept float)')
+    .option('--lm-head-group-size <n>', 'input columns per lm_head scale (a power of two ≥ 16)', int('--lm-head-group-size'), DEFAULT_QUANTIZE_OPTIONS.lmHeadGroupSize)
+    .option('--lm-head-bits <bits>', 'lm_head precision: 4 (W4 group-wise, GPTQ/RTN like the other linears; a tied embedding shares its 4-bit table) or 32 (float)', '4')
     .option('--act-observer <kind>', 'A8/KV8 range observer: minmax | percentile | mse', DEFAULT_QUANTIZE_OPTIONS.observer)
     .option('--no-act-quant', 'skip static A8 activation quantization')
     .option('--no-kv-quant', 'skip KV8 cache quantization')
@@ -105,4 +108,10 @@ export function registerQuantize(program: Command): void {
       if (o.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
       else if (!g.quiet) process.stderr.write(`wrote ${o.output} (${(summary.bytes / 1024).toFixed(1)} KiB) in ${summary.seconds.toFixed(1)} s\n`);
     });
+}
+
+/** @throws UsageError unless `v` is 4 or 32 */
+function lmHeadBits(v: string): 4 | 32 {
+  if (v !== '4' && v !== '32') throw new UsageError(`--lm-head-bits ${v}: expected 4 or 32`);
+  return Number(v) as 4 | 32;
 }

@@ -1,6 +1,6 @@
 /** edgellm run (see `edgellm run --help`). */
 import type { Command } from 'commander';
-import { int } from './common.js';
+import { int, precision, PRECISION_HELP } from './common.js';
 import { openSession } from './open-session.js';
 import { addGenerationFlags, paramsFromFlags } from './generation-flags.js';
 import type { ChatMessage } from '../../formats/chat-template.js';
@@ -18,11 +18,12 @@ export function registerRun(program: Command): void {
     .option('--chat-template <file>', 'a jinja chat template to use instead of the model\'s')
     .option('--raw', 'encode the prompt without the tokenizer\'s special tokens (no BOS)')
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
+    .option('--precision <mode>', PRECISION_HELP, precision('--precision'), 'exact')
     .option('--adapter <name>', 'run with this LoRA adapter of the HEF/HAR (see `edgellm inspect`)')
     .option('--json', 'print a JSON result on stdout instead of streaming text');
   addGenerationFlags(cmd).action(async (file: string, o) => {
     const params = paramsFromFlags(o);
-    const { session } = await openSession(file, { prefillLen: o.prefillLen, adapter: o.adapter, chatTemplateFile: o.chatTemplate });
+    const { session } = await openSession(file, { prefillLen: o.prefillLen, adapter: o.adapter, chatTemplateFile: o.chatTemplate, precision: o.precision });
     try {
       let input: GenerationInput;
       if (o.chat) {

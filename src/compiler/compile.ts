@@ -1,7 +1,9 @@
 /**
- * Model -> Executable: the prefill graph (static chunk of `prefillLen` tokens) and the decode graph
- * (one token), lowered from the same Model so they read one shared set of weights, plus the
- * tokenizer and the KV-cache layout. An Executable (src/ir/executable.ts) is what a HEF holds (formats/hef-executable.ts)
+ * Model -> Executable: the prefill graph (any number of tokens up to `prefillLen` per call: a
+ * symbolic sequence length, so one graph and one backend session serve prompts of every length and
+ * single decode steps) and the decode graph (one token, static shapes for a device that needs
+ * them), lowered from the same Model so they read one shared set of weights, plus the tokenizer and
+ * the KV-cache layout. Both take `logit_positions`, so lm_head runs only on the rows asked for. An Executable (src/ir/executable.ts) is what a HEF holds (formats/hef-executable.ts)
  * and what a backend loads.
  */
 import { lowerModel } from './lower.js';
@@ -13,7 +15,7 @@ import { quantSchemeOf } from '../ir/quant-scheme.js';
 import { UsageError } from '../core/errors.js';
 
 export interface CompileOptions {
-  /** static prefill chunk length in tokens (default 128) */
+  /** most tokens per prefill call (longer prompts go in chunks of this many) */
   prefillLen: number;
   /** KV-cache capacity in tokens (default: the model's max_position_embeddings) */
   maxContext?: number;
@@ -30,8 +32,8 @@ export function compile(model: Model, opts: CompileOptions): Executable {
   if (!Number.isInteger(opts.prefillLen) || opts.prefillLen < 1 || opts.prefillLen > maxContext)
     throw new UsageError(`--prefill-len ${opts.prefillLen}: must be an integer in 1..${maxContext} (the context)`);
   const weights = new Map<string, Tensor>();
-  const prefill = lowerModel(model, { seqLen: opts.prefillLen, maxContext, initializers: weights, name: 'prefill' });
-  const decode = lowerModel(model, { seqLen: 1, maxContext, initializers: weights, name: 'decode' });
+  const prefill = lowerModel(model, { seqLen: 'dynamic', maxContext, initializers: weights, name: 'prefill', logitPositions: true });
+  const decode = lowerModel(model, { seqLen: 1, maxContext, initializers: weights, name: 'decode', logitPositions: true });
   const kvLayout = kvLayoutOf(model, maxContext);
   for (const n of kvLayoutInitializers(kvLayout).keys()) weights.delete(n); // stated once, by the KV layout
   return {

@@ -6,8 +6,9 @@
  * | name                          | dtype            | shape                      |
  * | ----------------------------- | ---------------- | -------------------------- |
  * | input_ids                     | int64            | [1, S]                     |
+ * | logit_positions               | int64            | [R]: rows of S to compute logits for (compiled graphs) |
  * | past_key_values.{i}.key/value | float32 or uint8 | [1, kv_heads, P, head_dim] |
- * | logits                        | float32          | [1, S, vocab]              |
+ * | logits                        | float32          | [1, S, vocab] ([1, R, vocab] with logit_positions) |
  * | present.{i}.key/value         | float32 or uint8 | [1, kv_heads, T, head_dim] |
  * | lora.<linear>.A / .B          | float32          | [r, in] / [out, r]         |
  * | lora.<linear>.act_scale / _zero_point | float32 / uint8 | [] (with static A8)  |
@@ -19,7 +20,12 @@
 
 /** Token ids, int64 [1, S]. */
 export const INPUT_IDS = 'input_ids';
-/** Next-token logits, float32 [1, S, vocab]. */
+/**
+ * Which of the S positions get logits, int64 [R] in [0, S) (e.g. [S − 1] when generating, 0..S−1 in
+ * eval): lm_head runs on those rows only. An input of compiled graphs (src/compiler/compile.ts).
+ */
+export const LOGIT_POSITIONS = 'logit_positions';
+/** Next-token logits, float32 [1, S, vocab] (or [1, R, vocab] at the {@link LOGIT_POSITIONS}). */
 export const LOGITS = 'logits';
 /** The residual stream into a one-layer graph, float32 [1, S, hidden]. */
 export const HIDDEN_STATES = 'hidden_states';

@@ -38,8 +38,11 @@ export function loraFeeds(model: Pick<Model, 'config'>, a: LoraAdapterData | nul
     const n = loraInputNames(linear);
     const { inFeatures, outFeatures } = loraModuleDims(model, linear);
     const spec = inputs.find((s) => s.name === n.A);
-    const r = Number(spec?.shape?.[0]);
     const mod = mods.get(linear);
+    // a symbolic rank takes each module's own rank, and 0 where the adapter (or "none") has no
+    // module: an empty branch, which costs next to nothing; a fixed rank is zero-padded to
+    const fixed = typeof spec?.shape?.[0] === 'number' ? (spec.shape[0] as number) : null;
+    const r = fixed ?? (mod && a ? mod.rank : 0);
     const A = new Float32Array(r * inFeatures);
     const B = new Float32Array(outFeatures * r);
     let act: QParams = { scale: 1, zeroPoint: 0 };

@@ -21,7 +21,7 @@ import type { Tensor } from '../ir/tensor.js';
 import { UnsupportedModelError } from '../core/errors.js';
 import { Lowering } from './lowering.js';
 import { lowerDecoderLayer, type LayerInputs } from './lower-layer.js';
-import { kvNames, INPUT_IDS, LOGITS, HIDDEN_STATES, HIDDEN_STATES_OUT } from './io-contract.js';
+import { kvNames, INPUT_IDS, LOGITS, LOGIT_POSITIONS, HIDDEN_STATES, HIDDEN_STATES_OUT } from './io-contract.js';
 
 
 export interface LowerOptions {
@@ -41,6 +41,8 @@ export interface LowerOptions {
   initializers?: Map<string, Tensor>;
   /** LoRA graph inputs for the linears the model's adapters target (see Lowering.loraBranch); default true */
   lora?: boolean;
+  /** add the `logit_positions` input: lm_head runs only on the rows it lists (default false: every row) */
+  logitPositions?: boolean;
 }
 
 /** RoPE tables cos/sin [maxContext, head_dim/2] (HF rotate-half layout, inv_freq = θ^(−2j/d)). */
@@ -123,13 +125,19 @@ export function lowerModel(model: Model, opts: LowerOptions): GraphBuilder {
   for (let i = 0; i < cfg.numLayers; i++) kvInputs(L, i);
   L.loraInputs(allLinears(cfg));
   const shared = positionsAndMask(L, kvNames(0).pastKey, ids, opts.maxContext);
-  L.floatWeight('model.embed_tokens.weight');
-  let x = g.node('Gather', ['model.embed_tokens.weight', ids], { name: '/model/embed_tokens/Gather', attrs: { axis: 0 } }); // [1, S, H]
+  let x = L.embedding(ids); // [1, S, H]
   for (let i = 0; i < cfg.numLayers; i++) x = lowerDecoderLayer(L, i, x, shared);
+  let R: Dim = S;
+  if (opts.logitPositions) {
+    // only the rows asked for reach the final norm and lm_head (both act row by row)
+    const rows = g.input(LOGIT_POSITIONS, 'int64', ['logit_rows']);
+    x = g.node('Gather', [x, rows], { name: '/model/logit_rows/Gather', attrs: { axis: 1 } }); // [1, R, H]
+    R = 'logit_rows';
+  }
   const n = L.actPoint(L.rmsNorm(x, 'model.norm.weight', '/model/norm'), -1, 'lm_head_in');
   const logits = L.linear(n, lmHead(cfg), '/lm_head');
   g.node('Identity', [logits], { name: '/model/logits', outputNames: [LOGITS] });
-  g.output(LOGITS, 'float32', [1, S, cfg.vocabSize]);
+  g.output(LOGITS, 'float32', [1, R, cfg.vocabSize]);
   return g;
 }
 

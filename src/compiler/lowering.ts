@@ -6,7 +6,7 @@
  */
 import { GraphBuilder, type ElemType } from '../../formats/onnx.js';
 import type { Model, QParams } from '../ir/model.js';
-import { actPointName, type LinearSpec, type LinearInput } from '../ir/architectures.js';
+import { actPointName, lmHead, sharesQuantizedEmbedding, type LinearSpec, type LinearInput } from '../ir/architectures.js';
 import { toFloat32, type Tensor } from '../ir/tensor.js';
 import { UnsupportedModelError } from '../core/errors.js';
 import { captureName, kvQuantNames, loraInputNames, loraPoint } from './io-contract.js';
@@ -64,6 +64,42 @@ export class Lowering {
 
   transpose(x: string, perm: number[], name: string): string {
     return this.g.node('Transpose', [x], { name, attrs: { perm } });
+  }
+
+  /**
+   * Token embedding lookup, ids int64 [1, S] -> float32 [1, S, H]: a Gather on the float table, or,
+   * when the tied lm_head is weight-quantized ({@link sharesQuantizedEmbedding}), com.microsoft
+   * GatherBlockQuantized on the lm_head's own MatMulNBits initializer (uint8 [V, n_blocks, group/2],
+   * default zero point 8; its scales viewed as [V, n_blocks, 1]), so one 4-bit copy serves both.
+   */
+  embedding(ids: string): string {
+    const g = this.g;
+    const cfg = this.model.config;
+    if (!sharesQuantizedEmbedding(this.model)) {
+      this.floatWeight('model.embed_tokens.weight');
+      return g.node('Gather', ['model.embed_tokens.weight', ids], { name: '/model/embed_tokens/Gather', attrs: { axis: 0 } });
+    }
+    const head = lmHead(cfg);
+    const lq = this.model.quant.linears[head.name];
+    const [qweight, scales] = this.nbitsWeights(head.name);
+    const nb = cfg.hiddenSize / lq.groupSize;
+    const sc = this.reshape(scales, [cfg.vocabSize, nb, 1], '/model/embed_tokens/scales');
+    const rows = g.node('GatherBlockQuantized', [qweight, ids, sc], {
+      name: '/model/embed_tokens/GatherBlockQuantized',
+      domain: 'com.microsoft',
+      attrs: { gather_axis: 0, quantize_axis: 2, block_size: lq.groupSize, bits: lq.bits },
+    }); // [1, S, n_blocks, group]
+    return this.reshape(rows, [0, 0, cfg.hiddenSize], '/model/embed_tokens/rows');
+  }
+
+  /** The `.qweight` (uint8 [N, n_blocks, group/2]) and flat `.scales` (float32 [N·n_blocks]) initializers of a weight-quantized linear. */
+  private nbitsWeights(linear: string): [string, string] {
+    this.g.weight(`${linear}.qweight`, () => this.load(`${linear}.qweight`));
+    this.g.weight(`${linear}.scales`, () => {
+      const sc = this.load(`${linear}.scales`);
+      return { dtype: 'F32', shape: [sc.data.length], data: toFloat32(sc) };
+    });
+    return [`${linear}.qweight`, `${linear}.scales`];
   }
 
   /** RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x²) + eps) · γ, over the last axis. */
@@ -130,12 +166,8 @@ export class Lowering {
     const lq = this.model.quant.linears[spec.name];
     let y: string;
     if (lq) {
-      g.weight(`${spec.name}.qweight`, () => this.load(`${spec.name}.qweight`));
-      g.weight(`${spec.name}.scales`, () => {
-        const sc = this.load(`${spec.name}.scales`);
-        return { dtype: 'F32', shape: [sc.data.length], data: toFloat32(sc) };
-      });
-      y = g.node('MatMulNBits', [x, `${spec.name}.qweight`, `${spec.name}.scales`], {
+      const [qweight, scales] = this.nbitsWeights(spec.name);
+      y = g.node('MatMulNBits', [x, qweight, scales], {
         name: `${path}/MatMulNBits`,
         domain: 'com.microsoft',
         attrs: { K: spec.inFeatures, N: spec.outFeatures, bits: lq.bits, block_size: lq.groupSize },
@@ -178,8 +210,10 @@ export class Lowering {
       const r = this.loraRanks.get(s.name);
       if (r === undefined) continue;
       const n = loraInputNames(s.name);
-      this.g.input(n.A, 'float32', [r, s.inFeatures]);
-      this.g.input(n.B, 'float32', [s.outFeatures, r]);
+      // symbolic rank: each adapter is fed at its own rank, "no adapter" at rank 0 (src/compiler/lora-feeds.ts)
+      const rank = `lora_rank.${s.name}`;
+      this.g.input(n.A, 'float32', [rank, s.inFeatures]);
+      this.g.input(n.B, 'float32', [s.outFeatures, rank]);
       if (this.flags.actQuant) {
         this.g.input(n.scale, 'float32', []);
         this.g.input(n.zeroPoint, 'uint8', []);

@@ -15,7 +15,8 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { EdgeLLMError } from '../core/errors.js';
 import type onnxProto from 'onnx-proto';
-import { decodeModel, onnx } from '../../formats/onnx.js';
+import { decodeModel, onnx, withExternalInitializers } from '../../formats/onnx.js';
+import type { MappedWeights } from '../ir/executable.js';
 import { writeFully } from '../core/atomic.js';
 import { alignUp } from '../core/align.js';
 
@@ -79,6 +80,28 @@ export interface SessionOptions {
   externalDataBytes?: number;
 }
 
+function sessionOptions(opts: SessionOptions): ort.InferenceSession.SessionOptions {
+  return { graphOptimizationLevel: 'all', intraOpNumThreads: opts.threads ?? 0, executionMode: 'sequential', logSeverityLevel: 3 };
+}
+
+/**
+ * A new temporary directory holding `weights.bin`, a hard link to `file`: in the system temporary
+ * directory, or beside `file` when that is on another filesystem. Null when neither works.
+ */
+function linkedDir(file: string): string | null {
+  for (const parent of [os.tmpdir(), path.dirname(path.resolve(file))]) {
+    let dir: string | undefined;
+    try {
+      dir = fs.mkdtempSync(path.join(parent, '.edgellm-ort-'));
+      fs.linkSync(file, path.join(dir, 'weights.bin'));
+      return dir;
+    } catch {
+      if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  return null;
+}
+
 export class CheckedSession {
   private constructor(
     private readonly session: ort.InferenceSession,
@@ -94,12 +117,7 @@ export class CheckedSession {
    *   that are not a ModelProto
    */
   static async create(model: Uint8Array | onnxProto.onnx.IModelProto, label: string, opts: SessionOptions = {}): Promise<CheckedSession> {
-    const options: ort.InferenceSession.SessionOptions = {
-      graphOptimizationLevel: 'all',
-      intraOpNumThreads: opts.threads ?? 0,
-      executionMode: 'sequential',
-      logSeverityLevel: 3,
-    };
+    const options = sessionOptions(opts);
     const limit = opts.externalDataBytes ?? EXTERNAL_DATA_BYTES;
     let external: { dir: string; model: string } | null = null;
     let bytes: Uint8Array | null = null;
@@ -115,6 +133,35 @@ export class CheckedSession {
       throw new EdgeLLMError(`${label}: onnxruntime could not load the graph: ${(e as Error).message.split('\n')[0]}`, { cause: e });
     } finally {
       if (external) fs.rmSync(external.dir, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Creates a session whose large initializers stay in their file and are memory-mapped by ORT
+   * (external data at 4 KiB-aligned offsets, loaded by path): JavaScript holds none of their bytes,
+   * and what ORT prepacks it copies once, then lets the mapping go. ORT refuses external data outside
+   * the model file's directory and resolves symbolic links, so the file is hard-linked into a
+   * temporary directory beside the model file (the system temporary directory first; beside the
+   * file itself when that is another filesystem); the directory is removed once the session exists.
+   * @param model the graph with every initializer but the mapped ones attached
+   * @returns null when no hard link can be made (another filesystem and a read-only directory): the
+   *   caller then loads the weights into memory
+   * @throws EdgeLLMError naming `label` when onnxruntime rejects the graph
+   */
+  static async createMapped(model: onnxProto.onnx.IModelProto, mapped: MappedWeights, label: string, opts: SessionOptions = {}): Promise<CheckedSession | null> {
+    const dir = linkedDir(mapped.file);
+    if (!dir) return null;
+    try {
+      const m = withExternalInitializers(model, mapped.tensors, 'weights.bin');
+      const file = path.join(dir, 'model.onnx');
+      fs.writeFileSync(file, onnx.ModelProto.encode(onnx.ModelProto.create(m)).finish());
+      try {
+        return new CheckedSession(await ort.InferenceSession.create(file, sessionOptions(opts)), label);
+      } catch (e) {
+        throw new EdgeLLMError(`${label}: onnxruntime could not load the graph: ${(e as Error).message.split('\n')[0]}`, { cause: e });
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   }
 

@@ -24,6 +24,11 @@ export interface BenchOptions {
   seed: number;
   /** first prompt token (BOS) when the tokenizer has one */
   bosTokenId?: number | null;
+  /**
+   * tokens of context already in the cache before the prompt (llama-bench `-d`): TTFT and decode
+   * are measured after them (default 0); filled with pseudo-random ids, untimed
+   */
+  contextDepth?: number;
 }
 
 export const DEFAULT_BENCH: BenchOptions = { promptTokens: 96, decodeTokens: 128, runs: 5, warmup: 1, seed: 0 };
@@ -37,6 +42,7 @@ export interface BenchRun {
 
 export interface BenchResult {
   promptTokens: number;
+  contextDepth: number;
   decodeTokens: number;
   /** medians over runs */
   ttftMs: number;
@@ -73,13 +79,19 @@ export async function benchmark(backend: ExecutionBackend, opts: BenchOptions = 
   for (const [k, v] of [['prompt tokens', opts.promptTokens], ['decode tokens', opts.decodeTokens], ['runs', opts.runs]] as const)
     if (!Number.isInteger(v) || v < 1) throw new UsageError(`bench: ${k} must be a positive integer, got ${v}`);
   if (!Number.isInteger(opts.warmup) || opts.warmup < 0) throw new UsageError(`bench: warm-up runs must be a non-negative integer, got ${opts.warmup}`);
-  if (opts.promptTokens + opts.decodeTokens > backend.maxContext)
-    throw new UsageError(`bench: ${opts.promptTokens} prompt + ${opts.decodeTokens} decode tokens exceed the context of ${backend.maxContext}`);
-  const prompt = benchPrompt(backend.vocabSize, opts.promptTokens, opts.seed, opts.bosTokenId);
+  const depth = opts.contextDepth ?? 0;
+  if (!Number.isInteger(depth) || depth < 0) throw new UsageError(`bench: context depth must be a non-negative integer, got ${depth}`);
+  if (depth + opts.promptTokens + opts.decodeTokens > backend.maxContext)
+    throw new UsageError(`bench: ${depth} context + ${opts.promptTokens} prompt + ${opts.decodeTokens} decode tokens exceed the context of ${backend.maxContext}`);
+  // BOS starts the sequence: the context's first token when there is one, else the prompt's
+  const prompt = benchPrompt(backend.vocabSize, opts.promptTokens, opts.seed, depth > 0 ? null : opts.bosTokenId);
+  const filler = depth > 0 ? benchPrompt(backend.vocabSize, depth, opts.seed + 1, opts.bosTokenId) : [];
   const runs: BenchRun[] = [];
   for (let i = 0; i < opts.warmup + opts.runs; i++) {
     // maxTokens = first token + decodeTokens more, each one decode step; no stop tokens
-    const r = await generate(backend, prompt, { maxTokens: opts.decodeTokens + 1, seed: opts.seed, temperature: 0, topP: 1, topK: 0 });
+    const ctx = backend.newContext();
+    if (depth > 0) await backend.forward(ctx, filler, { lastOnly: true }); // the context, untimed
+    const r = await generate(backend, prompt, { maxTokens: opts.decodeTokens + 1, seed: opts.seed, temperature: 0, topP: 1, topK: 0 }, undefined, ctx);
     if (i >= opts.warmup) runs.push({ ttftMs: r.ttftMs, decodeTokensPerSecond: r.decodeTokensPerSecond });
     progress?.tick();
   }
@@ -89,6 +101,7 @@ export async function benchmark(backend: ExecutionBackend, opts: BenchOptions = 
   const decodeTokensPerSecond = median(tps);
   return {
     promptTokens: opts.promptTokens,
+    contextDepth: depth,
     decodeTokens: opts.decodeTokens,
     ttftMs: median(ttft),
     decodeTokensPerSecond,

@@ -6,7 +6,7 @@
  * lowering ask the adapter instead of testing `family` (no if-ladders); Llama, Qwen2 and Mistral
  * share the HF layout and differ in their biases (Qwen2's q/k/v).
  */
-import type { ModelConfig, ModelFamily } from './model.js';
+import type { Model, ModelConfig, ModelFamily } from './model.js';
 
 /** Which activation a linear reads; linears reading the same tensor share one A8 quantization point. */
 export type LinearInput = 'attn_in' | 'o_proj_in' | 'mlp_in' | 'down_proj_in' | 'lm_head_in';
@@ -157,4 +157,14 @@ export function activationPoints(cfg: ModelConfig): string[] {
 /** Per-layer norm weight names (the same for every supported family: {@link ArchitectureAdapter.layerNorms}). */
 export function layerNorms(i: number): { input: string; postAttention: string } {
   return LLAMA.layerNorms(i);
+}
+
+/**
+ * True when a model's embedding lookup reads its quantized lm_head table: tied embeddings
+ * (`tie_word_embeddings`, still set: fold-norms unties them) and a weight-quantized lm_head. The
+ * compiled graphs then hold one 4-bit copy for both (GatherBlockQuantized and MatMulNBits read the
+ * same initializer) and the float embedding table is not shipped.
+ */
+export function sharesQuantizedEmbedding(model: Pick<Model, 'config' | 'quant'>): boolean {
+  return model.config.tieWordEmbeddings && model.quant.linears[lmHead(model.config).name] !== undefined;
 }

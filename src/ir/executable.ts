@@ -66,6 +66,19 @@ export interface Executable {
   sourceSha256: string;
   /** LoRA adapters the graphs' `lora.*` inputs can be fed from (absent or empty: none) */
   adapters?: ExecutableAdapter[];
+  /**
+   * Weights left in their file for the backend to memory-map (formats/hef-executable.ts
+   * readExecutable with `mapWeights`): not in `weights`. Absent: every weight is in `weights`.
+   */
+  mappedWeights?: MappedWeights;
+}
+
+/** Tensors stored raw (little-endian, row-major) at page-aligned offsets of a file. */
+export interface MappedWeights {
+  /** the file holding them (a HEF) */
+  file: string;
+  /** initializer name -> its bytes in `file`: `offset` absolute, a multiple of 4096 */
+  tensors: Map<string, { dtype: Tensor['dtype']; shape: number[]; offset: number; byteLength: number }>;
 }
 
 /** A LoRA adapter with its tensors in memory (quantized codes + scales, see src/ir/model.ts LoraAdapter). */

@@ -16,10 +16,11 @@
  * lowering applies them: R3 on q and k after RoPE, R4 on the down_proj input.
  *
  * Weight-quantized linears (model.quant.linears) are dequantized, w = (q − 8)·scale, which emulates
- * "weights only" quantization. Activation and KV-cache quantization are ignored.
+ * "weights only" quantization; a tied model with a quantized lm_head also looks its tokens up in the
+ * dequantized lm_head table (the compiled graphs share that one copy). Activation and KV-cache quantization are ignored.
  */
 import { EdgeLLMError, ShapeMismatchError, UsageError } from '../core/errors.js';
-import { layerLinears, layerNorms, lmHead, type LinearSpec } from './architectures.js';
+import { layerLinears, layerNorms, lmHead, sharesQuantizedEmbedding, type LinearSpec } from './architectures.js';
 import type { Model, ModelConfig, OnlineRotation } from './model.js';
 import { toFloat32, type Tensor } from './tensor.js';
 import { W4_GROUPWISE } from './codecs.js';
@@ -78,8 +79,10 @@ function forward64(model: Model, tokens: number[], weights = new WeightCache(mod
   if (cfg.numHeads % cfg.numKvHeads !== 0)
     throw new ShapeMismatchError(`referenceForward: ${cfg.numHeads} query heads cannot be grouped over ${cfg.numKvHeads} KV heads`);
 
-  // embedding lookup. embed: [V, H]; x: [T, H]
-  const embed = weights.get('model.embed_tokens.weight', [V, H]);
+  // embedding lookup. embed: [V, H]; x: [T, H]. A tied model whose lm_head is weight-quantized looks
+  // its tokens up in that quantized table (one shared copy, as the lowering does)
+  const head = lmHead(cfg);
+  const embed = sharesQuantizedEmbedding(model) ? weights.dequantized(head, model.quant.linears[head.name].groupSize) : weights.get('model.embed_tokens.weight', [V, H]);
   const x = new Float64Array(T * H);
   for (let t = 0; t < T; t++) for (let i = 0; i < H; i++) x[t * H + i] = embed[tokens[t] * H + i];
 
@@ -115,7 +118,6 @@ function forward64(model: Model, tokens: number[], weights = new WeightCache(mod
   }
 
   const final = rmsNorm(x, weights.get('model.norm.weight', [H]), T, cfg.rmsNormEps); // final: [T, H]
-  const head = lmHead(cfg);
   const untied = model.weights.has(`${head.name}.weight`) || model.quant.linears[head.name] !== undefined;
   if (untied) return linear(weights, head, final, T); // logits: [T, V]
   return matmulT(final, embed, T, H, V, null); // tied: logits = final · embedᵀ, [T, V]

@@ -1,7 +1,11 @@
 /**
- * The simulator backend: runs an Executable's prefill and decode graphs with onnxruntime-node on
- * the CPU. Both sessions are built from the executable's single weight store (ORT keeps its own
- * prepacked copy per session). The KV cache lives in ORT tensors between calls.
+ * The simulator backend: runs an Executable with onnxruntime-node on the CPU. One session over the
+ * prefill graph, whose sequence length is symbolic, serves prompts of any length (in chunks of at most
+ * `prefillLen`, never padded) and single decode steps, so ORT holds one prepacked copy of the weights;
+ * a HEF's large weights are memory-mapped from the file (Executable.mappedWeights), not copied into
+ * JavaScript. Graphs with a static prefill chunk (HEFs of edgellm before 0.2) run as before: padded
+ * chunks on the prefill session, one token at a time on a second, decode session. The KV cache lives
+ * in ORT tensors between calls. Only the logits rows asked for are computed (`logit_positions`).
  *
  * LoRA: graphs compiled with adapters have `lora.<linear>.*` inputs; each context names its adapter
  * and every call feeds that adapter's tensors (dequantized once per adapter and cached), or zeros for
@@ -10,9 +14,11 @@
 import * as ort from 'onnxruntime-node';
 import type { ExecutionBackend, KvContext } from './backend.js';
 import { CheckedSession, type SessionOptions } from '../engine/session.js';
-import { kvSnapshotLayerBytes, type Executable, type KvLayout, type KvSnapshot } from '../ir/executable.js';
-import { INPUT_IDS, LOGITS, kvNames } from '../compiler/io-contract.js';
+import type onnxProto from 'onnx-proto';
+import { kvSnapshotLayerBytes, type Executable, type GraphPart, type KvLayout, type KvSnapshot } from '../ir/executable.js';
+import { INPUT_IDS, LOGITS, LOGIT_POSITIONS, kvNames } from '../compiler/io-contract.js';
 import { withInitializers, decodeModel } from '../../formats/onnx.js';
+import { readMappedWeights } from '../../formats/hef-executable.js';
 import { kvLayoutInitializers } from '../compiler/kv-layout.js';
 import { EdgeLLMError } from '../core/errors.js';
 import { loraFeeds } from '../compiler/lora-feeds.js';
@@ -24,29 +30,79 @@ interface SimContext extends KvContext {
   kv: ort.Tensor[][];
 }
 
+/**
+ * How the 4-bit linears compute (MatMulNBits `accuracy_level`):
+ * - `exact`: level 0, float32 on the exactly dequantized weights, so with the graph's static A8/KV8
+ *   QDQ points the simulator computes the scheme the device runs (level 1 computes the same values;
+ *   on this machine it was not faster: lm_head 151936×1536 block 32, one token, 28 ms at level 0
+ *   against 44 ms at level 1, /tmp probe, load average ~4);
+ * - `fast`: level 4, int8 compute: A is requantized dynamically per block (relative error ~4e-3, not the
+ *   static A8 scheme), 2.5-4× faster at one token (DESIGN.md, engine facts).
+ */
+export type ExecutionPrecision = 'exact' | 'fast';
+
+export interface SimulatorOptions extends SessionOptions {
+  /** default 'exact' */
+  precision?: ExecutionPrecision;
+}
+
+/** Sets `accuracy_level` on every MatMulNBits node of the graph (in place). */
+function setAccuracyLevel(model: onnxProto.onnx.IModelProto, level: number): void {
+  for (const n of model.graph?.node ?? []) {
+    if (n.opType !== 'MatMulNBits') continue;
+    n.attribute = [...(n.attribute ?? []).filter((a) => a.name !== 'accuracy_level'), { name: 'accuracy_level', type: 2, i: level }];
+  }
+}
+
+/** True when the graph's input_ids take any number of tokens. */
+function isDynamic(g: GraphPart): boolean {
+  const ids = g.inputs.find((v) => v.name === INPUT_IDS);
+  return typeof ids?.shape?.[1] === 'string';
+}
+
 export class SimulatorBackend implements ExecutionBackend {
-  readonly name = 'simulator (onnxruntime-node, cpu)';
+  get name(): string {
+    return `simulator (onnxruntime-node, cpu, ${this.precision})`;
+  }
   /** adapter name ('' = none) -> its `lora.*` feeds, built on first use */
   private readonly loraCache = new Map<string, Record<string, ort.Tensor>>();
   private selected: string | null = null;
   private disposed = false;
+  private readonly dynamic: boolean;
   private constructor(
     private readonly exe: Executable,
     private readonly prefill: CheckedSession,
-    private readonly decode: CheckedSession,
-  ) {}
+    /** the decode session of a static-chunk executable; null: the prefill session decodes too */
+    private readonly decode: CheckedSession | null,
+    /** how the 4-bit linears compute */
+    readonly precision: ExecutionPrecision,
+  ) {
+    this.dynamic = isDynamic(exe.prefill);
+  }
 
   /**
-   * Builds both sessions over the executable's weights plus the KV8 parameters and K offsets its KV
-   * layout states (src/compiler/kv-layout.ts kvLayoutInitializers: the layout is their one source).
+   * Builds the session(s) over the executable's weights (memory-mapped where the executable says so)
+   * plus the KV8 parameters and K offsets its KV layout states (src/compiler/kv-layout.ts
+   * kvLayoutInitializers: the layout is their one source).
    * @throws EdgeLLMError when onnxruntime rejects a graph; FormatError when a graph needs a weight the executable lacks
    */
-  static async load(exe: Executable, opts: SessionOptions = {}): Promise<SimulatorBackend> {
+  static async load(exe: Executable, opts: SimulatorOptions = {}): Promise<SimulatorBackend> {
     const weights = new Map([...exe.weights, ...kvLayoutInitializers(exe.kvLayout)]);
-    const build = (bytes: Uint8Array, label: string) => CheckedSession.create(withInitializers(decodeModel(bytes, label), weights, label), label, opts);
+    const mapped = exe.mappedWeights;
+    const level = (opts.precision ?? 'exact') === 'fast' ? 4 : 0;
+    const build = async (bytes: Uint8Array, label: string): Promise<CheckedSession> => {
+      const proto = decodeModel(bytes, label);
+      setAccuracyLevel(proto, level);
+      if (mapped) {
+        const s = await CheckedSession.createMapped(withInitializers(proto, weights, label, new Set(mapped.tensors.keys())), mapped, label, opts);
+        if (s) return s;
+        for (const [n, t] of readMappedWeights(mapped)) weights.set(n, t); // cannot map: read them once
+      }
+      return CheckedSession.create(withInitializers(proto, weights, label), label, opts);
+    };
     const prefill = await build(exe.prefill.onnx, 'graph.prefill');
-    const decode = await build(exe.decode.onnx, 'graph.decode');
-    return new SimulatorBackend(exe, prefill, decode);
+    const decode = isDynamic(exe.prefill) ? null : await build(exe.decode.onnx, 'graph.decode');
+    return new SimulatorBackend(exe, prefill, decode, opts.precision ?? 'exact');
   }
 
   get prefillLen(): number {
@@ -109,25 +165,34 @@ export class SimulatorBackend implements ExecutionBackend {
     for (const t of tokens) if (!Number.isInteger(t) || t < 0 || t >= V) throw new EdgeLLMError(`forward: token id ${t} is outside the vocabulary [0, ${V})`);
     if (ctx.length + tokens.length > this.maxContext)
       throw new EdgeLLMError(`context full: ${ctx.length} + ${tokens.length} tokens exceed the KV-cache capacity of ${this.maxContext}`);
-    if (tokens.length === 1) return this.step(this.decode, ctx, tokens, 1);
+    if (tokens.length === 1) return this.step(this.decode ?? this.prefill, ctx, tokens, 1, [0]);
     const rows = opts.lastOnly ? 1 : tokens.length;
     const out = new Float32Array(rows * V);
     for (let i = 0; i < tokens.length; i += this.prefillLen) {
       const chunk = tokens.slice(i, i + this.prefillLen);
-      // A padded chunk must not run past the RoPE tables (positions < maxContext): near the end of
-      // the context, the remaining tokens go through the decode graph one at a time.
+      const last = i + chunk.length === tokens.length;
+      // rows wanted from this chunk: all of them, or (lastOnly) the final one of the final chunk
+      // (other chunks still need one row: the graph has no zero-row form)
+      const want = opts.lastOnly ? [chunk.length - 1] : chunk.map((_, j) => j);
+      if (this.dynamic) {
+        const logits = await this.step(this.prefill, ctx, chunk, chunk.length, want);
+        if (!opts.lastOnly) out.set(logits, i * V);
+        else if (last) out.set(logits);
+        continue;
+      }
+      // static chunk: a padded chunk must not run past the RoPE tables (positions < maxContext), so
+      // near the end of the context the remaining tokens go through the decode graph one at a time
       if (ctx.length + this.prefillLen > this.maxContext) {
         for (let j = i; j < tokens.length; j++) {
-          const row = await this.step(this.decode, ctx, [tokens[j]], 1);
+          const row = await this.step(this.decode!, ctx, [tokens[j]], 1, [0]);
           if (!opts.lastOnly) out.set(row, j * V);
           else if (j === tokens.length - 1) out.set(row);
         }
         break;
       }
-      const logits = await this.step(this.prefill, ctx, chunk, this.prefillLen);
-      if (opts.lastOnly) {
-        if (i + chunk.length === tokens.length) out.set(logits.subarray((chunk.length - 1) * V, chunk.length * V));
-      } else out.set(logits.subarray(0, chunk.length * V), i * V);
+      const logits = await this.step(this.prefill, ctx, chunk, this.prefillLen, want); // no logit_positions: every padded row
+      if (!opts.lastOnly) out.set(logits.subarray(0, chunk.length * V), i * V);
+      else if (last) out.set(logits.subarray((chunk.length - 1) * V, chunk.length * V));
     }
     return out;
   }
@@ -178,11 +243,16 @@ export class SimulatorBackend implements ExecutionBackend {
     return ctx;
   }
 
-  /** Runs one graph call on `tokens` padded to `seqLen`; keeps only the real tokens' KV. */
-  private async step(session: CheckedSession, ctx: SimContext, tokens: number[], seqLen: number): Promise<Float32Array> {
+  /**
+   * Runs one graph call on `tokens` padded to `seqLen` (no padding on a dynamic graph); keeps only the
+   * real tokens' KV. Returns the logits of the rows `rows` (all padded rows on a graph without
+   * `logit_positions`, of which the caller reads the first ones).
+   */
+  private async step(session: CheckedSession, ctx: SimContext, tokens: number[], seqLen: number, rows: number[]): Promise<Float32Array> {
     const ids = new BigInt64Array(seqLen);
     tokens.forEach((t, i) => (ids[i] = BigInt(t)));
     const feeds: Record<string, ort.Tensor> = { ...this.loraFeedsFor(ctx.adapter), [INPUT_IDS]: new ort.Tensor('int64', ids, [1, seqLen]) };
+    if (session.inputNames.includes(LOGIT_POSITIONS)) feeds[LOGIT_POSITIONS] = new ort.Tensor('int64', BigInt64Array.from(rows, BigInt), [rows.length]);
     ctx.kv.forEach(([k, v], i) => {
       const n = kvNames(i);
       feeds[n.pastKey] = k;
@@ -198,12 +268,12 @@ export class SimulatorBackend implements ExecutionBackend {
     return res[LOGITS].data as Float32Array;
   }
 
-  /** Releases both sessions; a second call does nothing. */
+  /** Releases the session(s); a second call does nothing. */
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
     await this.prefill.release();
-    await this.decode.release();
+    await this.decode?.release();
   }
 }
 

@@ -41,10 +41,15 @@ describe('lowerModel on stories260K', () => {
     await backend.dispose();
   });
 
-  it('W4 graph (MatMulNBits) matches the reference forward with dequantized weights', async () => {
+  it('W4 graph (MatMulNBits) matches the reference forward with dequantized weights; the tied table is shared', async () => {
     const q = rtn(model, { groupSize: 64, quantizeLmHead: true }, silentContext);
     const ids = [1, ...tokens(20, 512, 3)];
-    const backend = await SimulatorBackend.load(compile(q, { prefillLen: 32 }));
+    const exe = compile(q, { prefillLen: 32 });
+    // one 4-bit copy: the lookup reads lm_head's MatMulNBits initializer, the float table is not shipped
+    expect(exe.weights.has('model.embed_tokens.weight')).toBe(false);
+    expect(exe.weights.has('lm_head.qweight')).toBe(true);
+    expect(Buffer.from(exe.prefill.onnx).includes(Buffer.from('GatherBlockQuantized'))).toBe(true);
+    const backend = await SimulatorBackend.load(exe);
     const got = await backend.forward(backend.newContext(), ids);
     // MatMulNBits dequantizes in float32 and accumulates blockwise: same 1e-4 bound.
     expect(maxAbsDiff(got, referenceForward(q, ids))).toBeLessThan(1e-4);

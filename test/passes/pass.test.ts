@@ -29,7 +29,7 @@ describe('quantizePlan', () => {
 
   it('passes the options through to each pass', () => {
     const plan = quantizePlan({ ...DEFAULT_QUANTIZE_OPTIONS, groupSize: 64, observer: 'minmax', percDamp: 0.05 });
-    expect(plan[0].options).toMatchObject({ groupSize: 64, percDamp: 0.05, quantizeLmHead: false });
+    expect(plan[0].options).toMatchObject({ groupSize: 64, percDamp: 0.05, quantizeLmHead: true, lmHeadGroupSize: 16 });
     expect(plan[2].options).toEqual({ observer: 'minmax', activations: true, kvCache: true });
     expect(plan.map((p) => p.stage)).toEqual(['quantize', 'calibrate', 'calibrate']);
   });
