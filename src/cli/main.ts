@@ -15,6 +15,7 @@ import { registerRun } from './run.js';
 import { registerEval } from './eval.js';
 import { registerAddLora } from './add-lora.js';
 import { registerBench } from './bench.js';
+import { registerServe } from './serve.js';
 import { registerChat } from './chat.js';
 
 export function buildProgram(): Command {
@@ -26,7 +27,7 @@ export function buildProgram(): Command {
     .option('-v, --verbose', 'log pass details and show stack traces on errors')
     .option('-q, --quiet', 'no progress bars or logs')
     .showHelpAfterError();
-  for (const register of [registerQuantize, registerAddLora, registerCompile, registerInspect, registerRun, registerChat, registerEval, registerBench]) register(program);
+  for (const register of [registerQuantize, registerAddLora, registerCompile, registerInspect, registerRun, registerChat, registerEval, registerBench, registerServe]) register(program);
   return program;
 }
 

@@ -75,6 +75,16 @@ export class ContextStore {
   }
 
   /**
+   * What a context holds, without loading a spilled one or counting as a use.
+   * @returns null when there is no such context; `tokens`/`adapter` are null for a spilled context
+   */
+  info(id: string): { id: string; inMemory: boolean; tokens: number | null; adapter: string | null; busy: boolean } | null {
+    const c = this.held.get(id);
+    if (c) return { id, inMemory: true, tokens: c.tokens.length, adapter: c.kv.adapter, busy: c.busy };
+    return this.spilled.has(id) ? { id, inMemory: false, tokens: null, adapter: null, busy: false } : null;
+  }
+
+  /**
    * The context `id`, created empty (with `adapter`) when it does not exist and `create` is set.
    * @throws ContextNotFoundError; ContextLimitError when it must be brought into memory and nothing
    *   can make room; EdgeLLMError for an id that is not {@link CONTEXT_ID}

@@ -16,7 +16,7 @@ import { StopMatcher } from './stop-strings.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
 import { ContextBusyError, ContextStore, type ContextStoreOptions, type HeldContext } from './contexts.js';
 import { mulberry32 } from '../core/rng.js';
-import { EdgeLLMError, UsageError } from '../core/errors.js';
+import { UsageError } from '../core/errors.js';
 import type { TextTokenizer } from '../../formats/tokenizer.js';
 import { ChatTemplate, type ChatMessage } from '../../formats/chat-template.js';
 
@@ -76,6 +76,8 @@ export interface GenerateResult {
   /** the prompt and generated ids: what to send back to continue this answer (Ollama's `context`) */
   contextIds: number[];
   adapter: string | null;
+  /** the context's cache was computed with another adapter and was emptied first (the whole prompt was evaluated) */
+  contextReset: boolean;
 }
 
 export interface SessionOptions {
@@ -183,6 +185,7 @@ export class ModelSession {
 
   private async run(ctx: HeldContext, prompt: number[], p: GenerationParams, req: GenerateRequest, t0: number): Promise<GenerateResult> {
     const adapter = req.adapter === undefined ? ctx.kv.adapter : req.adapter;
+    const contextReset = adapter !== ctx.kv.adapter && ctx.tokens.length > 0;
     if (adapter !== ctx.kv.adapter) {
       ctx.kv = this.backend.newContext({ adapter });
       ctx.tokens = [];
@@ -269,6 +272,7 @@ export class ModelSession {
       contextCapacity: this.capacity,
       contextIds: [...prompt, ...generated],
       adapter: ctx.kv.adapter,
+      contextReset,
     };
   }
 
@@ -288,7 +292,7 @@ export class ModelSession {
         bestLen = n;
       }
     }
-    if (!best) throw new EdgeLLMError(`all ${this.slots.length} slots are generating`);
+    if (!best) throw new ContextBusyError(`all ${this.slots.length} slots are generating`);
     best.lastUsed = ++this.slotClock;
     return best;
   }
