@@ -36,13 +36,14 @@ export function registerBench(program: Command): void {
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
     .option('--context-depth <n>', 'tokens already in the KV cache before the prompt (llama-bench -d): decode measured at that depth', int('--context-depth'), 0)
     .option('--precision <mode>', PRECISION_HELP, precision('--precision'), 'exact')
+    .option('--no-mmap', "read a HEF's weights into memory instead of memory-mapping them")
     .option('--adapter <name>', 'run with this LoRA adapter of the HEF/HAR selected (default: the base model)')
     .option('--json [file]', 'write the figures as JSON to file (table still on stdout), or print JSON on stdout with no file')
     .action(async (file: string, o) => {
       const ctx = cliContext(program.opts());
       if (typeof o.json === 'string') outputPathCheck(o.json);
       const t0 = performance.now();
-      const { exe, kind } = await loadArtifact(file, { prefillLen: o.prefillLen });
+      const { exe, kind } = await loadArtifact(file, { prefillLen: o.prefillLen, mmap: o.mmap });
       const t1 = performance.now();
       const backend = await SimulatorBackend.load(exe, { threads: o.threads, precision: o.precision });
       try {
@@ -81,6 +82,7 @@ export function registerBench(program: Command): void {
         adapter: o.adapter ?? null,
         adapters: backend.adapters.length,
         precision: o.precision,
+        mmap: o.mmap,
         loadMs,
         /** reading and verifying the artifact (sha256 of every section used; compiling a HAR or directory), ms */
         readMs,

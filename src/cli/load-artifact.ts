@@ -64,6 +64,8 @@ export interface LoadOptions {
    * reference that a quantized HEF + adapter is measured against (llama.cpp's `--lora`).
    */
   lora?: string;
+  /** memory-map a HEF's large weights (default true; false reads them into memory, llama.cpp's --no-mmap) */
+  mmap?: boolean;
   /** called with each warning of the PEFT adapter (e.g. a different base_model_name_or_path) */
   onWarning?: (message: string) => void;
 }
@@ -79,7 +81,7 @@ export async function loadArtifact(p: string, opts: LoadOptions): Promise<Loaded
   if (emulate !== 'quantized' && kind !== 'har') throw new UsageError(`--emulate ${emulate} needs a HAR; ${p} is a ${kind}`);
   if (opts.lora !== undefined && kind !== 'model-dir')
     throw new UsageError(`--lora applies a PEFT adapter to an fp32 model directory; ${p} is a ${kind} (add adapters to a HAR with \`edgellm add-lora\`, select them with --adapter)`);
-  if (kind === 'hef') return { kind, exe: readExecutable(p, { mapWeights: true }) };
+  if (kind === 'hef') return { kind, exe: readExecutable(p, { mapWeights: opts.mmap ?? true }) };
   let model: Model;
   if (kind === 'har') {
     const har = await loadModelHar(p, { emulation: emulate !== 'quantized', lazy: true });

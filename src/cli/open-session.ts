@@ -22,6 +22,8 @@ export interface OpenOptions {
   /** --chat-template: a file holding a jinja chat template */
   chatTemplateFile?: string;
   slots?: number;
+  /** memory-map a HEF's weights (default true) */
+  mmap?: boolean;
   /** how 4-bit linears compute (default exact) */
   precision?: 'exact' | 'fast';
   maxContexts?: number;
@@ -54,7 +56,7 @@ export async function openSession(file: string, o: OpenOptions): Promise<OpenedM
     }
     chatTemplate = new ChatTemplate(src, o.chatTemplateFile);
   }
-  const { exe, kind } = await loadArtifact(file, { prefillLen: o.prefillLen });
+  const { exe, kind } = await loadArtifact(file, { prefillLen: o.prefillLen, mmap: o.mmap });
   const backend = await SimulatorBackend.load(exe, { precision: o.precision });
   if (o.adapter !== undefined) backend.selectAdapter(o.adapter);
   let digest: string | undefined;

@@ -235,6 +235,7 @@ export const WEB_PAGE = `<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>edgellm chat</title>
 <style>${STYLE}</style>
 </head>

@@ -22,6 +22,8 @@ const logLines: string[] = [];
 let browser: BrowserContext | undefined;
 let page: Page;
 const servers: TestServer[] = [];
+/** console errors and uncaught exceptions of the pages (a CSP violation would be one) */
+const pageErrors: string[] = [];
 
 beforeAll(async () => {
   if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium`);
@@ -36,12 +38,22 @@ beforeAll(async () => {
     timeout: 60_000,
   });
   browser.setDefaultTimeout(30_000);
+  browser.on('page', watch);
   page = browser.pages()[0] ?? (await browser.newPage());
+  if (browser.pages().length === 1) watch(page);
 });
 afterAll(async () => {
   await browser?.close();
   for (const s of servers) await s.close();
 });
+
+function watch(p: Page): void {
+  p.on('pageerror', (e) => pageErrors.push(String(e)));
+  p.on('console', (msg) => {
+    // the 401 of the keyed server's model list before the key is typed in is expected
+    if (msg.type() === 'error' && !/401/.test(msg.text())) pageErrors.push(msg.text());
+  });
+}
 
 /** The texts of the conversation's messages, as shown. */
 const shown = (p: Page) =>
@@ -155,5 +167,9 @@ describe('the web page', () => {
     } finally {
       await p.close();
     }
+  });
+
+  it('raised no script errors or CSP violations', () => {
+    expect(pageErrors).toEqual([]);
   });
 });
