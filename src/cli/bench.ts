@@ -37,6 +37,7 @@ export function registerBench(program: Command): void {
     .option('--context-depth <n>', 'tokens already in the KV cache before the prompt (llama-bench -d): decode measured at that depth', int('--context-depth'), 0)
     .option('--precision <mode>', PRECISION_HELP, precision('--precision'), 'exact')
     .option('--no-mmap', "read a HEF's weights into memory instead of memory-mapping them")
+    .option('--no-mlock', 'map the HEF file itself instead of a RAM-backed copy (the default keeps the weights resident: the kernel may page a mapped file out, which slows exact decoding)')
     .option('--adapter <name>', 'run with this LoRA adapter of the HEF/HAR selected (default: the base model)')
     .option('--json [file]', 'write the figures as JSON to file (table still on stdout), or print JSON on stdout with no file')
     .action(async (file: string, o) => {
@@ -45,7 +46,7 @@ export function registerBench(program: Command): void {
       const t0 = performance.now();
       const { exe, kind } = await loadArtifact(file, { prefillLen: o.prefillLen, mmap: o.mmap });
       const t1 = performance.now();
-      const backend = await SimulatorBackend.load(exe, { threads: o.threads, precision: o.precision });
+      const backend = await SimulatorBackend.load(exe, { threads: o.threads, precision: o.precision, resident: o.mlock });
       try {
         backend.selectAdapter(o.adapter ?? null);
       } catch (e) {
@@ -83,6 +84,7 @@ export function registerBench(program: Command): void {
         adapters: backend.adapters.length,
         precision: o.precision,
         mmap: o.mmap,
+        mlock: o.mlock,
         loadMs,
         /** reading and verifying the artifact (sha256 of every section used; compiling a HAR or directory), ms */
         readMs,

@@ -24,6 +24,8 @@ export interface OpenOptions {
   slots?: number;
   /** memory-map a HEF's weights (default true) */
   mmap?: boolean;
+  /** map a RAM-backed copy of them rather than the file (default true; src/engine/session.ts SessionOptions.resident) */
+  mlock?: boolean;
   /** how 4-bit linears compute (default exact) */
   precision?: 'exact' | 'fast';
   maxContexts?: number;
@@ -57,7 +59,7 @@ export async function openSession(file: string, o: OpenOptions): Promise<OpenedM
     chatTemplate = new ChatTemplate(src, o.chatTemplateFile);
   }
   const { exe, kind } = await loadArtifact(file, { prefillLen: o.prefillLen, mmap: o.mmap });
-  const backend = await SimulatorBackend.load(exe, { precision: o.precision });
+  const backend = await SimulatorBackend.load(exe, { precision: o.precision, resident: o.mlock });
   if (o.adapter !== undefined) backend.selectAdapter(o.adapter);
   let digest: string | undefined;
   const opts: SessionOptions = {

@@ -20,11 +20,12 @@ export function registerRun(program: Command): void {
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
     .option('--precision <mode>', PRECISION_HELP, precision('--precision'), 'exact')
     .option('--no-mmap', "read a HEF's weights into memory instead of memory-mapping them (more memory; faster exact decoding where the kernel reclaims mapped pages)")
+    .option('--no-mlock', 'map the HEF file itself instead of a RAM-backed copy (the default keeps the weights resident: the kernel may page a mapped file out, which slows exact decoding)')
     .option('--adapter <name>', 'run with this LoRA adapter of the HEF/HAR (see `edgellm inspect`)')
     .option('--json', 'print a JSON result on stdout instead of streaming text');
   addGenerationFlags(cmd).action(async (file: string, o) => {
     const params = paramsFromFlags(o);
-    const { session } = await openSession(file, { prefillLen: o.prefillLen, adapter: o.adapter, chatTemplateFile: o.chatTemplate, precision: o.precision, mmap: o.mmap });
+    const { session } = await openSession(file, { prefillLen: o.prefillLen, adapter: o.adapter, chatTemplateFile: o.chatTemplate, precision: o.precision, mmap: o.mmap, mlock: o.mlock });
     try {
       let input: GenerationInput;
       if (o.chat) {

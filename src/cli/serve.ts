@@ -58,6 +58,7 @@ export function registerServe(program: Command): void {
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', atLeast('--prefill-len', 1), 128)
     .option('--precision <mode>', PRECISION_HELP, precision('--precision'), 'exact')
     .option('--no-mmap', "read a HEF's weights into memory instead of memory-mapping them (more memory; faster exact decoding where the kernel reclaims mapped pages)")
+    .option('--no-mlock', 'map the HEF file itself instead of a RAM-backed copy (the default keeps the weights resident: the kernel may page a mapped file out, which slows exact decoding)')
     .option('--body-limit <bytes>', 'largest request body (413 past it)', atLeast('--body-limit', 1024), DEFAULT_BODY_LIMIT)
     .option('--grace <s>', 'seconds a shutdown waits for answers in flight before aborting them', atLeast('--grace', 0, 3600), 10)
     .action(async (file: string, o) => {
@@ -73,6 +74,7 @@ export function registerServe(program: Command): void {
         contextsDir: o.contextsDir,
         precision: o.precision,
         mmap: o.mmap,
+        mlock: o.mlock,
       }).then((m): ServedModel => {
         const st = fs.statSync(file);
         return { session: m.session, id: modelIdOf(m.name), exe: m.exe, loadMs: m.loadMs, sizeBytes: st.size, modifiedAt: st.mtime, defaultAdapter: o.adapter ?? null };

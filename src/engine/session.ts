@@ -76,12 +76,84 @@ function writeFiles(m: onnxProto.onnx.IModelProto, dir: string): void {
 export interface SessionOptions {
   /** intra-op threads (default: ORT's choice, i.e. all cores) */
   threads?: number;
+  /**
+   * {@link CheckedSession.createMapped}: keep mapped weights resident (default true): map a copy on
+   * RAM-backed tmpfs (/dev/shm), which the kernel cannot page out without swap, instead of the file
+   * itself (llama.cpp's --mlock, in effect). Where the kernel reclaims mapped file pages (DAMON's
+   * pageout scheme on this VM) every exact decode step refaults the 4-bit weights: 2.4 against
+   * 6.5 tokens/s on the Qwen2-1.5B-shaped HEF, same RSS (docs/evaluation.md). Falls back to mapping
+   * the file when /dev/shm is missing or short of space.
+   */
+  resident?: boolean;
   /** ModelProto size from which initializers go to ORT as external data (default {@link EXTERNAL_DATA_BYTES}) */
   externalDataBytes?: number;
 }
 
 function sessionOptions(opts: SessionOptions): ort.InferenceSession.SessionOptions {
   return { graphOptimizationLevel: 'all', intraOpNumThreads: opts.threads ?? 0, executionMode: 'sequential', logSeverityLevel: 3 };
+}
+
+/** RAM-backed filesystem for {@link residentCopy}. */
+const SHM = '/dev/shm';
+
+/**
+ * A new temporary directory on tmpfs holding `weights.bin`: the mapped tensors' bytes at the same
+ * offsets as in the file (a sparse file: only the tensors take memory), copied through a 16 MiB
+ * buffer. Stale directories of dead processes (a crash between creating and removing one) are removed
+ * first. Null when there is no tmpfs or its free space is under twice the bytes to copy.
+ */
+function residentCopy(mapped: MappedWeights): string | null {
+  let need = 0;
+  for (const t of mapped.tensors.values()) need += t.byteLength;
+  try {
+    const st = fs.statfsSync(SHM);
+    if (st.bavail * st.bsize < 2 * need) return null;
+  } catch {
+    return null;
+  }
+  removeStaleResidentCopies();
+  let dir: string | undefined;
+  try {
+    dir = fs.mkdtempSync(path.join(SHM, `.edgellm-ort-${process.pid}-`));
+    const src = fs.openSync(mapped.file, 'r');
+    const dst = fs.openSync(path.join(dir, 'weights.bin'), 'w');
+    try {
+      const buf = Buffer.allocUnsafe(1 << 24);
+      for (const t of mapped.tensors.values())
+        for (let done = 0; done < t.byteLength; ) {
+          const n = fs.readSync(src, buf, 0, Math.min(buf.length, t.byteLength - done), t.offset + done);
+          if (n === 0) throw new EdgeLLMError(`${mapped.file}: truncated inside a weight`);
+          writeFully(dst, buf.subarray(0, n), t.offset + done);
+          done += n;
+        }
+    } finally {
+      fs.closeSync(src);
+      fs.closeSync(dst);
+    }
+    return dir;
+  } catch {
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    return null;
+  }
+}
+
+/** Removes /dev/shm/.edgellm-ort-<pid>-* directories whose process no longer runs. */
+function removeStaleResidentCopies(): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(SHM);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const m = /^\.edgellm-ort-(\d+)-/.exec(n);
+    if (!m || Number(m[1]) === process.pid) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ESRCH') fs.rmSync(path.join(SHM, n), { recursive: true, force: true });
+    }
+  }
 }
 
 /**
@@ -137,9 +209,10 @@ export class CheckedSession {
   }
 
   /**
-   * Creates a session whose large initializers stay in their file and are memory-mapped by ORT
-   * (external data at 4 KiB-aligned offsets, loaded by path): JavaScript holds none of their bytes,
-   * and what ORT prepacks it copies once, then lets the mapping go. ORT refuses external data outside
+   * Creates a session whose large initializers are memory-mapped by ORT (external data at 4 KiB-aligned
+   * offsets, loaded by path): JavaScript holds none of their bytes, and what ORT prepacks it copies
+   * once, then lets the mapping go. With `opts.resident` (default) the mapping is of a tmpfs copy
+   * (see {@link SessionOptions.resident}), else of the file itself. ORT refuses external data outside
    * the model file's directory and resolves symbolic links, so the file is hard-linked into a
    * temporary directory beside the model file (the system temporary directory first; beside the
    * file itself when that is another filesystem); the directory is removed once the session exists.
@@ -149,7 +222,7 @@ export class CheckedSession {
    * @throws EdgeLLMError naming `label` when onnxruntime rejects the graph
    */
   static async createMapped(model: onnxProto.onnx.IModelProto, mapped: MappedWeights, label: string, opts: SessionOptions = {}): Promise<CheckedSession | null> {
-    const dir = linkedDir(mapped.file);
+    const dir = (opts.resident ?? true ? residentCopy(mapped) : null) ?? linkedDir(mapped.file);
     if (!dir) return null;
     try {
       const m = withExternalInitializers(model, mapped.tensors, 'weights.bin');
