@@ -153,23 +153,51 @@ export interface RunOptions {
   outcomes?: Outcomes;
 }
 
+/** Cases per fast-check call; between calls the worker's event loop runs (vitest's RPC answers). */
+const BATCH_RUNS = 1000;
+/** Longest one call may block the event loop (vitest's worker RPC times out after 60 s). */
+const BATCH_MS = 15_000;
+
 /**
  * Checks `property` with a fixed seed, a run count and a time cap, prints one summary line
  * (`[fuzz] <name>: <n>/<asked> cases in <t> s, seed <s> ...`) and fails with fast-check's report
- * (seed, path, counterexample) if a case broke the property.
+ * (seed, path, counterexample) if a case broke the property. The cases run in batches of
+ * {@link BATCH_RUNS} (batch i with seed + i·1,000,003), yielding to the event loop in between: a
+ * synchronous property would otherwise block the vitest worker for minutes. A failing batch's seed
+ * is printed; EDGELLM_FUZZ_SEED = that seed − the property's seedOffset makes it the first batch.
  */
 export async function runProperty(name: string, property: fc.IProperty<any> | fc.IAsyncProperty<any>, opts: RunOptions): Promise<void> {
   const seed = BASE_SEED + opts.seedOffset;
   const numRuns = opts.numRuns ?? RUNS;
+  const limit = opts.timeLimitMs ?? TIME_LIMIT_MS;
   const t0 = performance.now();
   knownHits.clear();
-  const details = await fc.check(property as fc.IAsyncProperty<any>, { seed, numRuns, interruptAfterTimeLimit: opts.timeLimitMs ?? TIME_LIMIT_MS, markInterruptAsFailure: false, includeErrorInReport: true });
+  let done = 0;
+  let interrupted = false;
+  let failed: { details: fc.RunDetails<any>; seed: number } | null = null;
+  for (let i = 0; done < numRuns && !failed; i++) {
+    const left = limit - (performance.now() - t0);
+    if (left <= 0) {
+      interrupted = true;
+      break;
+    }
+    const batchSeed = seed + i * 1_000_003;
+    const runs = Math.min(BATCH_RUNS, numRuns - done);
+    const details = await fc.check(property as fc.IAsyncProperty<any>, { seed: batchSeed, numRuns: runs, interruptAfterTimeLimit: Math.min(left, BATCH_MS), markInterruptAsFailure: false, includeErrorInReport: true });
+    done += details.numRuns;
+    if (details.failed) failed = { details, seed: batchSeed };
+    else if (details.interrupted && details.numRuns === 0) {
+      interrupted = true;
+      break;
+    }
+    await new Promise((r) => setImmediate(r));
+  }
   const secs = ((performance.now() - t0) / 1000).toFixed(1);
-  const status = details.failed ? `FAILED (path ${details.counterexamplePath})` : details.interrupted ? 'stopped at the time limit' : 'ok';
+  const status = failed ? `FAILED (seed ${failed.seed}, path ${failed.details.counterexamplePath})` : interrupted || done < numRuns ? 'stopped at the time limit' : 'ok';
   const known = [...knownHits].map(([id, n]) => `known:${id} ${n}`);
   const tallies = opts.outcomes || known.length ? ` [${[opts.outcomes?.summary(), ...known].filter(Boolean).join(', ')}]` : '';
-  console.log(`[fuzz] ${name}: ${details.numRuns}/${numRuns} cases in ${secs} s, seed ${seed}, ${status}${tallies}`);
-  if (details.failed) throw new Error(`[fuzz] ${name}\n${fc.defaultReportMessage(details)}`);
+  console.log(`[fuzz] ${name}: ${done}/${numRuns} cases in ${secs} s, seed ${seed}, ${status}${tallies}`);
+  if (failed) throw new Error(`[fuzz] ${name}\n${fc.defaultReportMessage(failed.details)}`);
 }
 
 // ---------------------------------------------------------------------------------------------
