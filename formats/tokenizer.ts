@@ -1,18 +1,13 @@
 /**
  * Text <-> token ids through HuggingFace's Rust tokenizers (the `tokenizers` npm binding), plus
- * special tokens and chat templates from tokenizer_config.json (rendered with @huggingface/jinja).
+ * special tokens and the chat template source from tokenizer_config.json (rendered by
+ * formats/chat-template.ts; streamed decoding: src/runtime/detokenizer.ts).
  */
 import { Tokenizer as HfTokenizer } from 'tokenizers';
-import { Template } from '@huggingface/jinja';
 import { FormatError } from '../src/core/errors.js';
 import type { TokenizerFiles } from '../src/ir/model.js';
 import { describe, isPlainObject as isObject } from './safetensors.js';
 import { checkBeforeLoad, checkLoaded } from './tokenizer-check.js';
-
-export interface ChatMessage {
-  role: string;
-  content: string;
-}
 
 /** A loaded tokenizer. Token ids are plain numbers. */
 export class TextTokenizer {
@@ -90,57 +85,17 @@ export class TextTokenizer {
     return this.tok.decode(ids, true);
   }
 
-  /** The chat template from tokenizer_config.json, or null. */
+  /**
+   * The chat template source from tokenizer_config.json, or null: a string, or (transformers' list
+   * form) the entry named "default" of a list of { name, template }.
+   */
   get chatTemplate(): string | null {
     const t = this.config.chat_template;
-    return typeof t === 'string' ? t : null;
-  }
-
-  /**
-   * Renders messages with the model's chat template (jinja).
-   * @throws FormatError when the model has no chat template or it fails to render
-   */
-  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt = true): string {
-    const tpl = this.chatTemplate;
-    if (!tpl) throw new FormatError('tokenizer_config.json', 'the model has no chat_template');
-    try {
-      return new Template(tpl).render({
-        messages,
-        add_generation_prompt: addGenerationPrompt,
-        bos_token: this.bosToken ?? '',
-        eos_token: this.eosToken ?? '',
-      });
-    } catch (e) {
-      throw new FormatError('tokenizer_config.json', `chat_template failed to render: ${(e as Error).message}`);
+    if (typeof t === 'string') return t;
+    if (Array.isArray(t)) {
+      const d = t.find((x) => isObject(x) && x.name === 'default' && typeof x.template === 'string') as { template: string } | undefined;
+      return d?.template ?? null;
     }
-  }
-}
-
-/**
- * Streaming detokenizer: feed ids one at a time, get the newly completed text. Decodes the whole
- * sequence and emits the new suffix, holding back text that ends in an incomplete UTF-8 sequence.
- */
-export class StreamDecoder {
-  private ids: number[] = [];
-  private emitted = '';
-  private constructor(private readonly tok: TextTokenizer) {}
-
-  /**
-   * A decoder whose text continues `context` (e.g. the prompt ids), so the first generated token keeps
-   * its leading space; {@link push} returns only the new text.
-   */
-  static async create(tok: TextTokenizer, context: number[] = []): Promise<StreamDecoder> {
-    const d = new StreamDecoder(tok);
-    d.ids = [...context];
-    d.emitted = context.length ? await tok.decode(context) : '';
-    return d;
-  }
-  async push(id: number): Promise<string> {
-    this.ids.push(id);
-    const text = await this.tok.decode(this.ids);
-    if (text.endsWith('\uFFFD')) return '';
-    const delta = text.startsWith(this.emitted) ? text.slice(this.emitted.length) : '';
-    this.emitted = text;
-    return delta;
+    return null;
   }
 }

@@ -49,3 +49,16 @@ describe('ChatTemplate', () => {
     expect(() => qwen.render([{ role: '', content: 'x' }])).toThrow(/messages\[0\]\.role/);
   });
 });
+
+describe('TextTokenizer.chatTemplate', () => {
+  it('reads a string, or the "default" entry of the list form, else null', async () => {
+    const { TextTokenizer } = await import('../../formats/tokenizer.js');
+    const { STORIES } = await import('../helpers/paths.js');
+    const tokenizerJson = fs.readFileSync(path.join(STORIES, 'tokenizer.json'), 'utf8');
+    const tok = (cfg: object) => new TextTokenizer({ tokenizerJson, tokenizerConfigJson: JSON.stringify(cfg), generationConfigJson: null });
+    expect(tok({ chat_template: 'A' }).chatTemplate).toBe('A');
+    expect(tok({ chat_template: [{ name: 'tool_use', template: 'T' }, { name: 'default', template: 'D' }] }).chatTemplate).toBe('D');
+    expect(tok({ chat_template: [{ name: 'tool_use', template: 'T' }] }).chatTemplate).toBeNull();
+    expect(tok({}).chatTemplate).toBeNull();
+  });
+});
