@@ -138,7 +138,7 @@ export function readContextFile(file: string): ContextFile {
     o += layerBytes;
     layers.push({ key, value });
   }
-  return { model, tokens, kv, snapshot: { length: n as number, adapter: adapter as string | null, layers }, edgellm: String(h.edgellm ?? ''), meta: meta as Record<string, unknown> | undefined, transcript: tr as ContextFile['transcript'] };
+  return { model, tokens, kv, snapshot: { length: n as number, adapter: adapter as string | null, layers }, edgellm: typeof h.edgellm === 'string' ? h.edgellm : '', meta: meta as Record<string, unknown> | undefined, transcript: tr as ContextFile['transcript'] };
 }
 
 /**
