@@ -6,9 +6,10 @@ import * as fs from 'node:fs';
 import { readHar } from '../../formats/har.js';
 import { verifyHef } from '../../formats/hef.js';
 import { executableHeader } from '../../formats/hef-executable.js';
+import { checkModelManifest } from '../../formats/har-manifest.js';
 import { artifactKind } from './load-artifact.js';
 import { kvCacheBytes, type KvLayout } from '../ir/executable.js';
-import { UsageError } from '../core/errors.js';
+import { FormatError, UsageError } from '../core/errors.js';
 import { sha256File } from '../core/digest.js';
 import type { ModelConfig, QuantReport } from '../ir/model.js';
 
@@ -96,6 +97,7 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
   }
   if (kind !== 'har') throw new UsageError(`${file}: inspect takes a HAR or HEF file, not a directory`);
   const { manifest, files } = await readHar(file);
+  checkModelManifest(file, manifest); // the fields read below have the shapes loadModelHar relies on
   const config = manifest.config as ModelConfig;
   const weightBytes = files.get('weights.safetensors')?.length ?? 0;
   const quantScheme = (manifest.quantScheme ?? {}) as Record<string, unknown>;
@@ -112,18 +114,30 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
     file,
     kind,
     formatVersion: Number(manifest.formatVersion),
-    edgellmVersion: String(manifest.edgellmVersion ?? ''),
+    edgellmVersion: typeof manifest.edgellmVersion === 'string' ? manifest.edgellmVersion : '',
     fileBytes,
     sha256,
-    modelName: String(manifest.modelName ?? ''),
+    modelName: typeof manifest.modelName === 'string' ? manifest.modelName : '',
     sections: [...files].map(([name, data]) => ({ name, kind: 'member', bytes: data.length })),
     quantScheme,
     config,
     passes: manifest.passes as unknown[],
-    report: files.has('report.json') ? (JSON.parse(new TextDecoder().decode(files.get('report.json')!)) as QuantReport) : undefined,
+    report: files.has('report.json') ? readReport(file, files.get('report.json')!) : undefined,
     adapters: adapterInfos(manifest.adapters, (a) => files.get(a.member)?.length ?? 0),
     memory: { weightBytes, kvCacheBytes: kvBytes, totalBytes: weightBytes + kvBytes },
   };
+}
+
+/** report.json of a HAR. @throws FormatError naming the HAR when it is not a JSON object */
+function readReport(file: string, bytes: Uint8Array): QuantReport {
+  let r: unknown;
+  try {
+    r = JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    throw new FormatError(file, 'member report.json is not valid JSON');
+  }
+  if (r === null || typeof r !== 'object' || Array.isArray(r)) throw new FormatError(file, 'member report.json is not a JSON object');
+  return r as QuantReport;
 }
 
 const kib = (b: number) => (b >= 1 << 20 ? `${(b / (1 << 20)).toFixed(2)} MiB` : `${(b / 1024).toFixed(1)} KiB`);

@@ -83,6 +83,25 @@ describe('CLI error handling', () => {
     }
   });
 
+  it('inspect refuses a checksum-valid HAR with a malformed manifest field or report.json in one line', async () => {
+    const { readHar, writeHar } = await import('../../formats/har.js');
+    const { manifest, files } = await readHar(har);
+    const { format: _f, formatVersion: _v, files: _l, ...rest } = manifest as Record<string, unknown>;
+    const repack = async (name: string, m: Record<string, unknown>, fs2: Map<string, Uint8Array>) => {
+      const p = path.join(dir, name);
+      await writeHar(p, m, fs2);
+      return p;
+    };
+    const badName = await repack('bad-name.har', { ...rest, modelName: { toString: 1 } }, files);
+    const badReport = await repack('bad-report.har', rest, new Map([...files, ['report.json', new TextEncoder().encode('{"layers": [')]]));
+    for (const bad of [badName, badReport]) {
+      const r = edgellm('inspect', bad);
+      expect(r.code, r.stderr).toBe(3);
+      expectCleanFailure(r, bad, dir, path.join(dir, 'none'));
+    }
+    expect(edgellm('inspect', badReport).stderr).toMatch(/member report\.json is not valid JSON/);
+  });
+
   it('rejects a truncated or malformed safetensors and an unsupported model_type, leaving no HAR', () => {
     const mk = (name: string, edit: (d: string) => void) => {
       const d = path.join(dir, name);
