@@ -16,7 +16,7 @@
  */
 import { writeHef, openHef, type HefFile } from './hef.js';
 import * as fs from 'node:fs';
-import { encodeSafetensors, decodeSafetensors, SafetensorsFile, typedArrayOf, type PageAlignment } from './safetensors.js';
+import { encodeSafetensors, decodeSafetensors, SafetensorsFile, typedArrayOf, readExactly, type PageAlignment } from './safetensors.js';
 import { DTYPES } from '../src/ir/tensor.js';
 import { FormatError } from '../src/core/errors.js';
 import type { Executable, ExecutableAdapter, GraphPart, KvLayout, MappedWeights } from '../src/ir/executable.js';
@@ -250,11 +250,7 @@ export function readMappedWeights(m: MappedWeights): Map<string, Tensor> {
   try {
     for (const [name, t] of m.tensors) {
       const bytes = new Uint8Array(t.byteLength);
-      for (let done = 0; done < t.byteLength; ) {
-        const n = fs.readSync(fd, bytes, done, Math.min(t.byteLength - done, 1 << 30), t.offset + done);
-        if (n === 0) throw new FormatError(m.file, `truncated: tensor '${name}' runs past the end of the file`);
-        done += n;
-      }
+      readExactly(fd, bytes, t.offset, m.file, `tensor '${name}'`);
       out.set(name, { dtype: t.dtype, shape: [...t.shape], data: typedArrayOf(t.dtype, bytes, t.byteLength / DTYPES[t.dtype].bytes) });
     }
   } finally {

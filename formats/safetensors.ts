@@ -157,7 +157,7 @@ export function typedArrayOf(dtype: DType, bytes: Uint8Array, count: number): Ty
 // ---------------------------------------------------------------------------------------------
 
 /** Reads exactly `length` bytes at `position` into `into` (at 0), or throws FormatError (truncated). */
-function readExactly(fd: number, into: Uint8Array, position: number, file: string, what: string): void {
+export function readExactly(fd: number, into: Uint8Array, position: number, file: string, what: string): void {
   let done = 0;
   while (done < into.length) {
     const got = fs.readSync(fd, into, done, Math.min(IO_CHUNK, into.length - done), position + done);

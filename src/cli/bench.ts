@@ -8,7 +8,7 @@ import { SimulatorBackend } from '../runtime/simulator.js';
 import { benchmark, DEFAULT_BENCH } from '../eval/bench.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
 import { VERSION } from '../core/version.js';
-import { int, outputPathCheck, precision, PRECISION_HELP } from './common.js';
+import { int, outputPathCheck, addLoadFlags, loadFlags } from './common.js';
 import type { Executable } from '../ir/executable.js';
 import { writeFileAtomicSync } from '../core/atomic.js';
 
@@ -23,8 +23,7 @@ function sizeOf(p: string): number {
 
 /** `edgellm bench`: TTFT, decode tokens/s, peak RSS, file size. */
 export function registerBench(program: Command): void {
-  program
-    .command('bench')
+  addLoadFlags(program.command('bench'))
     .description('runtime benchmark on the simulator backend: TTFT for a 96-token prompt, decode tokens/s over 128 tokens, peak RSS, file size (medians over --runs)')
     .argument('<model>', 'model.hef (or a HAR / model directory, compiled in memory)')
     .option('--runs <n>', 'measured repetitions', int('--runs'), DEFAULT_BENCH.runs)
@@ -35,18 +34,16 @@ export function registerBench(program: Command): void {
     .option('--seed <n>', 'seed of the pseudo-random prompt', int('--seed'), DEFAULT_BENCH.seed)
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
     .option('--context-depth <n>', 'tokens already in the KV cache before the prompt (llama-bench -d): decode measured at that depth', int('--context-depth'), 0)
-    .option('--precision <mode>', PRECISION_HELP, precision('--precision'), 'exact')
-    .option('--no-mmap', "read a HEF's weights into memory instead of memory-mapping them")
-    .option('--no-mlock', 'map the HEF file itself instead of a RAM-backed copy (the default keeps the weights resident: the kernel may page a mapped file out, which slows exact decoding)')
     .option('--adapter <name>', 'run with this LoRA adapter of the HEF/HAR selected (default: the base model)')
     .option('--json [file]', 'write the figures as JSON to file (table still on stdout), or print JSON on stdout with no file')
     .action(async (file: string, o) => {
       const ctx = cliContext(program.opts());
       if (typeof o.json === 'string') outputPathCheck(o.json);
       const t0 = performance.now();
-      const { exe, kind } = await loadArtifact(file, { prefillLen: o.prefillLen, mmap: o.mmap });
+      const load = loadFlags(o);
+      const { exe, kind } = await loadArtifact(file, { prefillLen: o.prefillLen, mmap: load.mmap });
       const t1 = performance.now();
-      const backend = await SimulatorBackend.load(exe, { threads: o.threads, precision: o.precision, resident: o.mlock });
+      const backend = await SimulatorBackend.load(exe, { threads: o.threads, precision: load.precision, resident: load.mlock });
       try {
         backend.selectAdapter(o.adapter ?? null);
       } catch (e) {
@@ -82,9 +79,7 @@ export function registerBench(program: Command): void {
         quant: exe.quant,
         adapter: o.adapter ?? null,
         adapters: backend.adapters.length,
-        precision: o.precision,
-        mmap: o.mmap,
-        mlock: o.mlock,
+        ...load,
         loadMs,
         /** reading and verifying the artifact (sha256 of every section used; compiling a HAR or directory), ms */
         readMs,

@@ -6,7 +6,7 @@
  */
 import * as readline from 'node:readline';
 import type { Command } from 'commander';
-import { int, precision, PRECISION_HELP } from './common.js';
+import { int, addLoadFlags, loadFlags } from './common.js';
 import { openSession } from './open-session.js';
 import { addGenerationFlags, paramsFromFlags } from './generation-flags.js';
 import type { ChatMessage } from '../../formats/chat-template.js';
@@ -33,13 +33,10 @@ export function registerChat(program: Command): void {
     .option('--adapter <name>', 'start with this LoRA adapter of the HEF/HAR')
     .option('--chat-template <file>', "a jinja chat template to use instead of the model's")
     .option('--raw', 'no chat template: the conversation is plain text, each line continues it')
-    .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
-    .option('--precision <mode>', PRECISION_HELP, precision('--precision'), 'exact')
-    .option('--no-mmap', "read a HEF's weights into memory instead of memory-mapping them (more memory; faster exact decoding where the kernel reclaims mapped pages)")
-    .option('--no-mlock', 'map the HEF file itself instead of a RAM-backed copy (the default keeps the weights resident: the kernel may page a mapped file out, which slows exact decoding)');
-  addGenerationFlags(cmd, { maxTokens: 512 }).action(async (file: string, o) => {
+    .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128);
+  addGenerationFlags(addLoadFlags(cmd), { maxTokens: 512 }).action(async (file: string, o) => {
     const params = paramsFromFlags(o);
-    const { session } = await openSession(file, { prefillLen: o.prefillLen, adapter: o.adapter, chatTemplateFile: o.chatTemplate, precision: o.precision, mmap: o.mmap, mlock: o.mlock });
+    const { session } = await openSession(file, { prefillLen: o.prefillLen, adapter: o.adapter, chatTemplateFile: o.chatTemplate, ...loadFlags(o) });
     if (!o.raw && !session.hasChatTemplate) {
       await session.dispose();
       throw new UsageError(`${file}: the model has no chat_template; give one with --chat-template FILE, or chat with --raw`);

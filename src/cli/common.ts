@@ -4,6 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { Command } from 'commander';
 import { UsageError } from '../core/errors.js';
 import { namedDataset, loadTextFile, loadTokenWindows, isTokenWindowFile, type DatasetName } from '../../calibration/datasets.js';
 import { sampleWindows } from '../../calibration/windows.js';
@@ -64,3 +65,25 @@ export const precision = (name: string) => (v: string): 'exact' | 'fast' => {
 
 /** --precision's help text. */
 export const PRECISION_HELP = 'how 4-bit linears compute: exact (float32 on the dequantized weights: the static A8/KV8 scheme as the device runs it) or fast (int8 compute with dynamic per-block requantization, ~4e-3 relative error)';
+
+/** How an executable is loaded and computed: the --precision, --no-mmap and --no-mlock flags. */
+export interface LoadFlags {
+  precision: 'exact' | 'fast';
+  /** memory-map a HEF's large weights (false: read them into memory) */
+  mmap: boolean;
+  /** map a RAM-backed copy of them rather than the file (src/engine/session.ts SessionOptions.resident) */
+  mlock: boolean;
+}
+
+/** Adds --precision, --no-mmap and --no-mlock (run, chat, serve, bench). */
+export function addLoadFlags(cmd: Command): Command {
+  return cmd
+    .option('--precision <mode>', PRECISION_HELP, precision('--precision'), 'exact')
+    .option('--no-mmap', "read a HEF's weights into memory instead of memory-mapping them (more memory; faster exact decoding where the kernel reclaims mapped pages)")
+    .option('--no-mlock', 'map the HEF file itself instead of a RAM-backed copy (the default keeps the weights resident: the kernel may page a mapped file out, which slows exact decoding)');
+}
+
+/** The {@link LoadFlags} of parsed options. */
+export function loadFlags(o: Record<string, any>): LoadFlags {
+  return { precision: o.precision, mmap: o.mmap, mlock: o.mlock };
+}

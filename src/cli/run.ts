@@ -1,6 +1,6 @@
 /** edgellm run (see `edgellm run --help`). */
 import type { Command } from 'commander';
-import { int, precision, PRECISION_HELP } from './common.js';
+import { int, addLoadFlags, loadFlags } from './common.js';
 import { openSession } from './open-session.js';
 import { addGenerationFlags, paramsFromFlags } from './generation-flags.js';
 import type { ChatMessage } from '../../formats/chat-template.js';
@@ -18,14 +18,11 @@ export function registerRun(program: Command): void {
     .option('--chat-template <file>', 'a jinja chat template to use instead of the model\'s')
     .option('--raw', 'encode the prompt without the tokenizer\'s special tokens (no BOS)')
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
-    .option('--precision <mode>', PRECISION_HELP, precision('--precision'), 'exact')
-    .option('--no-mmap', "read a HEF's weights into memory instead of memory-mapping them (more memory; faster exact decoding where the kernel reclaims mapped pages)")
-    .option('--no-mlock', 'map the HEF file itself instead of a RAM-backed copy (the default keeps the weights resident: the kernel may page a mapped file out, which slows exact decoding)')
     .option('--adapter <name>', 'run with this LoRA adapter of the HEF/HAR (see `edgellm inspect`)')
     .option('--json', 'print a JSON result on stdout instead of streaming text');
-  addGenerationFlags(cmd).action(async (file: string, o) => {
+  addGenerationFlags(addLoadFlags(cmd)).action(async (file: string, o) => {
     const params = paramsFromFlags(o);
-    const { session } = await openSession(file, { prefillLen: o.prefillLen, adapter: o.adapter, chatTemplateFile: o.chatTemplate, precision: o.precision, mmap: o.mmap, mlock: o.mlock });
+    const { session } = await openSession(file, { prefillLen: o.prefillLen, adapter: o.adapter, chatTemplateFile: o.chatTemplate, ...loadFlags(o) });
     try {
       let input: GenerationInput;
       if (o.chat) {

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { UsageError } from '../core/errors.js';
 import { openSession } from './open-session.js';
-import { precision, PRECISION_HELP } from './common.js';
+import { addLoadFlags, loadFlags } from './common.js';
 import { int } from './common.js';
 import { buildApp, DEFAULT_BODY_LIMIT } from '../serve/app.js';
 import { modelIdOf, type ServedModel } from '../serve/model.js';
@@ -42,8 +42,7 @@ function untilSignal(hurry: () => void): Promise<string> {
 
 /** `edgellm serve`: the HTTP server. */
 export function registerServe(program: Command): void {
-  program
-    .command('serve')
+  addLoadFlags(program.command('serve'))
     .description('serve a model over HTTP: OpenAI-compatible /v1, Ollama-compatible /api, contexts under /slots, /health, /metrics (see docs/serving.md)')
     .argument('<model>', 'model.hef (or a HAR / model directory, compiled in memory)')
     .option('--host <host>', 'address to listen on', '127.0.0.1')
@@ -56,9 +55,6 @@ export function registerServe(program: Command): void {
     .option('--adapter <name>', 'the LoRA adapter the base model name selects (others: <model>:<adapter>)')
     .option('--chat-template <file>', 'a jinja chat template replacing the model\'s')
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', atLeast('--prefill-len', 1), 128)
-    .option('--precision <mode>', PRECISION_HELP, precision('--precision'), 'exact')
-    .option('--no-mmap', "read a HEF's weights into memory instead of memory-mapping them (more memory; faster exact decoding where the kernel reclaims mapped pages)")
-    .option('--no-mlock', 'map the HEF file itself instead of a RAM-backed copy (the default keeps the weights resident: the kernel may page a mapped file out, which slows exact decoding)')
     .option('--body-limit <bytes>', 'largest request body (413 past it)', atLeast('--body-limit', 1024), DEFAULT_BODY_LIMIT)
     .option('--grace <s>', 'seconds a shutdown waits for answers in flight before aborting them', atLeast('--grace', 0, 3600), 10)
     .action(async (file: string, o) => {
@@ -72,9 +68,7 @@ export function registerServe(program: Command): void {
         slots: o.parallel,
         maxContexts: o.maxContexts,
         contextsDir: o.contextsDir,
-        precision: o.precision,
-        mmap: o.mmap,
-        mlock: o.mlock,
+        ...loadFlags(o),
       }).then((m): ServedModel => {
         const st = fs.statSync(file);
         return { session: m.session, id: modelIdOf(m.name), exe: m.exe, loadMs: m.loadMs, sizeBytes: st.size, modifiedAt: st.mtime, defaultAdapter: o.adapter ?? null };

@@ -140,15 +140,19 @@ export class ModelSession {
     return { text: input.prompt, special: !input.raw };
   }
 
+  /** The ids of an input whose text (if any) {@link promptText} gave. @throws UsageError when there are none */
+  private async idsOf(input: GenerationInput, t: { text: string; special: boolean } | null): Promise<number[]> {
+    const ids = t === null ? [...(input as { tokens: number[] }).tokens] : await this.tokenizer.encode(t.text, t.special);
+    if (ids.length === 0) throw new UsageError('the prompt encodes to no tokens (and the tokenizer adds no BOS)');
+    return ids;
+  }
+
   /**
    * The prompt's token ids.
    * @throws UsageError for an empty result or no chat template; FormatError from the template
    */
   async encode(input: GenerationInput): Promise<number[]> {
-    const t = this.promptText(input);
-    const ids = t === null ? [...(input as { tokens: number[] }).tokens] : await this.tokenizer.encode(t.text, t.special);
-    if (ids.length === 0) throw new UsageError('the prompt encodes to no tokens (and the tokenizer adds no BOS)');
-    return ids;
+    return this.idsOf(input, this.promptText(input));
   }
 
   /**
@@ -161,16 +165,18 @@ export class ModelSession {
   async generate(req: GenerateRequest): Promise<GenerateResult> {
     const t0 = performance.now();
     const p = resolveParams(req.params ?? {}, {}, this.defaults);
-    const full = await this.encode(req.input);
-    const text = this.promptText(req.input)?.text ?? null;
-    const ctx = req.context !== undefined ? this.contexts.get(req.context, { create: true, adapter: req.adapter }) : this.pickSlot(full, text);
+    const t = this.promptText(req.input); // the chat template renders once per request
+    const text = t?.text ?? null;
+    let full: number[] | undefined; // the whole prompt's ids, encoded at most once and only if needed
+    const fullIds = async () => (full ??= await this.idsOf(req.input, t));
+    const ctx = req.context !== undefined ? this.contexts.get(req.context, { create: true, adapter: req.adapter }) : this.pickSlot(await fullIds(), text);
     if (ctx.busy) throw new ContextBusyError(`context '${ctx.id}' is generating`);
     // text-level reuse: a prompt whose text extends the context's transcript keeps the context's own
     // tokens for that part (what the model generated), and only the rest is tokenized
-    const tr = ctx.transcript;
-    const prompt = text !== null && tr && tr.text.length > 0 && text.startsWith(tr.text) ? [...tr.ids, ...(await this.tokenizer.encode(text.slice(tr.text.length), false))] : full;
+    const tr = extendedTranscript(ctx, text);
+    const prompt = tr ? [...tr.ids, ...(await this.tokenizer.encode(text!.slice(tr.text.length), false))] : await fullIds();
     const V = this.backend.vocabSize;
-    for (const t of prompt) if (!Number.isInteger(t) || t < 0 || t >= V) throw new UsageError(`token id ${t} is outside the vocabulary [0, ${V})`);
+    for (const id of prompt) if (!Number.isInteger(id) || id < 0 || id >= V) throw new UsageError(`token id ${id} is outside the vocabulary [0, ${V})`);
     if (prompt.length >= this.capacity) throw new ContextOverflowError(prompt.length, this.capacity);
     ctx.busy = true;
     ctx.transcript = undefined;
@@ -285,8 +291,7 @@ export class ModelSession {
     let bestLen = -1;
     for (const s of this.slots) {
       if (s.busy) continue;
-      const tr = s.transcript;
-      const n = text !== null && tr && tr.text.length > 0 && text.startsWith(tr.text) ? tr.ids.length : commonPrefix(s.tokens, prompt);
+      const n = extendedTranscript(s, text)?.ids.length ?? commonPrefix(s.tokens, prompt);
       if (n > bestLen || (n === bestLen && best && s.lastUsed < best.lastUsed)) {
         best = s;
         bestLen = n;
@@ -307,4 +312,10 @@ function commonPrefix(a: readonly number[], b: readonly number[]): number {
   let i = 0;
   while (i < a.length && i < b.length && a[i] === b[i]) i++;
   return i;
+}
+
+/** The context's transcript when the prompt text extends it (and it is not empty), else null. */
+function extendedTranscript(ctx: HeldContext, text: string | null): HeldContext['transcript'] | null {
+  const tr = ctx.transcript;
+  return text !== null && tr && tr.text.length > 0 && text.startsWith(tr.text) ? tr : null;
 }

@@ -67,6 +67,8 @@ export class SimulatorBackend implements ExecutionBackend {
   /** adapter name ('' = none) -> its `lora.*` feeds, built on first use */
   private readonly loraCache = new Map<string, Record<string, ort.Tensor>>();
   private selected: string | null = null;
+  /** whether the graphs take `logit_positions` (both do, or, compiled before 0.2, neither) */
+  private readonly logitPositions: boolean;
   private disposed = false;
   private readonly dynamic: boolean;
   private constructor(
@@ -78,6 +80,7 @@ export class SimulatorBackend implements ExecutionBackend {
     readonly precision: ExecutionPrecision,
   ) {
     this.dynamic = isDynamic(exe.prefill);
+    this.logitPositions = prefill.inputNames.includes(LOGIT_POSITIONS);
   }
 
   /**
@@ -252,7 +255,7 @@ export class SimulatorBackend implements ExecutionBackend {
     const ids = new BigInt64Array(seqLen);
     tokens.forEach((t, i) => (ids[i] = BigInt(t)));
     const feeds: Record<string, ort.Tensor> = { ...this.loraFeedsFor(ctx.adapter), [INPUT_IDS]: new ort.Tensor('int64', ids, [1, seqLen]) };
-    if (session.inputNames.includes(LOGIT_POSITIONS)) feeds[LOGIT_POSITIONS] = new ort.Tensor('int64', BigInt64Array.from(rows, BigInt), [rows.length]);
+    if (this.logitPositions) feeds[LOGIT_POSITIONS] = new ort.Tensor('int64', BigInt64Array.from(rows, BigInt), [rows.length]);
     ctx.kv.forEach(([k, v], i) => {
       const n = kvNames(i);
       feeds[n.pastKey] = k;

@@ -72,14 +72,13 @@ export async function runJob(state: ServeState, req: FastifyRequest, reply: Fast
     }
     const queueMs = performance.now() - tq;
     try {
-      const onText = job.onText;
       const result = await job.served.session.generate({
         input: { tokens: job.tokens },
         context: job.context,
         adapter: job.adapter,
         params: job.params,
         signal: ac.signal,
-        onText: onText && ((text) => onText(text)),
+        onText: job.onText,
       });
       state.metrics.observeGeneration(job.api, result, queueMs);
       state.stats.set(req, {
