@@ -12,7 +12,7 @@
  *                  dtype }, edgellm, meta?, transcript? } (meta: the caller's JSON object, e.g. chat
  *                  messages; transcript: the text the conversation renders and its ids)
  *   16+H    4·n    the n token ids in the cache (u32)
- *   …       …      per layer, K then V: [num_kv_heads, n, head_dim] in the layout's dtype
+ *   …       …      per layer, K then V: [n, num_kv_heads, head_dim] in the layout's dtype
  *   end−32  32     sha256 of every byte before it
  *
  * `model` is the sha256 of the executable the context was computed by: a context loads only into
@@ -25,7 +25,7 @@ import { writeAtomicSync, writeFully } from '../src/core/atomic.js';
 import { kvSnapshotLayerBytes, type KvLayout, type KvSnapshot } from '../src/ir/executable.js';
 
 export const CONTEXT_MAGIC = Buffer.from('EDGECTX\0', 'latin1');
-export const CONTEXT_FORMAT_VERSION = 1;
+export const CONTEXT_FORMAT_VERSION = 2;
 /** Header JSON larger than this is refused before it is read. */
 export const MAX_HEADER_BYTES = 1 << 24;
 const PREAMBLE = 16;

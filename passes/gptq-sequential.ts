@@ -35,7 +35,7 @@ import { actPointName, layerLinears, lmHead, type LinearInput, type LinearSpec }
 import { bf16ToFloat, halfToFloat, toFloat32 } from '../src/ir/tensor.js';
 import { dequantizeW4, quantizeRtnW4, type PackedW4 } from '../src/ir/quant.js';
 import { lowerLayerGraph } from '../src/compiler/lower.js';
-import { captureName, kvNames, HIDDEN_STATES, HIDDEN_STATES_OUT } from '../src/compiler/io-contract.js';
+import { captureName, kvCacheDims, kvNames, HIDDEN_STATES, HIDDEN_STATES_OUT } from '../src/compiler/io-contract.js';
 import { Lowering } from '../src/compiler/lowering.js';
 import { GraphBuilder, onnx, withInitializers } from '../formats/onnx.js';
 import type onnxProto from 'onnx-proto';
@@ -310,7 +310,7 @@ class LayerState {
     const proto = cutGraph(g, cuts, outputs);
     const label = `gptq layer ${this.layer} → ${outputs.join(', ')}`;
     const kv = kvNames(this.layer);
-    const empty = () => new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
+    const empty = () => new ort.Tensor('float32', new Float32Array(0), kvCacheDims(cfg.numKvHeads, cfg.headDim, 0));
     const feeds = (w: number, inputNames: readonly string[]) => {
       const S = hidden[w].length / cfg.hiddenSize;
       const f: Record<string, ort.Tensor> = {};

@@ -46,11 +46,11 @@ export async function kChannelRanges(model: Model, windows: readonly number[][],
   await captureWindows(run, ctx, (w, res) => {
     const S = windows[w].length;
     for (let i = 0; i < nL; i++) {
-      const k = res[fetches[i]].data as Float32Array; // [1, nKv, S, hd]
+      const k = res[fetches[i]].data as Float32Array; // [1, S, nKv, hd]
       const { min, max } = ranges[i];
       for (let h = 0; h < nKv; h++)
         for (let s = 0; s < S; s++) {
-          const row = (h * S + s) * hd;
+          const row = (s * nKv + h) * hd;
           for (let j = 0; j < hd; j++) {
             const v = k[row + j];
             const c = h * hd + j;

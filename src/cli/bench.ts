@@ -11,6 +11,7 @@ import { VERSION } from '../core/version.js';
 import { int, outputPathCheck, addLoadFlags, loadFlags } from './common.js';
 import type { Executable } from '../ir/executable.js';
 import { writeFileAtomicSync } from '../core/atomic.js';
+import { defaultThreads } from '../engine/session.js';
 
 const MiB = 1024 * 1024;
 
@@ -30,7 +31,7 @@ export function registerBench(program: Command): void {
     .option('--warmup <n>', 'unmeasured repetitions first', int('--warmup'), DEFAULT_BENCH.warmup)
     .option('--prompt-tokens <n>', 'prompt length for TTFT', int('--prompt-tokens'), DEFAULT_BENCH.promptTokens)
     .option('--decode-tokens <n>', 'tokens decoded after the first', int('--decode-tokens'), DEFAULT_BENCH.decodeTokens)
-    .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores)', int('--threads'))
+    .option('--threads <n>', 'onnxruntime intra-op threads (default: one per CPU this process may use)', int('--threads'))
     .option('--seed <n>', 'seed of the pseudo-random prompt', int('--seed'), DEFAULT_BENCH.seed)
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
     .option('--context-depth <n>', 'tokens already in the KV cache before the prompt (llama-bench -d): decode measured at that depth', int('--context-depth'), 0)
@@ -70,7 +71,7 @@ export function registerBench(program: Command): void {
         kind,
         fileBytes: sizeOf(file),
         backend: backend.name,
-        threads: o.threads ?? null,
+        threads: o.threads ?? defaultThreads(),
         cpus: os.cpus().length,
         cpuModel: os.cpus()[0]?.model ?? '',
         prefillLen: backend.prefillLen,
@@ -99,7 +100,7 @@ export function registerBench(program: Command): void {
           [
             `model      ${file} (${kind}, ${(result.fileBytes / MiB).toFixed(2)} MiB; ${exe.quant.weightBits < 16 ? `W${exe.quant.weightBits}` : "float weights"} ${exe.quant.activationScheme === 'none' ? '' : 'A8 '}KV ${exe.kvLayout.dtype})`,
             ...(backend.adapters.length ? [`adapter    ${o.adapter ?? 'none (base model)'} (${backend.adapters.length} in the executable: LoRA branches in the graphs)`] : []),
-            `backend    ${backend.name}, ${result.threads ?? 'all'} threads of ${result.cpus} cpus, prefill chunk ${result.prefillLen}, context ${result.maxContext}`,
+            `backend    ${backend.name}, ${result.threads} threads of ${result.cpus} cpus, prefill chunk ${result.prefillLen}, context ${result.maxContext}`,
             `load       ${loadMs.toFixed(0)} ms  (read + verify ${readMs.toFixed(0)} ms, sessions ${(loadMs - readMs).toFixed(0)} ms)`,
             `TTFT       ${r.ttftMs.toFixed(1)} ms  (${r.promptTokens} prompt tokens${r.contextDepth ? ` after ${r.contextDepth} of context` : ''}; median of ${r.runs.length}, range ${r.ttftMsRange.map((x) => x.toFixed(1)).join('-')})`,
             `decode     ${r.decodeTokensPerSecond.toFixed(2)} tokens/s  (${r.decodeMsPerToken.toFixed(2)} ms/token over ${r.decodeTokens} tokens; range ${r.decodeTokensPerSecondRange.map((x) => x.toFixed(2)).join('-')}; ${(result.weightBytesPerToken / MiB).toFixed(1)} MiB of weights per token)`,

@@ -48,7 +48,7 @@ export function registerEval(program: Command): void {
     .option('--reference-lora <adapter-dir>', 'kld: the same for a reference model directory (fp32 + adapter, the reference of a HEF + adapter)')
     .option('--emulate <level>', 'for a HAR: native (source fp32), optimized (fp32 after folding/rotation) or quantized (default)')
     .option('--prefill-len <n>', 'prefill chunk length when compiling a directory or HAR in memory', int('--prefill-len'), 128)
-    .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores; 1 is faster for tiny models on a busy machine)', int('--threads'))
+    .option('--threads <n>', 'onnxruntime intra-op threads (default: one per CPU this process may use; 1 is faster for tiny models on a busy machine)', int('--threads'))
     .option('--precision <mode>', `${PRECISION_HELP}; with fast, kld's default reference is the same model at exact`, precision('--precision'), 'exact')
     .option('--reference-precision <mode>', 'kld: the reference\'s precision (default exact)', precision('--reference-precision'), 'exact')
     .option('--json [file]', 'write every figure as JSON to file (table still on stdout), or print JSON on stdout with no file')

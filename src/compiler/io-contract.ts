@@ -7,13 +7,19 @@
  * | ----------------------------- | ---------------- | -------------------------- |
  * | input_ids                     | int64            | [1, S]                     |
  * | logit_positions               | int64            | [R]: rows of S to compute logits for (compiled graphs) |
- * | past_key_values.{i}.key/value | float32 or uint8 | [1, kv_heads, P, head_dim] |
+ * | past_key_values.{i}.key/value | float32 or uint8 | [1, P, kv_heads, head_dim] |
  * | logits                        | float32          | [1, S, vocab] ([1, R, vocab] with logit_positions) |
- * | present.{i}.key/value         | float32 or uint8 | [1, kv_heads, T, head_dim] |
+ * | new_key_values.{i}.key/value  | float32 or uint8 | [1, S, kv_heads, head_dim]: this call's rows only |
  * | lora.<linear>.A / .B          | float32          | [r, in] / [out, r]         |
  * | lora.<linear>.act_scale / _zero_point | float32 / uint8 | [] (with static A8)  |
  * | capture.<point>               | float32          | the point's activation (calibration graphs) |
  * | hidden_states / hidden_states_out | float32      | [1, S, hidden] (one-layer graphs of GPTQ)  |
+ *
+ * The KV cache is sequence-major ([position, kv_head, head_dim] per layer), so the first P positions of
+ * a cache preallocated to the context capacity are one contiguous prefix: the runtime feeds that
+ * prefix as `past_key_values` without copying it and writes the `new_key_values` rows after it
+ * (src/runtime/kv-cache.ts). Graphs compiled by edgellm before 0.2 return the whole cache as
+ * `present.{i}.key/value` [1, kv_heads, T, head_dim] instead; the runtime refuses them.
  *
  * Pure names, no graph code: a device backend implementing the same contract needs only this file.
  */
@@ -32,19 +38,25 @@ export const HIDDEN_STATES = 'hidden_states';
 /** The residual stream out of a one-layer graph, float32 [1, S, hidden]. */
 export const HIDDEN_STATES_OUT = 'hidden_states_out';
 
-/** Names of the KV-cache I/O of layer i. */
+/** Names of the KV-cache I/O of layer i: the past cache in, this call's new rows out. */
 export function kvNames(i: number) {
   return {
     pastKey: `past_key_values.${i}.key`,
     pastValue: `past_key_values.${i}.value`,
-    presentKey: `present.${i}.key`,
-    presentValue: `present.${i}.value`,
+    newKey: `new_key_values.${i}.key`,
+    newValue: `new_key_values.${i}.value`,
   };
 }
 
+/** Output name of the whole-cache K of layer 0 in graphs compiled before 0.2 (which the runtime refuses). */
+export const LEGACY_PRESENT_KEY = 'present.0.key';
+
+/** Shape of `length` positions of one layer's K or V cache: [1, length, kv_heads, head_dim]. */
+export const kvCacheDims = (numKvHeads: number, headDim: number, length: number): number[] => [1, length, numKvHeads, headDim];
+
 /**
  * Initializer names of layer i's KV-cache quantization: the KV8 scale (float32 []) and zero point
- * (uint8 []) of K and V, and the K-cache centering offset c (float32 [1, kv_heads, 1, head_dim]).
+ * (uint8 []) of K and V, and the K-cache centering offset c (float32 [1, 1, kv_heads, head_dim]).
  * They are not stored with the weights: the runtime builds them from the executable's KV layout
  * (src/compiler/kv-layout.ts {@link kvLayoutInitializers}), the one place a HEF states them.
  */

@@ -1,6 +1,6 @@
 /**
  * KV-cache layout of an executable: per layer, K (after RoPE) and V of shape
- * [batch=1, num_kv_heads, context, head_dim], held as uint8 with static per-tensor per-layer
+ * [batch=1, context, num_kv_heads, head_dim] (sequence-major: src/compiler/io-contract.ts), held as uint8 with static per-tensor per-layer
  * scale/zero point (KV8) or as float32. With K-cache centering the K cache holds K − c, c a per-layer
  * float32 [num_kv_heads·head_dim] offset (passes/k-centering.ts).
  *
@@ -31,7 +31,7 @@ export function kvLayoutOf(model: Model, maxContext: number): KvLayout {
 /**
  * The graph initializers a KV layout defines, by name (src/compiler/io-contract.ts `kvQuantNames`):
  * per layer with KV8, K and V scale float32 [] and zero point uint8 []; with K-cache centering the K
- * offset float32 [1, kv_heads, 1, head_dim]. Empty for a float32 cache.
+ * offset float32 [1, 1, kv_heads, head_dim]. Empty for a float32 cache.
  */
 export function kvLayoutInitializers(l: KvLayout): Map<string, Tensor> {
   const out = new Map<string, Tensor>();
@@ -42,7 +42,7 @@ export function kvLayoutInitializers(l: KvLayout): Map<string, Tensor> {
     out.set(n.kZeroPoint, { dtype: 'U8', shape: [], data: Uint8Array.of(p.k.zeroPoint) });
     out.set(n.vScale, { dtype: 'F32', shape: [], data: Float32Array.of(p.v.scale) });
     out.set(n.vZeroPoint, { dtype: 'U8', shape: [], data: Uint8Array.of(p.v.zeroPoint) });
-    if (p.kOffset) out.set(n.kOffset, { dtype: 'F32', shape: [1, l.numKvHeads, 1, l.headDim], data: Float32Array.from(p.kOffset) });
+    if (p.kOffset) out.set(n.kOffset, { dtype: 'F32', shape: [1, 1, l.numKvHeads, l.headDim], data: Float32Array.from(p.kOffset) });
   });
   return out;
 }

@@ -6,13 +6,14 @@
  *
  * with RoPE on q and k, the new K/V appended to the layer's cache, GQA attention (query head
  * h = kv·groups + j reads KV head kv) under an additive causal mask, and a static A8 point at every
- * linear input. With QuaRot's online rotations (model.online), R3 rotates q and k after RoPE (before
+ * linear input. The cache is sequence-major ([1, T, kv_heads, head_dim], io-contract.ts). With QuaRot's online rotations (model.online), R3 rotates q and k after RoPE (before
  * the KV cache) and R4 the down_proj input (before its A8 point); see {@link onlineRotation}. With
  * K-cache centering (model.quant.kCacheOffset) the cache holds K − c.
  */
 import type { Lowering } from './lowering.js';
 import { kvNames, kvPoints } from './io-contract.js';
 import type { OnlineRotation } from '../ir/model.js';
+import type { Dim } from '../../formats/onnx.js';
 import { layerLinears, layerNorms } from '../ir/architectures.js';
 
 
@@ -23,10 +24,13 @@ export interface LayerInputs {
   sin: string;
   /** additive causal mask [S, T] */
   mask: string;
+  /** the graph's S: a number or the symbolic 'sequence_length' */
+  seqDim: Dim;
 }
 
 /**
- * Emits decoder layer `i` reading residual x: [1, S, H]; declares its `present.{i}.*` outputs.
+ * Emits decoder layer `i` reading residual x: [1, S, H]; declares its `new_key_values.{i}.*` outputs
+ * (this call's K/V rows, [1, S, kv_heads, head_dim]).
  * @returns the layer's output residual [1, S, H]
  */
 export function lowerDecoderLayer(L: Lowering, i: number, x: string, shared: LayerInputs): string {
@@ -48,23 +52,22 @@ export function lowerDecoderLayer(L: Lowering, i: number, x: string, shared: Lay
     q = onlineRotation(L, q, r3, [1, -1, nH, hd], `${P}/attn/q_r3`);
     k = onlineRotation(L, k, r3, [1, -1, nKv, hd], `${P}/attn/k_r3`);
   }
-  const v = L.reshape(L.linear(a, vS, `${P}/attn/v_proj`), [0, 0, nKv, hd], `${P}/attn/v_heads`);
-  let kt = L.transpose(k, [0, 2, 1, 3], `${P}/attn/k_bhsd`); // [1, nKv, S, hd]
+  let kc = k; // [1, S, nKv, hd]: the cache is sequence-major (io-contract.ts)
   const kOffset = model.quant.kCacheOffset?.[i];
-  if (kOffset) kt = L.kCenter(kt, i, kOffset, `${P}/attn/k_center`); // the cache holds K − c
-  const vt = L.transpose(v, [0, 2, 1, 3], `${P}/attn/v_bhsd`);
+  if (kOffset) kc = L.kCenter(kc, i, kOffset, `${P}/attn/k_center`); // the cache holds K − c
+  const v = L.reshape(L.linear(a, vS, `${P}/attn/v_proj`), [0, 0, nKv, hd], `${P}/attn/v_heads`);
   const kvq = model.quant.kvCache[i];
   const kp = kvPoints(i);
-  const kAll = L.cacheAppend(kt, kv.pastKey, kv.presentKey, kp.k, kvq?.k, `${P}/attn/k_cache`); // [1, nKv, T, hd]
-  const vAll = L.cacheAppend(vt, kv.pastValue, kv.presentValue, kp.v, kvq?.v, `${P}/attn/v_cache`);
-  g.output(kv.presentKey, L.kvType, [1, nKv, 'total_sequence_length', hd]);
-  g.output(kv.presentValue, L.kvType, [1, nKv, 'total_sequence_length', hd]);
+  const kAll = L.cacheAppend(kc, kv.pastKey, kv.newKey, kp.k, kvq?.k, `${P}/attn/k_cache`); // [1, T, nKv, hd]
+  const vAll = L.cacheAppend(v, kv.pastValue, kv.newValue, kp.v, kvq?.v, `${P}/attn/v_cache`);
+  g.output(kv.newKey, L.kvType, [1, shared.seqDim, nKv, hd]);
+  g.output(kv.newValue, L.kvType, [1, shared.seqDim, nKv, hd]);
   const q5 = L.reshape(L.transpose(q, [0, 2, 1, 3], `${P}/attn/q_bhsd`), [1, nKv, groups, -1, hd], `${P}/attn/q_groups`); // [1, nKv, g, S, hd]
-  const kT5 = L.transpose(g.node('Unsqueeze', [kAll, g.ints([2])], { name: `${P}/attn/k_groups` }), [0, 1, 2, 4, 3], `${P}/attn/k_T`); // [1, nKv, 1, hd, T]
+  const kT5 = g.node('Unsqueeze', [L.transpose(kAll, [0, 2, 3, 1], `${P}/attn/k_T`), g.ints([2])], { name: `${P}/attn/k_groups` }); // [1, nKv, 1, hd, T]
   const scores = g.node('MatMul', [q5, kT5], { name: `${P}/attn/QK` }); // [1, nKv, g, S, T]
   const scaled = g.node('Mul', [scores, g.floats([1 / Math.sqrt(hd)], true)], { name: `${P}/attn/Scale` });
   const probs = g.node('Softmax', [g.node('Add', [scaled, shared.mask], { name: `${P}/attn/Mask` })], { name: `${P}/attn/Softmax`, attrs: { axis: -1 } });
-  const v5 = g.node('Unsqueeze', [vAll, g.ints([2])], { name: `${P}/attn/v_groups` }); // [1, nKv, 1, T, hd]
+  const v5 = g.node('Unsqueeze', [L.transpose(vAll, [0, 2, 1, 3], `${P}/attn/v_bhsd`), g.ints([2])], { name: `${P}/attn/v_groups` }); // [1, nKv, 1, T, hd]
   const ctx = g.node('MatMul', [probs, v5], { name: `${P}/attn/PV` }); // [1, nKv, g, S, hd]
   const heads = L.transpose(L.reshape(ctx, [1, nH, -1, hd], `${P}/attn/ctx_heads`), [0, 2, 1, 3], `${P}/attn/ctx_bshd`); // [1, S, nH, hd]
   const merged = L.reshape(heads, [0, 0, nH * hd], `${P}/attn/ctx`);

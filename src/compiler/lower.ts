@@ -75,10 +75,10 @@ function newLowering(model: Model, opts: Omit<LowerOptions, 'seqLen'>): Lowering
  * Query positions P..T−1 (P read from the past cache `pastKey`, S from `tokens` axis 1), the RoPE
  * tables at those positions and the additive causal mask [S, T].
  */
-function positionsAndMask(L: Lowering, pastKey: string, tokens: string, maxContext: number): LayerInputs {
+function positionsAndMask(L: Lowering, pastKey: string, tokens: string, seqDim: Dim, maxContext: number): LayerInputs {
   const { g, model } = L;
   const hd = model.config.headDim;
-  const pastLen = g.node('Shape', [pastKey], { name: '/model/pos/past_len', attrs: { start: 2, end: 3 } });
+  const pastLen = g.node('Shape', [pastKey], { name: '/model/pos/past_len', attrs: { start: 1, end: 2 } }); // [1, P, kv, hd]
   const curLen = g.node('Shape', [tokens], { name: '/model/pos/cur_len', attrs: { start: 1, end: 2 } });
   const total = g.node('Add', [pastLen, curLen], { name: '/model/pos/total_len' });
   const one = g.ints([1], true);
@@ -100,14 +100,14 @@ function positionsAndMask(L: Lowering, pastKey: string, tokens: string, maxConte
   g.weight('rope.sin_cache', () => ({ dtype: 'F32', shape: [maxContext, hd / 2], data: tables().sin }));
   const at = (table: string, name: string) =>
     g.node('Unsqueeze', [g.node('Gather', [table, pos], { name: `${name}/Gather`, attrs: { axis: 0 } }), g.ints([0, 2])], { name }); // [1, S, 1, hd/2]
-  return { cos: at('rope.cos_cache', '/model/rope/cos'), sin: at('rope.sin_cache', '/model/rope/sin'), mask };
+  return { cos: at('rope.cos_cache', '/model/rope/cos'), sin: at('rope.sin_cache', '/model/rope/sin'), mask, seqDim };
 }
 
 function kvInputs(L: Lowering, i: number): void {
   const { numKvHeads: nKv, headDim: hd } = L.model.config;
   const n = kvNames(i);
-  L.g.input(n.pastKey, L.kvType, [1, nKv, 'past_sequence_length', hd]);
-  L.g.input(n.pastValue, L.kvType, [1, nKv, 'past_sequence_length', hd]);
+  L.g.input(n.pastKey, L.kvType, [1, 'past_sequence_length', nKv, hd]);
+  L.g.input(n.pastValue, L.kvType, [1, 'past_sequence_length', nKv, hd]);
 }
 
 /**
@@ -124,7 +124,7 @@ export function lowerModel(model: Model, opts: LowerOptions): GraphBuilder {
   const ids = g.input(INPUT_IDS, 'int64', [1, S]);
   for (let i = 0; i < cfg.numLayers; i++) kvInputs(L, i);
   L.loraInputs(allLinears(cfg));
-  const shared = positionsAndMask(L, kvNames(0).pastKey, ids, opts.maxContext);
+  const shared = positionsAndMask(L, kvNames(0).pastKey, ids, S, opts.maxContext);
   let x = L.embedding(ids); // [1, S, H]
   for (let i = 0; i < cfg.numLayers; i++) x = lowerDecoderLayer(L, i, x, shared);
   let R: Dim = S;
@@ -144,8 +144,8 @@ export function lowerModel(model: Model, opts: LowerOptions): GraphBuilder {
 /**
  * One decoder layer as a standalone graph, for layer-by-layer work (GPTQ's true-sequential
  * calibration, streaming quantization): input `hidden_states` float [1, S, H] and the layer's
- * `past_key_values.{i}.*` (feed empty [1, kv_heads, 0, head_dim] tensors for a fresh window);
- * outputs `hidden_states_out` [1, S, H], `present.{i}.*` and, with `capture`, the layer's
+ * `past_key_values.{i}.*` (feed empty [1, 0, kv_heads, head_dim] tensors for a fresh window);
+ * outputs `hidden_states_out` [1, S, H], `new_key_values.{i}.*` and, with `capture`, the layer's
  * quantization points.
  */
 export function lowerLayerGraph(model: Model, layer: number, opts: Omit<LowerOptions, 'seqLen'>): GraphBuilder {
@@ -154,7 +154,7 @@ export function lowerLayerGraph(model: Model, layer: number, opts: Omit<LowerOpt
   const x = g.input(HIDDEN_STATES, 'float32', [1, 'sequence_length', model.config.hiddenSize]);
   kvInputs(L, layer);
   L.loraInputs(layerLinears(model.config, layer));
-  const shared = positionsAndMask(L, kvNames(layer).pastKey, x, opts.maxContext);
+  const shared = positionsAndMask(L, kvNames(layer).pastKey, x, 'sequence_length', opts.maxContext);
   const y = lowerDecoderLayer(L, layer, x, shared);
   g.node('Identity', [y], { name: `/model/layers.${layer}/output`, outputNames: ['hidden_states_out'] });
   g.output(HIDDEN_STATES_OUT, 'float32', [1, 'sequence_length', model.config.hiddenSize]);

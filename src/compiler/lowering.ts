@@ -235,33 +235,35 @@ export class Lowering {
   }
 
   /**
-   * K-cache centering: k − c for the post-RoPE k [1, kv, S, hd], c = model.quant.kCacheOffset[layer]
-   * read as the initializer `kvQuantNames(layer).kOffset` float32 [1, kv, 1, hd] (built from the KV layout)
-   * (exact for attention; see passes/k-centering.ts).
+   * K-cache centering: k − c for the post-RoPE k [1, S, kv, hd], c = model.quant.kCacheOffset[layer]
+   * read as the initializer `kvQuantNames(layer).kOffset` float32 [1, 1, kv, hd] (built from the KV
+   * layout) (exact for attention; see passes/k-centering.ts).
    * @throws UnsupportedModelError when the offset does not have kv·hd values
    */
   kCenter(k: string, layer: number, offset: readonly number[], name: string): string {
     const { numKvHeads: nKv, headDim: hd } = this.model.config;
     if (offset.length !== nKv * hd) throw new UnsupportedModelError(`lowering: layer ${layer} K-cache offset has ${offset.length} values, expected ${nKv * hd}`);
-    const c = this.g.weight(kvQuantNames(layer).kOffset, () => ({ dtype: 'F32', shape: [1, nKv, 1, hd], data: Float32Array.from(offset) }));
+    const c = this.g.weight(kvQuantNames(layer).kOffset, () => ({ dtype: 'F32', shape: [1, 1, nKv, hd], data: Float32Array.from(offset) }));
     return this.g.node('Sub', [k, c], { name });
   }
 
   /**
-   * Appends new K or V [1, kv, S, hd] to the past cache (output `present`, float or uint8) and
-   * returns the float cache [1, kv, T, hd] attention reads.
+   * The cache step of K or V: this call's rows `fresh` [1, S, kv, hd] become the graph output
+   * `rows` (uint8 through the KV8 QuantizeLinear, or float) and are appended to the past cache
+   * [1, P, kv, hd] (sequence-major, io-contract.ts); returns the float cache [1, T, kv, hd] that
+   * attention reads (DequantizeLinear of the uint8 cache with KV8).
    */
-  cacheAppend(fresh: string, past: string, present: string, point: string, p: QParams | undefined, name: string): string {
+  cacheAppend(fresh: string, past: string, rows: string, point: string, p: QParams | undefined, name: string): string {
     const g = this.g;
     this.capture(fresh, point);
     if (!this.flags.kvQuant) {
-      g.node('Concat', [past, fresh], { name: `${name}/Concat`, attrs: { axis: 2 }, outputNames: [present] });
-      return present;
+      g.node('Identity', [fresh], { name: `${name}/Rows`, outputNames: [rows] });
+      return g.node('Concat', [past, rows], { name: `${name}/Concat`, attrs: { axis: 1 } });
     }
     if (!p) throw new UnsupportedModelError(`lowering: no KV8 range for '${point}'`);
     const [s, z] = this.kvQParams(p, point);
-    const q = g.node('QuantizeLinear', [fresh, s, z], { name: `${name}/QuantizeLinear` });
-    g.node('Concat', [past, q], { name: `${name}/Concat`, attrs: { axis: 2 }, outputNames: [present] });
-    return g.node('DequantizeLinear', [present, s, z], { name: `${name}/DequantizeLinear` });
+    g.node('QuantizeLinear', [fresh, s, z], { name: `${name}/QuantizeLinear`, outputNames: [rows] });
+    const all = g.node('Concat', [past, rows], { name: `${name}/Concat`, attrs: { axis: 1 } });
+    return g.node('DequantizeLinear', [all, s, z], { name: `${name}/DequantizeLinear` });
   }
 }

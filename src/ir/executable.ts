@@ -86,7 +86,8 @@ export type ExecutableAdapter = Omit<LoraAdapter, 'tensors'> & { tensors: Map<st
 
 /**
  * The contents of one KV-cache context as plain bytes (what a context file stores): per layer the
- * K and V caches of its first `length` positions, each [num_kv_heads, length, head_dim] in the
+ * K and V caches of its first `length` positions, each [length, num_kv_heads, head_dim] (sequence-major, as the
+ * graphs hold them: src/compiler/io-contract.ts) in the
  * layout's element type (uint8 KV8 codes, or float32 little-endian), row-major.
  */
 export interface KvSnapshot {

@@ -3,9 +3,10 @@
  * prefill graph, whose sequence length is symbolic, serves prompts of any length (in chunks of at most
  * `prefillLen`, never padded) and single decode steps, so ORT holds one prepacked copy of the weights;
  * a HEF's large weights are memory-mapped from the file (Executable.mappedWeights), not copied into
- * JavaScript. Graphs with a static prefill chunk (HEFs of edgellm before 0.2) run as before: padded
- * chunks on the prefill session, one token at a time on a second, decode session. The KV cache lives
- * in ORT tensors between calls. Only the logits rows asked for are computed (`logit_positions`).
+ * JavaScript. Each context's KV cache is a buffer preallocated to the capacity (kv-cache.ts): a call
+ * feeds the positions held as views and writes back only the graph's new rows. Only the logits rows
+ * asked for are computed (`logit_positions`). Executables compiled before 0.2 (a static prefill chunk,
+ * or graphs returning the whole cache as `present.*`) are refused with a hint to recompile.
  *
  * LoRA: graphs compiled with adapters have `lora.<linear>.*` inputs; each context names its adapter
  * and every call feeds that adapter's tensors (dequantized once per adapter and cached), or zeros for
@@ -15,8 +16,9 @@ import * as ort from 'onnxruntime-node';
 import type { ExecutionBackend, KvContext } from './backend.js';
 import { CheckedSession, type SessionOptions } from '../engine/session.js';
 import type onnxProto from 'onnx-proto';
-import { kvSnapshotLayerBytes, type Executable, type GraphPart, type KvLayout, type KvSnapshot } from '../ir/executable.js';
-import { INPUT_IDS, LOGITS, LOGIT_POSITIONS, kvNames } from '../compiler/io-contract.js';
+import type { Executable, GraphPart, KvLayout, KvSnapshot } from '../ir/executable.js';
+import { INPUT_IDS, LOGITS, LOGIT_POSITIONS, LEGACY_PRESENT_KEY, kvNames } from '../compiler/io-contract.js';
+import { KvCache } from './kv-cache.js';
 import { withInitializers, decodeModel } from '../../formats/onnx.js';
 import { readMappedWeights } from '../../formats/hef-executable.js';
 import { kvLayoutInitializers } from '../compiler/kv-layout.js';
@@ -24,10 +26,19 @@ import { EdgeLLMError } from '../core/errors.js';
 import { loraFeeds } from '../compiler/lora-feeds.js';
 
 interface SimContext extends KvContext {
-  length: number;
-  adapter: string | null;
-  /** per layer [key, value], each [1, kv_heads, length, head_dim] */
-  kv: ort.Tensor[][];
+  readonly adapter: string | null;
+  readonly cache: KvCache;
+}
+
+/** A context over a cache; its length is the cache's. */
+function simContext(adapter: string | null, cache: KvCache): SimContext {
+  return {
+    adapter,
+    cache,
+    get length() {
+      return cache.length;
+    },
+  };
 }
 
 /**
@@ -54,10 +65,16 @@ function setAccuracyLevel(model: onnxProto.onnx.IModelProto, level: number): voi
   }
 }
 
-/** True when the graph's input_ids take any number of tokens. */
-function isDynamic(g: GraphPart): boolean {
+/**
+ * Refuses graphs of the earlier I/O contracts (src/compiler/io-contract.ts): a static prefill chunk,
+ * or the whole cache returned as `present.*`.
+ * @throws EdgeLLMError with a hint to recompile
+ */
+function checkContract(g: GraphPart): void {
   const ids = g.inputs.find((v) => v.name === INPUT_IDS);
-  return typeof ids?.shape?.[1] === 'string';
+  const legacy = typeof ids?.shape?.[1] !== 'string' || g.outputs.some((v) => v.name === LEGACY_PRESENT_KEY) || !g.outputs.some((v) => v.name === kvNames(0).newKey);
+  if (legacy)
+    throw new EdgeLLMError(`graph.prefill: compiled by an earlier edgellm (static prefill chunk or whole-cache KV outputs), which this runtime no longer runs; recompile the HAR: edgellm compile model.har -o model.hef`);
 }
 
 export class SimulatorBackend implements ExecutionBackend {
@@ -67,29 +84,23 @@ export class SimulatorBackend implements ExecutionBackend {
   /** adapter name ('' = none) -> its `lora.*` feeds, built on first use */
   private readonly loraCache = new Map<string, Record<string, ort.Tensor>>();
   private selected: string | null = null;
-  /** whether the graphs take `logit_positions` (both do, or, compiled before 0.2, neither) */
-  private readonly logitPositions: boolean;
   private disposed = false;
-  private readonly dynamic: boolean;
   private constructor(
     private readonly exe: Executable,
-    private readonly prefill: CheckedSession,
-    /** the decode session of a static-chunk executable; null: the prefill session decodes too */
-    private readonly decode: CheckedSession | null,
+    private readonly session: CheckedSession,
     /** how the 4-bit linears compute */
     readonly precision: ExecutionPrecision,
-  ) {
-    this.dynamic = isDynamic(exe.prefill);
-    this.logitPositions = prefill.inputNames.includes(LOGIT_POSITIONS);
-  }
+  ) {}
 
   /**
    * Builds the session(s) over the executable's weights (memory-mapped where the executable says so)
    * plus the KV8 parameters and K offsets its KV layout states (src/compiler/kv-layout.ts
    * kvLayoutInitializers: the layout is their one source).
-   * @throws EdgeLLMError when onnxruntime rejects a graph; FormatError when a graph needs a weight the executable lacks
+   * @throws EdgeLLMError when onnxruntime rejects a graph or the executable was compiled by an earlier
+   *   edgellm; FormatError when a graph needs a weight the executable lacks
    */
   static async load(exe: Executable, opts: SimulatorOptions = {}): Promise<SimulatorBackend> {
+    checkContract(exe.prefill);
     const weights = new Map([...exe.weights, ...kvLayoutInitializers(exe.kvLayout)]);
     const mapped = exe.mappedWeights;
     const level = (opts.precision ?? 'exact') === 'fast' ? 4 : 0;
@@ -103,9 +114,7 @@ export class SimulatorBackend implements ExecutionBackend {
       }
       return CheckedSession.create(withInitializers(proto, weights, label), label, opts);
     };
-    const prefill = await build(exe.prefill.onnx, 'graph.prefill');
-    const decode = isDynamic(exe.prefill) ? null : await build(exe.decode.onnx, 'graph.decode');
-    return new SimulatorBackend(exe, prefill, decode, opts.precision ?? 'exact');
+    return new SimulatorBackend(exe, await build(exe.prefill.onnx, 'graph.prefill'), opts.precision ?? 'exact');
   }
 
   get prefillLen(): number {
@@ -151,13 +160,7 @@ export class SimulatorBackend implements ExecutionBackend {
   newContext(opts: { adapter?: string | null } = {}): KvContext {
     const adapter = opts.adapter === undefined ? this.selected : opts.adapter;
     this.checkAdapter(adapter);
-    const l = this.exe.kvLayout;
-    const empty = () =>
-      l.dtype === 'uint8'
-        ? new ort.Tensor('uint8', new Uint8Array(0), [1, l.numKvHeads, 0, l.headDim])
-        : new ort.Tensor('float32', new Float32Array(0), [1, l.numKvHeads, 0, l.headDim]);
-    const ctx: SimContext = { length: 0, adapter, kv: Array.from({ length: l.numLayers }, () => [empty(), empty()]) };
-    return ctx;
+    return simContext(adapter, KvCache.empty(this.exe.kvLayout));
   }
 
   async forward(context: KvContext, tokens: number[], opts: { lastOnly?: boolean } = {}): Promise<Float32Array> {
@@ -168,124 +171,72 @@ export class SimulatorBackend implements ExecutionBackend {
     for (const t of tokens) if (!Number.isInteger(t) || t < 0 || t >= V) throw new EdgeLLMError(`forward: token id ${t} is outside the vocabulary [0, ${V})`);
     if (ctx.length + tokens.length > this.maxContext)
       throw new EdgeLLMError(`context full: ${ctx.length} + ${tokens.length} tokens exceed the KV-cache capacity of ${this.maxContext}`);
-    if (tokens.length === 1) return this.step(this.decode ?? this.prefill, ctx, tokens, 1, [0]);
-    const rows = opts.lastOnly ? 1 : tokens.length;
-    const out = new Float32Array(rows * V);
+    if (tokens.length === 1) return this.step(ctx, tokens, [0]);
+    const out = new Float32Array((opts.lastOnly ? 1 : tokens.length) * V);
     for (let i = 0; i < tokens.length; i += this.prefillLen) {
       const chunk = tokens.slice(i, i + this.prefillLen);
-      const last = i + chunk.length === tokens.length;
       // rows wanted from this chunk: all of them, or (lastOnly) the final one of the final chunk
       // (other chunks still need one row: the graph has no zero-row form)
-      const want = opts.lastOnly ? [chunk.length - 1] : chunk.map((_, j) => j);
-      if (this.dynamic) {
-        const logits = await this.step(this.prefill, ctx, chunk, chunk.length, want);
-        if (!opts.lastOnly) out.set(logits, i * V);
-        else if (last) out.set(logits);
-        continue;
-      }
-      // static chunk: a padded chunk must not run past the RoPE tables (positions < maxContext), so
-      // near the end of the context the remaining tokens go through the decode graph one at a time
-      if (ctx.length + this.prefillLen > this.maxContext) {
-        for (let j = i; j < tokens.length; j++) {
-          const row = await this.step(this.decode!, ctx, [tokens[j]], 1, [0]);
-          if (!opts.lastOnly) out.set(row, j * V);
-          else if (j === tokens.length - 1) out.set(row);
-        }
-        break;
-      }
-      const logits = await this.step(this.prefill, ctx, chunk, this.prefillLen, want); // no logit_positions: every padded row
-      if (!opts.lastOnly) out.set(logits.subarray(0, chunk.length * V), i * V);
-      else if (last) out.set(logits.subarray((chunk.length - 1) * V, chunk.length * V));
+      const logits = await this.step(ctx, chunk, opts.lastOnly ? [chunk.length - 1] : chunk.map((_, j) => j));
+      if (!opts.lastOnly) out.set(logits, i * V);
+      else if (i + chunk.length === tokens.length) out.set(logits);
     }
     return out;
   }
 
-  /** O(1): cache tensors are never written in place (each call makes new ones), so sharing is safe. */
+  /** O(1): the fork shares the cache buffer; whichever context writes first copies the positions it holds. */
   fork(context: KvContext): KvContext {
     const ctx = context as SimContext;
-    const copy: SimContext = { length: ctx.length, adapter: ctx.adapter, kv: ctx.kv.map(([k, v]) => [k, v]) };
-    return copy;
+    return simContext(ctx.adapter, ctx.cache.fork());
   }
 
   truncate(context: KvContext, length: number): void {
     const ctx = context as SimContext;
     if (!Number.isInteger(length) || length < 0 || length > ctx.length)
       throw new EdgeLLMError(`truncate: length ${length} is not an integer in [0, ${ctx.length}]`);
-    if (length === ctx.length) return;
-    ctx.kv = ctx.kv.map(([k, v]) => [trimContext(k, length), trimContext(v, length)]);
-    ctx.length = length;
+    ctx.cache.truncate(length);
   }
 
   snapshot(context: KvContext): KvSnapshot {
     const ctx = context as SimContext;
-    const bytes = (t: ort.Tensor) => {
-      const d = t.data as Float32Array | Uint8Array;
-      return new Uint8Array(d.buffer.slice(d.byteOffset, d.byteOffset + d.byteLength));
-    };
-    return { length: ctx.length, adapter: ctx.adapter, layers: ctx.kv.map(([k, v]) => ({ key: bytes(k), value: bytes(v) })) };
+    return { length: ctx.length, adapter: ctx.adapter, layers: ctx.cache.snapshot() };
   }
 
   restore(snap: KvSnapshot): KvContext {
     this.checkAdapter(snap.adapter);
-    const l = this.exe.kvLayout;
-    if (!Number.isInteger(snap.length) || snap.length < 0 || snap.length > this.maxContext)
-      throw new EdgeLLMError(`restore: ${snap.length} tokens do not fit the KV-cache capacity of ${this.maxContext}`);
-    if (snap.layers.length !== l.numLayers) throw new EdgeLLMError(`restore: ${snap.layers.length} layers, the executable has ${l.numLayers}`);
-    const want = kvSnapshotLayerBytes(l, snap.length);
-    const dims = [1, l.numKvHeads, snap.length, l.headDim];
-    const tensor = (b: Uint8Array, what: string) => {
-      if (b.byteLength !== want) throw new EdgeLLMError(`restore: ${what} holds ${b.byteLength} bytes, the layout needs ${want}`);
-      const copy = b.slice();
-      return l.dtype === 'uint8' ? new ort.Tensor('uint8', copy, dims) : new ort.Tensor('float32', new Float32Array(copy.buffer, 0, want / 4), dims);
-    };
-    const ctx: SimContext = {
-      length: snap.length,
-      adapter: snap.adapter,
-      kv: snap.layers.map((x, i) => [tensor(x.key, `layer ${i} K`), tensor(x.value, `layer ${i} V`)]),
-    };
-    return ctx;
+    return simContext(snap.adapter, KvCache.restore(this.exe.kvLayout, snap));
   }
 
   /**
-   * Runs one graph call on `tokens` padded to `seqLen` (no padding on a dynamic graph); keeps only the
-   * real tokens' KV. Returns the logits of the rows `rows` (all padded rows on a graph without
-   * `logit_positions`, of which the caller reads the first ones).
+   * Runs one graph call on `tokens` after the context's cache and appends their K/V rows to it.
+   * Returns the logits of the rows `rows` of the call, float32 [rows.length, vocab].
    */
-  private async step(session: CheckedSession, ctx: SimContext, tokens: number[], seqLen: number, rows: number[]): Promise<Float32Array> {
-    const ids = new BigInt64Array(seqLen);
-    tokens.forEach((t, i) => (ids[i] = BigInt(t)));
-    const feeds: Record<string, ort.Tensor> = { ...this.loraFeedsFor(ctx.adapter), [INPUT_IDS]: new ort.Tensor('int64', ids, [1, seqLen]) };
-    if (this.logitPositions) feeds[LOGIT_POSITIONS] = new ort.Tensor('int64', BigInt64Array.from(rows, BigInt), [rows.length]);
-    ctx.kv.forEach(([k, v], i) => {
+  private async step(ctx: SimContext, tokens: number[], rows: number[]): Promise<Float32Array> {
+    const feeds: Record<string, ort.Tensor> = {
+      ...this.loraFeedsFor(ctx.adapter),
+      [INPUT_IDS]: new ort.Tensor('int64', BigInt64Array.from(tokens, BigInt), [1, tokens.length]),
+      [LOGIT_POSITIONS]: new ort.Tensor('int64', BigInt64Array.from(rows, BigInt), [rows.length]),
+    };
+    const L = this.exe.kvLayout.numLayers;
+    for (let i = 0; i < L; i++) {
       const n = kvNames(i);
-      feeds[n.pastKey] = k;
-      feeds[n.pastValue] = v;
-    });
-    const res = await session.run(feeds);
-    const keep = ctx.length + tokens.length;
-    ctx.kv = ctx.kv.map((_, i) => {
-      const n = kvNames(i);
-      return [trimContext(res[n.presentKey], keep), trimContext(res[n.presentValue], keep)];
-    });
-    ctx.length = keep;
+      [feeds[n.pastKey], feeds[n.pastValue]] = ctx.cache.past(i);
+    }
+    const res = await this.session.run(feeds);
+    ctx.cache.append(
+      Array.from({ length: L }, (_, i) => {
+        const n = kvNames(i);
+        return [res[n.newKey].data as Uint8Array | Float32Array, res[n.newValue].data as Uint8Array | Float32Array] as const;
+      }),
+      tokens.length,
+    );
     return res[LOGITS].data as Float32Array;
   }
 
-  /** Releases the session(s); a second call does nothing. */
+  /** Releases the session; a second call does nothing. */
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    await this.prefill.release();
-    await this.decode?.release();
+    await this.session.release();
   }
-}
-
-/** Keeps the first `keep` positions (axis 2) of a [1, heads, T, head_dim] cache tensor. */
-function trimContext(t: ort.Tensor, keep: number): ort.Tensor {
-  const [b, h, T, d] = t.dims;
-  if (T === keep) return t;
-  const src = t.data as Float32Array | Uint8Array;
-  const dst = new (src.constructor as Float32ArrayConstructor | Uint8ArrayConstructor)(b * h * keep * d);
-  for (let i = 0; i < b * h; i++) dst.set(src.subarray(i * T * d, i * T * d + keep * d), i * keep * d);
-  return new ort.Tensor(t.type as 'float32' | 'uint8', dst, [b, h, keep, d]);
 }

@@ -60,9 +60,10 @@ describe('lowerModel on stories260K', () => {
     const g = lowerModel(model, { seqLen: 1, maxContext: 64 });
     const ins = g.inputSpecs.map((s) => `${s.name}:${s.type}:[${s.shape}]`);
     expect(ins[0]).toBe('input_ids:int64:[1,1]');
-    expect(ins).toContain('past_key_values.4.value:float32:[1,4,past_sequence_length,8]');
+    expect(ins).toContain('past_key_values.4.value:float32:[1,past_sequence_length,4,8]');
     const outs = g.outputSpecs.map((s) => s.name);
-    expect(outs).toContain('present.0.key');
+    expect(outs).toContain('new_key_values.0.key');
+    expect(g.outputSpecs.find((s) => s.name === 'new_key_values.0.key')?.shape).toEqual([1, 1, 4, 8]);
     expect(outs[outs.length - 1]).toBe('logits');
   });
 });

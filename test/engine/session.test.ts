@@ -8,7 +8,7 @@ import * as ort from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
 import { loadHfModel } from '../../formats/hf.js';
 import { lowerModel } from '../../src/compiler/lower.js';
-import { kvNames } from '../../src/compiler/io-contract.js';
+import { kvCacheDims, kvNames } from '../../src/compiler/io-contract.js';
 import { CheckedSession } from '../../src/engine/session.js';
 import { EdgeLLMError } from '../../src/core/errors.js';
 import { STORIES } from '../helpers/paths.js';
@@ -23,8 +23,8 @@ describe('CheckedSession external data', () => {
     const feeds: Record<string, ort.Tensor> = { input_ids: new ort.Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [1, ids.length]) };
     for (let i = 0; i < cfg.numLayers; i++) {
       const n = kvNames(i);
-      feeds[n.pastKey] = new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
-      feeds[n.pastValue] = new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
+      feeds[n.pastKey] = new ort.Tensor('float32', new Float32Array(0), kvCacheDims(cfg.numKvHeads, cfg.headDim, 0));
+      feeds[n.pastValue] = new ort.Tensor('float32', new Float32Array(0), kvCacheDims(cfg.numKvHeads, cfg.headDim, 0));
     }
     const before = new Set(fs.readdirSync(os.tmpdir()).filter((f) => f.startsWith('edgellm-ort-')));
     const inMemory = await CheckedSession.create(bytes, 'in memory');

@@ -2,7 +2,7 @@
 import * as ort from 'onnxruntime-node';
 import { HessianAccumulator } from '../../calibration/hessian.js';
 import { lowerModel } from '../../src/compiler/lower.js';
-import { captureName, kvNames } from '../../src/compiler/io-contract.js';
+import { captureName, kvCacheDims, kvNames } from '../../src/compiler/io-contract.js';
 import { CheckedSession } from '../../src/engine/session.js';
 import type { Model } from '../../src/ir/model.js';
 
@@ -18,7 +18,7 @@ export async function capturedHessians(model: Model, windows: number[][], points
   for (const w of windows) {
     const feeds: Record<string, ort.Tensor> = { input_ids: new ort.Tensor('int64', BigInt64Array.from(w.map(BigInt)), [1, w.length]) };
     for (let i = 0; i < cfg.numLayers; i++)
-      for (const n of [kvNames(i).pastKey, kvNames(i).pastValue]) feeds[n] = new ort.Tensor('float32', new Float32Array(0), [1, cfg.numKvHeads, 0, cfg.headDim]);
+      for (const n of [kvNames(i).pastKey, kvNames(i).pastValue]) feeds[n] = new ort.Tensor('float32', new Float32Array(0), kvCacheDims(cfg.numKvHeads, cfg.headDim, 0));
     const res = await session.run(feeds, points.map(captureName));
     for (const p of points) {
       const t = res[captureName(p)];
