@@ -63,12 +63,12 @@ module.exports = {
       name: 'runtime-layers',
       comment:
         'src/runtime/ (backends, sampling, generation) may import, of our own code, only src/core/, src/ir/, formats/, src/engine/, ' +
-        'the graph I/O contract of the compiler (src/compiler/io-contract.ts, lora-feeds.ts, kv-layout.ts) and src/runtime/ itself.',
+        'the graph I/O contract of the compiler (src/compiler/io-contract.ts, lora-feeds.ts, kv-layout.ts) and its LoRA-branch stripping (lora-strip.ts) and src/runtime/ itself.',
       severity: 'error',
       from: { path: '^src/runtime/' },
       to: {
         dependencyTypesNot: NOT_OURS,
-        pathNot: [EXTERNAL, '^src/core/', '^src/ir/', '^formats/', '^src/engine/', '^src/compiler/(io-contract|lora-feeds|kv-layout)[.]ts$', '^src/runtime/'],
+        pathNot: [EXTERNAL, '^src/core/', '^src/ir/', '^formats/', '^src/engine/', '^src/compiler/(io-contract|lora-feeds|kv-layout|lora-strip)[.]ts$', '^src/runtime/'],
       },
     },
     {

@@ -8,9 +8,13 @@
  * asked for are computed (`logit_positions`). Executables compiled before 0.2 (a static prefill chunk,
  * or graphs returning the whole cache as `present.*`) are refused with a hint to recompile.
  *
- * LoRA: graphs compiled with adapters have `lora.<linear>.*` inputs; each context names its adapter
- * and every call feeds that adapter's tensors (dequantized once per adapter and cached), or zeros for
- * the base model. Switching adapters is choosing another feed set: no session is rebuilt.
+ * LoRA: graphs compiled with adapters have `lora.<linear>.*` inputs; each context names its adapter.
+ * Base-model contexts run a session over the graph without its LoRA branches (src/compiler/lora-strip.ts:
+ * bit-exact with zero adapter feeds, and as fast as an executable without adapters); contexts with an
+ * adapter run a second session over the whole graph, built on first use, fed that adapter's tensors
+ * (dequantized once per adapter and cached). Switching adapters is choosing another feed set: no
+ * session is rebuilt. The second session holds its own prepacked copy of the weights (about their
+ * size again), so memory grows once an adapter is first used.
  */
 import * as ort from 'onnxruntime-node';
 import type { ExecutionBackend, KvContext } from './backend.js';
@@ -24,6 +28,7 @@ import { readMappedWeights } from '../../formats/hef-executable.js';
 import { kvLayoutInitializers } from '../compiler/kv-layout.js';
 import { EdgeLLMError } from '../core/errors.js';
 import { loraFeeds } from '../compiler/lora-feeds.js';
+import { hasLoraInputs, withoutLora } from '../compiler/lora-strip.js';
 
 interface SimContext extends KvContext {
   readonly adapter: string | null;
@@ -85,9 +90,14 @@ export class SimulatorBackend implements ExecutionBackend {
   private readonly loraCache = new Map<string, Record<string, ort.Tensor>>();
   private selected: string | null = null;
   private disposed = false;
+  /** the session over the whole graph with its LoRA branches, built on the first adapter context's call */
+  private loraSession: Promise<CheckedSession> | null = null;
   private constructor(
     private readonly exe: Executable,
-    private readonly session: CheckedSession,
+    /** the session base-model contexts run (the graph without LoRA branches) */
+    private readonly baseSession: CheckedSession,
+    /** builds the LoRA session; null when the graph has no LoRA inputs */
+    private readonly buildLoraSession: (() => Promise<CheckedSession>) | null,
     /** how the 4-bit linears compute */
     readonly precision: ExecutionPrecision,
   ) {}
@@ -104,8 +114,7 @@ export class SimulatorBackend implements ExecutionBackend {
     const weights = new Map([...exe.weights, ...kvLayoutInitializers(exe.kvLayout)]);
     const mapped = exe.mappedWeights;
     const level = (opts.precision ?? 'exact') === 'fast' ? 4 : 0;
-    const build = async (bytes: Uint8Array, label: string): Promise<CheckedSession> => {
-      const proto = decodeModel(bytes, label);
+    const build = async (proto: onnxProto.onnx.IModelProto, label: string): Promise<CheckedSession> => {
       setAccuracyLevel(proto, level);
       if (mapped) {
         const s = await CheckedSession.createMapped(withInitializers(proto, weights, label, new Set(mapped.tensors.keys())), mapped, label, opts);
@@ -114,7 +123,10 @@ export class SimulatorBackend implements ExecutionBackend {
       }
       return CheckedSession.create(withInitializers(proto, weights, label), label, opts);
     };
-    return new SimulatorBackend(exe, await build(exe.prefill.onnx, 'graph.prefill'), opts.precision ?? 'exact');
+    const graph = decodeModel(exe.prefill.onnx, 'graph.prefill');
+    const base = await build(withoutLora(graph), 'graph.prefill');
+    const lora = hasLoraInputs(graph) ? () => build(decodeModel(exe.prefill.onnx, 'graph.prefill'), 'graph.prefill (LoRA)') : null;
+    return new SimulatorBackend(exe, base, lora, opts.precision ?? 'exact');
   }
 
   get prefillLen(): number {
@@ -146,7 +158,7 @@ export class SimulatorBackend implements ExecutionBackend {
   }
 
   /** The `lora.*` feeds of adapter `name` (null: zeros, the base model), cached. */
-  loraFeedsFor(name: string | null): Record<string, ort.Tensor> {
+  private loraFeedsFor(name: string | null): Record<string, ort.Tensor> {
     let f = this.loraCache.get(name ?? '');
     if (!f) {
       const a = name === null ? null : this.exe.adapters!.find((x) => x.name === name)!;
@@ -212,8 +224,10 @@ export class SimulatorBackend implements ExecutionBackend {
    * Returns the logits of the rows `rows` of the call, float32 [rows.length, vocab].
    */
   private async step(ctx: SimContext, tokens: number[], rows: number[]): Promise<Float32Array> {
+    let session = this.baseSession;
+    if (ctx.adapter !== null && this.buildLoraSession) session = await (this.loraSession ??= this.buildLoraSession());
     const feeds: Record<string, ort.Tensor> = {
-      ...this.loraFeedsFor(ctx.adapter),
+      ...(session === this.baseSession ? {} : this.loraFeedsFor(ctx.adapter)),
       [INPUT_IDS]: new ort.Tensor('int64', BigInt64Array.from(tokens, BigInt), [1, tokens.length]),
       [LOGIT_POSITIONS]: new ort.Tensor('int64', BigInt64Array.from(rows, BigInt), [rows.length]),
     };
@@ -222,7 +236,7 @@ export class SimulatorBackend implements ExecutionBackend {
       const n = kvNames(i);
       [feeds[n.pastKey], feeds[n.pastValue]] = ctx.cache.past(i);
     }
-    const res = await this.session.run(feeds);
+    const res = await session.run(feeds);
     ctx.cache.append(
       Array.from({ length: L }, (_, i) => {
         const n = kvNames(i);
@@ -233,10 +247,11 @@ export class SimulatorBackend implements ExecutionBackend {
     return res[LOGITS].data as Float32Array;
   }
 
-  /** Releases the session; a second call does nothing. */
+  /** Releases the sessions; a second call does nothing. */
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    await this.session.release();
+    await this.baseSession.release();
+    await (await this.loraSession?.catch(() => null))?.release();
   }
 }
