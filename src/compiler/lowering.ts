@@ -102,15 +102,19 @@ export class Lowering {
     return [`${linear}.qweight`, `${linear}.scales`];
   }
 
-  /** RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x²) + eps) · γ, over the last axis. */
+  /**
+   * RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x²) + eps) · γ, over the last axis, as
+   * Pow → ReduceMean → Add → Sqrt → Div → Mul: the pattern onnxruntime fuses into one
+   * SimplifiedLayerNormalization kernel (its SimplifiedLayerNormFusion), 6 nodes fewer per norm.
+   */
   rmsNorm(x: string, weight: string, name: string): string {
     const g = this.g;
     const w = this.floatWeight(weight);
-    const sqr = g.node('Mul', [x, x], { name: `${name}/Square` });
+    const sqr = g.node('Pow', [x, g.floats([2], true)], { name: `${name}/Pow` });
     const mean = g.node('ReduceMean', [sqr], { name: `${name}/ReduceMean`, attrs: { axes: [-1], keepdims: 1 } });
     const eps = g.node('Add', [mean, g.floats([this.model.config.rmsNormEps], true)], { name: `${name}/AddEps` });
-    const inv = g.node('Reciprocal', [g.node('Sqrt', [eps], { name: `${name}/Sqrt` })], { name: `${name}/Reciprocal` });
-    return g.node('Mul', [g.node('Mul', [x, inv], { name: `${name}/Normalize` }), w], { name: `${name}/Scale` });
+    const rms = g.node('Sqrt', [eps], { name: `${name}/Sqrt` });
+    return g.node('Mul', [g.node('Div', [x, rms], { name: `${name}/Normalize` }), w], { name: `${name}/Scale` });
   }
 
   /** scale (float32 scalar) and zero point (uint8 scalar) constants. */
