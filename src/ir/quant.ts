@@ -146,10 +146,51 @@ export function asymmetricQParams(min: number, max: number): QParams {
   return { scale, zeroPoint: Math.max(0, Math.min(255, zp)) };
 }
 
-/** ONNX QuantizeLinear (uint8) of one value. */
+/**
+ * Bit widths of the static asymmetric QDQ grids: 8 (uint8, [0, 255]) is what the scheme uses today;
+ * the ONNX spec's uint16 ([0, 65535]) is the only other unsigned width it saturates to.
+ */
+export type QdqBits = 8 | 16;
+
+/**
+ * ONNX QuantizeLinear of one value onto the unsigned `bits`-bit grid: the one rounding definition
+ * shared by calibration (observers' fake quantization), the uint8 codec and the reference forward's
+ * static scheme (src/ir/reference-quant.ts).
+ *
+ *   q = saturate(roundHalfEven(fl32(fl32(x) / fl32(scale))) + zeroPoint),  saturate to [0, 2^bits − 1]
+ *
+ * Source: ONNX operators, QuantizeLinear (y = saturate((x / y_scale) + y_zero_point), "rounds to the
+ * nearest even", uint8 [0, 255], uint16 [0, 65535]); the graphs are float32, so x and the scale are
+ * float32 and the division is a float32 division (onnxruntime's MLAS kernel divides, it does not
+ * multiply by 1/scale). fl32 is Math.fround: the float64 quotient of two float32 values rounded once to
+ * float32 is the correctly rounded float32 quotient, so this equals the float32 op bit for bit.
+ * @param x any number; it is rounded to float32 first (a no-op for a value read from a Float32Array)
+ * @param p scale (> 0, used as float32) and integer zero point in [0, 2^bits − 1]
+ * @param bits grid width (default 8)
+ * @returns the integer code in [0, 2^bits − 1] (NaN for a NaN x, as no range check is made)
+ */
+export function quantizeLinear(x: number, p: QParams, bits: QdqBits = 8): number {
+  const qmax = bits === 8 ? 255 : 65535;
+  const q = roundHalfEven(Math.fround(Math.fround(x) / Math.fround(p.scale))) + p.zeroPoint;
+  return q < 0 ? 0 : q > qmax ? qmax : q;
+}
+
+/**
+ * ONNX DequantizeLinear of one code: fl32((q − zeroPoint)·fl32(scale)), the float32 value the graph's
+ * DequantizeLinear yields (the integer difference times a float32 is exact in float64, then rounded
+ * once). Source: ONNX operators, DequantizeLinear (y = (x − x_zero_point) · x_scale).
+ */
+export function dequantizeLinear(q: number, p: QParams): number {
+  return Math.fround((q - p.zeroPoint) * Math.fround(p.scale));
+}
+
+/**
+ * ONNX QuantizeLinear (uint8) of one value: {@link quantizeLinear} with 8 bits. For float32 x and
+ * scale (every caller's case: calibration captures, Float32Array codec inputs, scales from
+ * {@link asymmetricQParams}) this is the pre-existing `roundHalfEven(fl32(x / scale))` bit for bit.
+ */
 export function quantizeU8(x: number, p: QParams): number {
-  const q = roundHalfEven(Math.fround(x / p.scale)) + p.zeroPoint;
-  return q < 0 ? 0 : q > 255 ? 255 : q;
+  return quantizeLinear(x, p, 8);
 }
 
 /** QuantizeLinear then DequantizeLinear of one value (fake quantization). */

@@ -17,24 +17,51 @@
  *
  * Weight-quantized linears (model.quant.linears) are dequantized, w = (q − 8)·scale, which emulates
  * "weights only" quantization; a tied model with a quantized lm_head also looks its tokens up in the
- * dequantized lm_head table (the compiled graphs share that one copy). Activation and KV-cache quantization are ignored.
+ * dequantized lm_head table (the compiled graphs share that one copy).
+ *
+ * Activation and KV-cache quantization: ignored by default (`quantization: 'weights'`). With
+ * `quantization: 'static'` every static A8 point and the KV8 cache of the model are applied as the
+ * compiled graphs apply them (src/ir/reference-quant.ts): the float64 value entering a QDQ point is
+ * rounded to float32 and quantized with the ONNX QuantizeLinear definition of src/ir/quant.ts, and
+ * the graphs' float32 constants are used (RoPE tables, eps, 1/sqrt(head_dim), K offsets). Between
+ * QDQ points the arithmetic stays float64: the values entering a QDQ point differ from ORT's float32
+ * ones by about one float32 ulp, so a value that close to a rounding boundary x/s = k + ½ can get
+ * the neighbouring code (a "flip"; test/ir/reference-static.test.ts measures how often and what it
+ * does to the logits).
  */
 import { EdgeLLMError, ShapeMismatchError, UsageError } from '../core/errors.js';
 import { layerLinears, layerNorms, lmHead, sharesQuantizedEmbedding, type LinearSpec } from './architectures.js';
 import type { Model, ModelConfig, OnlineRotation } from './model.js';
 import { toFloat32, type Tensor } from './tensor.js';
 import { W4_GROUPWISE } from './codecs.js';
+import { StaticQdq, type QdqRecord, type ReferenceQuantization } from './reference-quant.js';
+
+export type { QdqRecord, ReferenceQuantization } from './reference-quant.js';
+
+export interface ReferenceOptions {
+  /** 'weights' (default): dequantized W4 only; 'static': also the static A8 points and the KV8 cache ({@link ReferenceQuantization}) */
+  quantization?: ReferenceQuantization;
+  /**
+   * 'static' only: called at every QDQ point, in execution order, with the float32 values entering
+   * it and their codes, before they are dequantized (codes it overwrites are the ones used)
+   */
+  onQdq?: (r: QdqRecord) => void;
+}
 
 /**
  * Reference logits of one sequence starting at position 0 (no KV cache).
- * @param model any Model whose weights are fp (F32/F16/BF16) or 4-bit weight-quantized
+ * @param model any Model whose weights are fp (F32/F16/BF16) or 4-bit weight-quantized; with
+ *   `quantization: 'static'` its A8 ranges (model.quant.activations), KV8 ranges
+ *   (model.quant.kvCache) and K-cache offsets (model.quant.kCacheOffset) are applied too
  * @param tokens token ids, each in [0, vocabSize)
+ * @param opts see {@link ReferenceOptions}; default: weights only
  * @returns logits, Float32Array [tokens.length, vocabSize] row-major
- * @throws UsageError for an empty sequence or an out-of-range token id; ShapeMismatchError when a
- *   weight's shape disagrees with the config; EdgeLLMError when a weight the config needs is missing
+ * @throws UsageError for an empty sequence, an out-of-range token id or an unknown quantization
+ *   mode; ShapeMismatchError when a weight's shape (or a K offset's length) disagrees with the
+ *   config; EdgeLLMError when a weight the config needs, or an A8 range of a point, is missing
  */
-export function referenceForward(model: Model, tokens: number[]): Float32Array {
-  return Float32Array.from(forward64(model, tokens));
+export function referenceForward(model: Model, tokens: number[], opts: ReferenceOptions = {}): Float32Array {
+  return Float32Array.from(forward64(model, tokens, new WeightCache(model), staticQdq(model, opts)));
 }
 
 /**
@@ -42,18 +69,20 @@ export function referenceForward(model: Model, tokens: number[]): Float32Array {
  * own (starting at position 0), and every next-token prediction inside a window counts, i.e. a
  * window of T tokens gives T − 1 negative log-likelihoods.
  * @param windows token-id windows (e.g. from `slidingWindows`)
+ * @param opts as {@link referenceForward}
  * @returns meanNll: mean NLL in nats; ppl = exp(meanNll); count: number of predictions averaged
  * @throws UsageError when the windows hold no prediction at all (every window shorter than 2);
  *   otherwise as {@link referenceForward}
  */
-export function referencePerplexity(model: Model, windows: number[][]): { meanNll: number; ppl: number; count: number } {
+export function referencePerplexity(model: Model, windows: number[][], opts: ReferenceOptions = {}): { meanNll: number; ppl: number; count: number } {
   const V = model.config.vocabSize;
   const weights = new WeightCache(model); // weights are read once for all windows
+  const qdq = staticQdq(model, opts);
   let sum = 0;
   let count = 0;
   for (const w of windows) {
     if (w.length < 2) continue;
-    const logits = forward64(model, w, weights); // [T, V]
+    const logits = forward64(model, w, weights, qdq); // [T, V]
     for (let t = 0; t + 1 < w.length; t++) {
       const row = logits.subarray(t * V, (t + 1) * V);
       sum += logSumExp(row) - row[w[t + 1]];
@@ -65,8 +94,18 @@ export function referencePerplexity(model: Model, windows: number[][]): { meanNl
   return { meanNll, ppl: Math.exp(meanNll), count };
 }
 
-/** The forward pass proper; logits as Float64Array [T, vocabSize]. */
-function forward64(model: Model, tokens: number[], weights = new WeightCache(model)): Float64Array {
+/** The static QDQ points of `opts.quantization: 'static'`, or null ('weights'). @throws UsageError for another mode */
+function staticQdq(model: Model, opts: ReferenceOptions): StaticQdq | null {
+  const mode = opts.quantization ?? 'weights';
+  if (mode !== 'weights' && mode !== 'static') throw new UsageError(`referenceForward: quantization '${String(mode)}' is not 'weights' or 'static'`);
+  return mode === 'static' ? new StaticQdq(model, opts.onQdq) : null;
+}
+
+/**
+ * The forward pass proper; logits as Float64Array [T, vocabSize]. With `qdq` (the 'static' mode)
+ * the A8/KV8 points are applied and the graphs' float32 constants used (fl32 = Math.fround).
+ */
+function forward64(model: Model, tokens: number[], weights: WeightCache, qdq: StaticQdq | null): Float64Array {
   const cfg = model.config;
   const T = tokens.length;
   const H = cfg.hiddenSize;
@@ -86,13 +125,16 @@ function forward64(model: Model, tokens: number[], weights = new WeightCache(mod
   const x = new Float64Array(T * H);
   for (let t = 0; t < T; t++) for (let i = 0; i < H; i++) x[t * H + i] = embed[tokens[t] * H + i];
 
-  const rope = ropeTables(cfg, T);
+  const c32 = qdq ? Math.fround : (v: number) => v; // the graphs' float32 constants, in 'static' mode
+  const eps = c32(cfg.rmsNormEps);
+  const rope = ropeTables(cfg, T, c32);
   for (let l = 0; l < cfg.numLayers; l++) {
     const lin = Object.fromEntries(layerLinears(cfg, l).map((s) => [s.role, s])) as Record<LinearSpec['role'], LinearSpec>;
     const norms = layerNorms(l);
 
     // attention block
-    const a = rmsNorm(x, weights.get(norms.input, [H]), T, cfg.rmsNormEps); // a: [T, H]
+    const a = rmsNorm(x, weights.get(norms.input, [H]), T, eps); // a: [T, H]
+    qdq?.activation(a, l, 'attn_in');
     const q = linear(weights, lin.q_proj, a, T); // q: [T, numHeads*headDim]
     const k = linear(weights, lin.k_proj, a, T); // k: [T, numKvHeads*headDim]
     const v = linear(weights, lin.v_proj, a, T); // v: [T, numKvHeads*headDim]
@@ -103,21 +145,31 @@ function forward64(model: Model, tokens: number[], weights = new WeightCache(mod
       applyOnlineRotation(q, model.online.r3, weights);
       applyOnlineRotation(k, model.online.r3, weights);
     }
-    const attn = causalAttention(q, k, v, T, cfg); // attn: [T, numHeads*headDim]
+    if (qdq) {
+      // the cache holds KV8 codes of K − c (K after RoPE and R3) and of V; attention reads them dequantized
+      qdq.center(k, l);
+      qdq.cache(k, l, 'k');
+      qdq.cache(v, l, 'v');
+    }
+    const attn = causalAttention(q, k, v, T, cfg, c32(1 / Math.sqrt(cfg.headDim))); // attn: [T, numHeads*headDim]
+    qdq?.activation(attn, l, 'o_proj_in');
     const o = linear(weights, lin.o_proj, attn, T); // o: [T, H]
     for (let i = 0; i < T * H; i++) x[i] += o[i];
 
     // MLP block
-    const n = rmsNorm(x, weights.get(norms.postAttention, [H]), T, cfg.rmsNormEps); // n: [T, H]
+    const n = rmsNorm(x, weights.get(norms.postAttention, [H]), T, eps); // n: [T, H]
+    qdq?.activation(n, l, 'mlp_in');
     const gate = linear(weights, lin.gate_proj, n, T); // gate: [T, intermediate]
     const up = linear(weights, lin.up_proj, n, T); // up: [T, intermediate]
     for (let i = 0; i < gate.length; i++) gate[i] = silu(gate[i]) * up[i];
     if (model.online?.r4) applyOnlineRotation(gate, model.online.r4, weights); // online R4 on the down_proj input
+    qdq?.activation(gate, l, 'down_proj_in');
     const down = linear(weights, lin.down_proj, gate, T); // down: [T, H]
     for (let i = 0; i < T * H; i++) x[i] += down[i];
   }
 
-  const final = rmsNorm(x, weights.get('model.norm.weight', [H]), T, cfg.rmsNormEps); // final: [T, H]
+  const final = rmsNorm(x, weights.get('model.norm.weight', [H]), T, eps); // final: [T, H]
+  qdq?.activation(final, -1, 'lm_head_in');
   const untied = model.weights.has(`${head.name}.weight`) || model.quant.linears[head.name] !== undefined;
   if (untied) return linear(weights, head, final, T); // logits: [T, V]
   return matmulT(final, embed, T, H, V, null); // tied: logits = final · embedᵀ, [T, V]
@@ -253,8 +305,11 @@ function silu(z: number): number {
   return z / (1 + Math.exp(-z));
 }
 
-/** cos/sin of position·inv_freq[j], inv_freq[j] = θ^(−2j/head_dim), j < head_dim/2. Each [T, head_dim/2]. */
-function ropeTables(cfg: ModelConfig, T: number): { cos: Float64Array; sin: Float64Array; half: number } {
+/**
+ * cos/sin of position·inv_freq[j], inv_freq[j] = θ^(−2j/head_dim), j < head_dim/2. Each [T, head_dim/2];
+ * every entry passed through `round` (identity, or Math.fround for the graphs' float32 tables).
+ */
+function ropeTables(cfg: ModelConfig, T: number, round: (v: number) => number): { cos: Float64Array; sin: Float64Array; half: number } {
   const half = cfg.headDim / 2;
   if (!Number.isInteger(half)) throw new ShapeMismatchError(`referenceForward: RoPE needs an even head_dim, got ${cfg.headDim}`);
   const cos = new Float64Array(T * half);
@@ -262,8 +317,8 @@ function ropeTables(cfg: ModelConfig, T: number): { cos: Float64Array; sin: Floa
   for (let j = 0; j < half; j++) {
     const invFreq = Math.pow(cfg.ropeTheta, (-2 * j) / cfg.headDim);
     for (let p = 0; p < T; p++) {
-      cos[p * half + j] = Math.cos(p * invFreq);
-      sin[p * half + j] = Math.sin(p * invFreq);
+      cos[p * half + j] = round(Math.cos(p * invFreq));
+      sin[p * half + j] = round(Math.sin(p * invFreq));
     }
   }
   return { cos, sin, half };
@@ -292,13 +347,12 @@ function applyRope(x: Float64Array, T: number, nHeads: number, headDim: number, 
 
 /**
  * Causal scaled-dot-product attention with grouped KV heads: query head h reads KV head
- * floor(h / (numHeads/numKvHeads)). q: [T, numHeads*headDim], k, v: [T, numKvHeads*headDim]
- * -> [T, numHeads*headDim].
+ * floor(h / (numHeads/numKvHeads)); scores are q·k times `scale` (1/sqrt(head_dim)).
+ * q: [T, numHeads*headDim], k, v: [T, numKvHeads*headDim] -> [T, numHeads*headDim].
  */
-function causalAttention(q: Float64Array, k: Float64Array, v: Float64Array, T: number, cfg: ModelConfig): Float64Array {
+function causalAttention(q: Float64Array, k: Float64Array, v: Float64Array, T: number, cfg: ModelConfig, scale: number): Float64Array {
   const { numHeads, numKvHeads, headDim: D } = cfg;
   const group = numHeads / numKvHeads;
-  const scale = 1 / Math.sqrt(D);
   const out = new Float64Array(T * numHeads * D);
   const scores = new Float64Array(T); // scores: [T] of one (query position, head)
   for (let h = 0; h < numHeads; h++) {

@@ -1,0 +1,126 @@
+/**
+ * The static activation and KV-cache quantization of a Model as the compiled graphs execute it
+ * (src/compiler/lowering.ts actPoint / cacheAppend / kCenter), for the reference forward's 'static'
+ * mode (src/ir/reference.ts). Every QDQ point is QuantizeLinear then DequantizeLinear on float32
+ * values, with the one rounding definition of src/ir/quant.ts ({@link quantizeLinear},
+ * {@link dequantizeLinear}):
+ *
+ *   x ← fl32((q − zp)·s),   q = saturate(roundHalfEven(fl32(fl32(x) / s)) + zp)
+ *
+ * Points, per decoder layer i (names as src/ir/architectures.ts actPointName and
+ * src/compiler/io-contract.ts kvPoints give them):
+ *   model.layers.{i}.attn_in       rmsnorm(x)·γ_in, the q/k/v input             A8
+ *   model.layers.{i}.k_cache       K after RoPE, after online R3, minus c_i     KV8 (the cache holds the codes)
+ *   model.layers.{i}.v_cache       V (v_proj output)                            KV8
+ *   model.layers.{i}.o_proj_in     the attention output                          A8
+ *   model.layers.{i}.mlp_in        rmsnorm(h)·γ_post, the gate/up input          A8
+ *   model.layers.{i}.down_proj_in  silu(gate)·up, after online R4               A8
+ * and lm_head_in (the final norm's output). Attention reads the dequantized cache, i.e. K − c
+ * (a softmax row is invariant to the constant q·c, so this is the graph's attention, not an
+ * approximation of it).
+ *
+ * The graphs switch the same way: A8 when model.quant.activations has entries (then every point must
+ * have one), KV8 when model.quant.kvCache has one entry per layer, centering whenever
+ * model.quant.kCacheOffset is set. Out of scope: the LoRA branch and its intermediate A8 point (the
+ * reference computes the base model, which is what the graphs compute with zero adapter feeds).
+ */
+import { EdgeLLMError, ShapeMismatchError } from '../core/errors.js';
+import { actPointName, type LinearInput } from './architectures.js';
+import type { Model, QParams } from './model.js';
+import { dequantizeLinear, quantizeLinear, type QdqBits } from './quant.js';
+
+/**
+ * How much of a model's quantization the reference forward applies:
+ * - 'weights' (default): the 4-bit weights are dequantized; activations stay float64 and the KV
+ *   cache float64 ("weights only", the W4 emulation level; A8/KV8 ranges are ignored);
+ * - 'static': also every static A8 activation point and the KV8 cache (K-cache centering included),
+ *   emulating the compiled graphs' QDQ pairs in float32 (see src/ir/reference-quant.ts).
+ */
+export type ReferenceQuantization = 'weights' | 'static';
+
+/** What one QDQ point saw and produced, for diagnostics (e.g. counting codes that differ from a graph's). */
+export interface QdqRecord {
+  /** point name, e.g. `model.layers.0.attn_in`, `model.layers.0.k_cache`, `lm_head_in` */
+  point: string;
+  /** the float32 values entering QuantizeLinear, [T, features] row-major (K/V: [T, kv_heads·head_dim]) */
+  input: Float32Array;
+  /**
+   * their codes, same shape, in [0, 2^bits − 1]. The hook may overwrite entries: the reference
+   * dequantizes the codes held here when the hook returns (e.g. to follow another implementation's
+   * choice where a value sits on a rounding boundary, as test/ir/reference-static.test.ts does)
+   */
+  codes: Uint8Array | Uint16Array;
+  params: QParams;
+}
+
+/** The KV-cache point names of layer i (the strings of src/compiler/io-contract.ts kvPoints). */
+export function kvPointNames(i: number): { k: string; v: string } {
+  return { k: `model.layers.${i}.k_cache`, v: `model.layers.${i}.v_cache` };
+}
+
+/** The static A8/KV8 QDQ points of one model, applied in place to float64 activations. */
+export class StaticQdq {
+  /** A8 on: the model has activation ranges */
+  readonly activations: boolean;
+  /** KV8 on: one K/V range pair per layer */
+  readonly kvCache: boolean;
+  private readonly bits: QdqBits = 8;
+
+  constructor(
+    readonly model: Model,
+    private readonly onQdq?: (r: QdqRecord) => void,
+  ) {
+    this.activations = Object.keys(model.quant.activations).length > 0;
+    this.kvCache = model.quant.kvCache.length === model.config.numLayers;
+  }
+
+  /**
+   * A8 fake quantization at activation point (layer, input), in place on x: [T, features].
+   * @throws EdgeLLMError when the model quantizes activations but has no range for this point
+   */
+  activation(x: Float64Array, layer: number, input: LinearInput): void {
+    if (!this.activations) return;
+    const point = actPointName(layer, input);
+    const p = this.model.quant.activations[point];
+    if (!p) throw new EdgeLLMError(`referenceForward: no A8 range for activation point '${point}'`);
+    this.qdq(x, p, point);
+  }
+
+  /** KV8 fake quantization of layer i's new K or V rows, in place on x: [T, kv_heads·head_dim]. */
+  cache(x: Float64Array, layer: number, which: 'k' | 'v'): void {
+    if (!this.kvCache) return;
+    const kv = this.model.quant.kvCache[layer];
+    this.qdq(x, which === 'k' ? kv.k : kv.v, kvPointNames(layer)[which]);
+  }
+
+  /**
+   * K-cache centering of layer i, in place on the post-RoPE (post-R3) k: [T, kv_heads·head_dim]:
+   * k ← k − c with c the float32 offsets model.quant.kCacheOffset[i]; a no-op without offsets.
+   * @throws ShapeMismatchError when the offsets do not have kv_heads·head_dim values
+   */
+  center(k: Float64Array, layer: number): void {
+    const off = this.model.quant.kCacheOffset?.[layer];
+    if (!off) return;
+    const n = this.model.config.numKvHeads * this.model.config.headDim;
+    if (off.length !== n) throw new ShapeMismatchError(`referenceForward: layer ${layer} K-cache offset has ${off.length} values, expected ${n}`);
+    for (let i = 0; i < k.length; i++) k[i] -= Math.fround(off[i % n]);
+  }
+
+  /**
+   * x ← DequantizeLinear(QuantizeLinear(x)), element-wise, float32 results stored in x. With a
+   * hook, the codes are handed to it first and the codes the record holds when it returns are the
+   * ones dequantized.
+   */
+  private qdq(x: Float64Array, p: QParams, point: string): void {
+    if (!this.onQdq) {
+      for (let i = 0; i < x.length; i++) x[i] = dequantizeLinear(quantizeLinear(x[i], p, this.bits), p);
+      return;
+    }
+    const input = Float32Array.from(x);
+    const codes = this.bits === 8 ? new Uint8Array(x.length) : new Uint16Array(x.length);
+    for (let i = 0; i < x.length; i++) codes[i] = quantizeLinear(input[i], p, this.bits);
+    const r: QdqRecord = { point, input, codes, params: p };
+    this.onQdq(r);
+    for (let i = 0; i < x.length; i++) x[i] = dequantizeLinear(r.codes[i], p);
+  }
+}
