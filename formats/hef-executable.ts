@@ -18,7 +18,8 @@ import { writeHef, openHef, type HefFile } from './hef.js';
 import * as fs from 'node:fs';
 import { encodeSafetensors, decodeSafetensors, SafetensorsFile, typedArrayOf, readExactly, type PageAlignment } from './safetensors.js';
 import { DTYPES } from '../src/ir/tensor.js';
-import { FormatError } from '../src/core/errors.js';
+import { EdgeLLMError, FormatError } from '../src/core/errors.js';
+import { Sha256 } from '../src/core/digest.js';
 import type { Executable, ExecutableAdapter, GraphPart, KvLayout, MappedWeights } from '../src/ir/executable.js';
 import type { Tensor } from '../src/ir/tensor.js';
 import type { ValueSpec, ElemType } from './onnx.js';
@@ -187,19 +188,28 @@ export function executableHeader(path: string, hef: Pick<HefFile, 'header' | 'se
 }
 
 /**
- * Reads a HEF into an Executable (every section it uses is checksum-verified on read).
+ * When the sha256 of a mapped weights section is checked: `now` (streamed through sha256 while
+ * reading the HEF), `deferred` (by whoever reads the bytes first: the backend hashes them in passing
+ * while it copies them to RAM, src/engine/session.ts, or calls {@link verifyMappedWeights}; so a load
+ * reads the weights once) or `skip` (`--no-verify`; `edgellm verify FILE` checks everything).
+ */
+export type WeightsVerification = 'now' | 'deferred' | 'skip';
+
+/**
+ * Reads a HEF into an Executable (every section it reads is checksum-verified on read).
  * @param opts.mapWeights leave the page-aligned tensors of 64 KiB or more in the file, described by
- *   `exe.mappedWeights` for the backend to memory-map (the weights section is still verified, by
- *   streaming it through sha256); the others are read into `exe.weights`
+ *   `exe.mappedWeights` for the backend to memory-map; the others are read into `exe.weights`
+ * @param opts.verify when the mapped weights section's sha256 is checked (default 'now'; see
+ *   {@link WeightsVerification}); sections read into memory are always checked
  * @throws FormatError for a corrupt or inconsistent file
  */
-export function readExecutable(path: string, opts: { mapWeights?: boolean } = {}): Executable {
+export function readExecutable(path: string, opts: { mapWeights?: boolean; verify?: WeightsVerification } = {}): Executable {
   const hef: HefFile = openHef(path);
   try {
     const h = executableHeader(path, hef);
     const text = (name: string) => (hef.sections.has(name) ? dec.decode(hef.readSection(name)) : null);
     const graph = ({ section, ...g }: GraphHeader): GraphPart => ({ onnx: hef.readSection(section), ...g });
-    const { weights, mappedWeights } = opts.mapWeights ? mapWeightsSection(path, hef) : { weights: decodeSafetensors(hef.readSection('weights'), `${path}:weights`).tensors, mappedWeights: undefined };
+    const { weights, mappedWeights } = opts.mapWeights ? mapWeightsSection(path, hef, opts.verify ?? 'now') : { weights: decodeSafetensors(hef.readSection('weights'), `${path}:weights`).tensors, mappedWeights: undefined };
     const tokenizerJson = text('tokenizer.json');
     if (tokenizerJson == null) throw new FormatError(path, "section 'tokenizer.json' is missing");
     return {
@@ -221,10 +231,10 @@ export function readExecutable(path: string, opts: { mapWeights?: boolean } = {}
 }
 
 /** The weights section split into tensors to map (page-aligned, ≥ 64 KiB) and tensors read now. */
-function mapWeightsSection(path: string, hef: HefFile): { weights: Map<string, Tensor>; mappedWeights: MappedWeights } {
+function mapWeightsSection(path: string, hef: HefFile, verify: WeightsVerification): { weights: Map<string, Tensor>; mappedWeights: MappedWeights } {
   const sec = hef.sections.get('weights');
   if (!sec) throw new FormatError(path, "section 'weights' is missing");
-  hef.verifySection(sec);
+  if (verify === 'now') hef.verifySection(sec);
   const st = SafetensorsFile.open(path, { offset: sec.offset, size: sec.length, label: `${path}:weights` });
   try {
     const weights = new Map<string, Tensor>();
@@ -234,10 +244,65 @@ function mapWeightsSection(path: string, hef: HefFile): { weights: Map<string, T
       if (e.byteLength >= WEIGHTS_ALIGNMENT.minTensorBytes && offset % WEIGHTS_ALIGNMENT.bytes === 0) tensors.set(e.name, { dtype: e.dtype, shape: [...e.shape], offset, byteLength: e.byteLength });
       else weights.set(e.name, st.read(e.name));
     }
-    return { weights, mappedWeights: { file: path, tensors } };
+    const unverified = verify === 'deferred' ? { offset: sec.offset, length: sec.length, sha256: sec.sha256, label: "section 'weights'" } : undefined;
+    return { weights, mappedWeights: { file: path, tensors, ...(unverified ? { unverified } : {}) } };
   } finally {
     st.close();
   }
+}
+
+/** Chunk of {@link MappedDigest} reads (16 MiB). */
+const DIGEST_CHUNK = 1 << 24;
+
+/**
+ * The deferred sha256 check of mapped weights, fed the range's bytes in order (in passing, by a
+ * reader that needs them anyway). {@link MappedDigest.finish} throws on a mismatch and clears
+ * `m.unverified`.
+ */
+export class MappedDigest {
+  private readonly hash = new Sha256();
+  private done = 0;
+  /** the pending check's range */
+  readonly range: NonNullable<MappedWeights['unverified']>;
+  /** @throws EdgeLLMError when `m` has no pending check */
+  constructor(private readonly m: MappedWeights) {
+    if (!m.unverified) throw new EdgeLLMError(`${m.file}: no pending weights check`);
+    this.range = m.unverified;
+  }
+  update(bytes: Uint8Array): void {
+    this.hash.update(bytes);
+    this.done += bytes.byteLength;
+  }
+  /** @throws FormatError naming the file when fewer bytes came than the range holds or the sha256 differs */
+  finish(): void {
+    const u = this.range;
+    if (this.done !== u.length) throw new FormatError(this.m.file, `${u.label}: ${this.done} of its ${u.length} bytes were checked`);
+    if (!this.hash.digest().equals(u.sha256)) throw new FormatError(this.m.file, `${u.label} is corrupt: sha256 mismatch`);
+    delete this.m.unverified;
+  }
+}
+
+/**
+ * Checks the deferred sha256 of mapped weights (a no-op when none is pending): streams the range
+ * through sha256 in 16 MiB chunks.
+ * @throws FormatError naming the file for a short file or a sha256 mismatch
+ */
+export function verifyMappedWeights(m: MappedWeights): void {
+  if (!m.unverified) return;
+  const d = new MappedDigest(m);
+  const u = d.range;
+  const fd = fs.openSync(m.file, 'r');
+  try {
+    const buf = new Uint8Array(Math.min(DIGEST_CHUNK, Math.max(u.length, 1)));
+    for (let pos = 0; pos < u.length; pos += buf.length) {
+      const part = buf.subarray(0, Math.min(buf.length, u.length - pos));
+      readExactly(fd, part, u.offset + pos, m.file, u.label);
+      d.update(part);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  d.finish();
 }
 
 /**

@@ -66,24 +66,27 @@ export const precision = (name: string) => (v: string): 'exact' | 'fast' => {
 /** --precision's help text. */
 export const PRECISION_HELP = 'how 4-bit linears compute: exact (float32 on the dequantized weights: the static A8/KV8 scheme as the device runs it) or fast (int8 compute with dynamic per-block requantization, ~4e-3 relative error)';
 
-/** How an executable is loaded and computed: the --precision, --no-mmap and --no-mlock flags. */
+/** How an executable is loaded and computed: the --precision, --no-mmap, --no-mlock and --no-verify flags. */
 export interface LoadFlags {
   precision: 'exact' | 'fast';
   /** memory-map a HEF's large weights (false: read them into memory) */
   mmap: boolean;
   /** map a RAM-backed copy of them rather than the file (src/engine/session.ts SessionOptions.resident) */
   mlock: boolean;
+  /** check the sha256 of a mapped weights section at load (false: --no-verify) */
+  verify: boolean;
 }
 
-/** Adds --precision, --no-mmap and --no-mlock (run, chat, serve, bench). */
+/** Adds --precision, --no-mmap, --no-mlock and --no-verify (run, chat, serve, bench). */
 export function addLoadFlags(cmd: Command): Command {
   return cmd
     .option('--precision <mode>', PRECISION_HELP, precision('--precision'), 'exact')
     .option('--no-mmap', "read a HEF's weights into memory instead of memory-mapping them (more memory; faster exact decoding where the kernel reclaims mapped pages)")
-    .option('--no-mlock', 'map the HEF file itself instead of a RAM-backed copy (the default keeps the weights resident: the kernel may page a mapped file out, which slows exact decoding)');
+    .option('--no-mlock', 'map the HEF file itself instead of a RAM-backed copy (the default keeps the weights resident: the kernel may page a mapped file out, which slows exact decoding)')
+    .option('--no-verify', "skip the sha256 check of a HEF's mapped weights at load (by default it is done while they are read anyway, ~1 s for 1 GB; the header and every other section are still checked; `edgellm verify FILE` checks everything)");
 }
 
 /** The {@link LoadFlags} of parsed options. */
 export function loadFlags(o: Record<string, any>): LoadFlags {
-  return { precision: o.precision, mmap: o.mmap, mlock: o.mlock };
+  return { precision: o.precision, mmap: o.mmap, mlock: o.mlock, verify: o.verify };
 }

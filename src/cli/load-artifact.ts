@@ -66,6 +66,11 @@ export interface LoadOptions {
   lora?: string;
   /** memory-map a HEF's large weights (default true; false reads them into memory, llama.cpp's --no-mmap) */
   mmap?: boolean;
+  /**
+   * check the sha256 of a HEF's mapped weights (default true): deferred to the backend, which hashes
+   * them while it reads them anyway (formats/hef-executable.ts WeightsVerification); false skips it
+   */
+  verify?: boolean;
   /** called with each warning of the PEFT adapter (e.g. a different base_model_name_or_path) */
   onWarning?: (message: string) => void;
 }
@@ -81,7 +86,7 @@ export async function loadArtifact(p: string, opts: LoadOptions): Promise<Loaded
   if (emulate !== 'quantized' && kind !== 'har') throw new UsageError(`--emulate ${emulate} needs a HAR; ${p} is a ${kind}`);
   if (opts.lora !== undefined && kind !== 'model-dir')
     throw new UsageError(`--lora applies a PEFT adapter to an fp32 model directory; ${p} is a ${kind} (add adapters to a HAR with \`edgellm add-lora\`, select them with --adapter)`);
-  if (kind === 'hef') return { kind, exe: readExecutable(p, { mapWeights: opts.mmap ?? true }) };
+  if (kind === 'hef') return { kind, exe: readExecutable(p, { mapWeights: opts.mmap ?? true, verify: opts.verify ?? true ? 'deferred' : 'skip' }) };
   let model: Model;
   if (kind === 'har') {
     const har = await loadModelHar(p, { emulation: emulate !== 'quantized', lazy: true });

@@ -17,6 +17,7 @@ import { registerAddLora } from './add-lora.js';
 import { registerBench } from './bench.js';
 import { registerServe } from './serve.js';
 import { registerChat } from './chat.js';
+import { registerVerify } from './verify.js';
 
 export function buildProgram(): Command {
   const program = new Command();
@@ -27,7 +28,7 @@ export function buildProgram(): Command {
     .option('-v, --verbose', 'log pass details and show stack traces on errors')
     .option('-q, --quiet', 'no progress bars or logs')
     .showHelpAfterError();
-  for (const register of [registerQuantize, registerAddLora, registerCompile, registerInspect, registerRun, registerChat, registerEval, registerBench, registerServe]) register(program);
+  for (const register of [registerQuantize, registerAddLora, registerCompile, registerInspect, registerVerify, registerRun, registerChat, registerEval, registerBench, registerServe]) register(program);
   return program;
 }
 

@@ -26,6 +26,8 @@ export interface OpenOptions {
   mmap?: boolean;
   /** map a RAM-backed copy of them rather than the file (default true; src/engine/session.ts SessionOptions.resident) */
   mlock?: boolean;
+  /** check the mapped weights' sha256 at load (default true; false: --no-verify) */
+  verify?: boolean;
   /** how 4-bit linears compute (default exact) */
   precision?: 'exact' | 'fast';
   maxContexts?: number;
@@ -58,7 +60,7 @@ export async function openSession(file: string, o: OpenOptions): Promise<OpenedM
     }
     chatTemplate = new ChatTemplate(src, o.chatTemplateFile);
   }
-  const { exe, kind } = await loadArtifact(file, { prefillLen: o.prefillLen, mmap: o.mmap });
+  const { exe, kind } = await loadArtifact(file, { prefillLen: o.prefillLen, mmap: o.mmap, verify: o.verify });
   const backend = await SimulatorBackend.load(exe, { precision: o.precision, resident: o.mlock });
   if (o.adapter !== undefined) backend.selectAdapter(o.adapter);
   let digest: string | undefined;

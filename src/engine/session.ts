@@ -13,7 +13,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { EdgeLLMError } from '../core/errors.js';
+import { EdgeLLMError, FormatError } from '../core/errors.js';
+import { MappedDigest, verifyMappedWeights } from '../../formats/hef-executable.js';
 import type onnxProto from 'onnx-proto';
 import { decodeModel, onnx, withExternalInitializers } from '../../formats/onnx.js';
 import type { MappedWeights } from '../ir/executable.js';
@@ -108,12 +109,17 @@ const SHM = '/dev/shm';
 /**
  * A new temporary directory on tmpfs holding `weights.bin`: the mapped tensors' bytes at the same
  * offsets as in the file (a sparse file: only the tensors take memory), copied through a 16 MiB
- * buffer. Stale directories of dead processes (a crash between creating and removing one) are removed
- * first. Null when there is no tmpfs or its free space is under twice the bytes to copy.
+ * buffer. With a deferred check pending (`mapped.unverified`) the whole checked range is copied and
+ * hashed in passing, so the load reads the weights once. Stale directories of dead processes (a crash
+ * between creating and removing one) are removed first. Null when there is no tmpfs or its free space
+ * is under twice the bytes to copy.
+ * @throws FormatError when the deferred sha256 check fails (nothing is left on tmpfs)
  */
 function residentCopy(mapped: MappedWeights): string | null {
+  const digest = mapped.unverified ? new MappedDigest(mapped) : null;
+  const ranges = digest ? [{ offset: digest.range.offset, byteLength: digest.range.length }] : [...mapped.tensors.values()];
   let need = 0;
-  for (const t of mapped.tensors.values()) need += t.byteLength;
+  for (const t of ranges) need += t.byteLength;
   try {
     const st = fs.statfsSync(SHM);
     if (st.bavail * st.bsize < 2 * need) return null;
@@ -128,10 +134,11 @@ function residentCopy(mapped: MappedWeights): string | null {
     const dst = fs.openSync(path.join(dir, 'weights.bin'), 'w');
     try {
       const buf = Buffer.allocUnsafe(1 << 24);
-      for (const t of mapped.tensors.values())
+      for (const t of ranges)
         for (let done = 0; done < t.byteLength; ) {
           const n = fs.readSync(src, buf, 0, Math.min(buf.length, t.byteLength - done), t.offset + done);
-          if (n === 0) throw new EdgeLLMError(`${mapped.file}: truncated inside a weight`);
+          if (n === 0) throw new FormatError(mapped.file, `truncated: the file ends inside the weights (byte ${t.offset + done})`);
+          digest?.update(buf.subarray(0, n));
           writeFully(dst, buf.subarray(0, n), t.offset + done);
           done += n;
         }
@@ -139,9 +146,11 @@ function residentCopy(mapped: MappedWeights): string | null {
       fs.closeSync(src);
       fs.closeSync(dst);
     }
+    digest?.finish();
     return dir;
-  } catch {
+  } catch (e) {
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    if (e instanceof FormatError) throw e;
     return null;
   }
 }
@@ -228,10 +237,17 @@ export class CheckedSession {
    * @param model the graph with every initializer but the mapped ones attached
    * @returns null when no hard link can be made (another filesystem and a read-only directory): the
    *   caller then loads the weights into memory
-   * @throws EdgeLLMError naming `label` when onnxruntime rejects the graph
+   * A deferred sha256 check of the weights (`mapped.unverified`) is done here: in passing while the
+   * resident copy is made, else by reading them once before ORT maps them.
+   * @throws EdgeLLMError naming `label` when onnxruntime rejects the graph; FormatError naming the
+   *   file when the deferred check fails
    */
   static async createMapped(model: onnxProto.onnx.IModelProto, mapped: MappedWeights, label: string, opts: SessionOptions = {}): Promise<CheckedSession | null> {
-    const dir = (opts.resident ?? true ? residentCopy(mapped) : null) ?? linkedDir(mapped.file);
+    let dir = opts.resident ?? true ? residentCopy(mapped) : null;
+    if (!dir) {
+      verifyMappedWeights(mapped); // a deferred check not done in passing
+      dir = linkedDir(mapped.file);
+    }
     if (!dir) return null;
     try {
       const m = withExternalInitializers(model, mapped.tensors, 'weights.bin');

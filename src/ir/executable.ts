@@ -79,6 +79,13 @@ export interface MappedWeights {
   file: string;
   /** initializer name -> its bytes in `file`: `offset` absolute, a multiple of 4096 */
   tensors: Map<string, { dtype: Tensor['dtype']; shape: number[]; offset: number; byteLength: number }>;
+  /**
+   * The file range (the HEF's weights section) whose sha256 is still to be checked, when the reader
+   * left the check to the first one to read the bytes (formats/hef-executable.ts readExecutable
+   * `verify: 'deferred'`): hashed in passing while the backend copies them, or by
+   * verifyMappedWeights; cleared once checked. Absent: checked already, or not to be checked.
+   */
+  unverified?: { offset: number; length: number; sha256: Uint8Array; label: string };
 }
 
 /** A LoRA adapter with its tensors in memory (quantized codes + scales, see src/ir/model.ts LoraAdapter). */

@@ -24,7 +24,7 @@ import type { Executable, GraphPart, KvLayout, KvSnapshot } from '../ir/executab
 import { INPUT_IDS, LOGITS, LOGIT_POSITIONS, LEGACY_PRESENT_KEY, kvNames } from '../compiler/io-contract.js';
 import { KvCache } from './kv-cache.js';
 import { withInitializers, decodeModel } from '../../formats/onnx.js';
-import { readMappedWeights } from '../../formats/hef-executable.js';
+import { readMappedWeights, verifyMappedWeights } from '../../formats/hef-executable.js';
 import { kvLayoutInitializers } from '../compiler/kv-layout.js';
 import { EdgeLLMError } from '../core/errors.js';
 import { loraFeeds } from '../compiler/lora-feeds.js';
@@ -119,6 +119,7 @@ export class SimulatorBackend implements ExecutionBackend {
       if (mapped) {
         const s = await CheckedSession.createMapped(withInitializers(proto, weights, label, new Set(mapped.tensors.keys())), mapped, label, opts);
         if (s) return s;
+        verifyMappedWeights(mapped);
         for (const [n, t] of readMappedWeights(mapped)) weights.set(n, t); // cannot map: read them once
       }
       return CheckedSession.create(withInitializers(proto, weights, label), label, opts);

@@ -45,4 +45,28 @@ describe('memory-mapped HEF weights', () => {
     // the resident copy is gone once the session exists
     if (fs.existsSync('/dev/shm')) expect(fs.readdirSync('/dev/shm').filter((n) => n.startsWith(`.edgellm-ort-${process.pid}-`))).toEqual([]);
   });
+
+  it("check a deferred weights sha256 while they are copied (or read once), refuse a flipped byte, and skip it only when told", async () => {
+    const hef = path.join(dir, 'deferred.hef');
+    writeExecutable(hef, compile(loadHfModel(STORIES), { prefillLen: 4, maxContext: 64 }));
+    const good = readExecutable(hef, { mapWeights: true, verify: 'deferred' });
+    expect(good.mappedWeights!.unverified).toBeDefined();
+    const want = await logits(readExecutable(hef));
+    expect(await logits(good)).toEqual(want);
+    expect(good.mappedWeights!.unverified).toBeUndefined(); // checked in passing, once
+    // one flipped byte inside a mapped tensor: readExecutable leaves it to the backend, which refuses it
+    const bad = path.join(dir, 'flipped.hef');
+    const bytes = fs.readFileSync(hef);
+    const t = good.mappedWeights!.tensors.get('model.embed_tokens.weight')!;
+    bytes[t.offset + 123] ^= 0x40;
+    fs.writeFileSync(bad, bytes);
+    for (const resident of [true, false]) {
+      const exe = readExecutable(bad, { mapWeights: true, verify: 'deferred' });
+      await expect(logits(exe, resident)).rejects.toThrow(/flipped\.hef: section 'weights' is corrupt: sha256 mismatch/);
+    }
+    expect(() => readExecutable(bad, { mapWeights: true })).toThrow(/sha256 mismatch/); // 'now', the default
+    const skipped = await logits(readExecutable(bad, { mapWeights: true, verify: 'skip' }));
+    expect(skipped).not.toEqual(want); // runs on the flipped weights: skipping really skips
+    if (fs.existsSync('/dev/shm')) expect(fs.readdirSync('/dev/shm').filter((n) => n.startsWith(`.edgellm-ort-${process.pid}-`))).toEqual([]);
+  });
 });
