@@ -6,6 +6,7 @@
  * FormatError naming the HAR and the field rather than failing later with a TypeError.
  */
 import { FormatError } from '../src/core/errors.js';
+import { OBSERVER_NAMES, POINT_BITS, WEIGHT_BITS } from '../src/ir/precision.js';
 import { describe, isPlainObject as isObject } from './safetensors.js';
 
 /** ModelConfig fields that must be positive integers (the sizes everything downstream indexes by). */
@@ -18,7 +19,8 @@ const isPositiveInt = (v: unknown): v is number => typeof v === 'number' && Numb
  * integers and whose `family` is a string), and, when present (not null), `passes` (a list of
  * `{name: string, ...}`), `linears` and `online` (objects), `emulation` (an object of objects),
  * `adapters` (a list of `{name: string, member: string, ...}`), `modelName` and `sourceSha256`
- * (strings).
+ * (strings), `precision` (a per-module precision table, {@link precisionTableProblem}; its module
+ * names are not checked against the config).
  * @param path the HAR, named in errors
  * @throws FormatError naming `path` and the field
  */
@@ -38,6 +40,31 @@ export function checkModelManifest(path: string, m: Record<string, unknown>): vo
   optional('emulation', (v) => isObject(v) && Object.values(v).every(isObject), 'an object of emulation levels');
   optional('adapters', listOf(['name', 'member']), 'a list of {name, member, ...}');
   for (const field of ['modelName', 'sourceSha256']) optional(field, (v) => typeof v === 'string', 'a string');
+  if (m.precision != null) {
+    const problem = precisionTableProblem(m.precision, c.numLayers as number);
+    if (problem) throw new FormatError(path, `manifest field 'precision' ${problem}`);
+  }
+}
+
+const isPoint = (p: unknown) => isObject(p) && (POINT_BITS as readonly unknown[]).includes(p.bits) && (OBSERVER_NAMES as readonly unknown[]).includes(p.observer);
+
+/**
+ * What is wrong with a stored precision table (src/ir/precision.ts PrecisionTable), or undefined:
+ * `linears` {name: {bits 4|8|32, groupSize (a non-negative integer), method (a string)}},
+ * `activations` {name: {bits 8|16|32, observer}}, `kvCache` a list of `numLayers` {k, v} of those.
+ */
+export function precisionTableProblem(t: unknown, numLayers: number): string | undefined {
+  if (!isObject(t)) return `must be an object, got ${describe(t)}`;
+  if (!isObject(t.linears)) return 'needs linears: an object';
+  for (const [n, p] of Object.entries(t.linears))
+    if (!isObject(p) || !(WEIGHT_BITS as readonly unknown[]).includes(p.bits) || !Number.isSafeInteger(p.groupSize) || (p.groupSize as number) < 0 || typeof p.method !== 'string')
+      return `linears['${n}'] must be {bits: 4|8|32, groupSize, method}, got ${describe(p)}`;
+  if (!isObject(t.activations)) return 'needs activations: an object';
+  for (const [n, p] of Object.entries(t.activations)) if (!isPoint(p)) return `activations['${n}'] must be {bits: 8|16|32, observer}, got ${describe(p)}`;
+  if (!Array.isArray(t.kvCache) || t.kvCache.length !== numLayers) return `needs kvCache: a list of ${numLayers} layers`;
+  const bad = t.kvCache.findIndex((l) => !isObject(l) || !isPoint(l.k) || !isPoint(l.v));
+  if (bad >= 0) return `kvCache[${bad}] must be {k, v} of {bits: 8|16|32, observer}`;
+  return undefined;
 }
 
 /**

@@ -6,7 +6,9 @@
  * | manifest.json                   | format version, edgellm version, sha256 of the source weights,|
  * |                                 | normalised config, passes with options, quantization scheme   |
  * |                                 | and QuaRot's online rotations (`online`; their K×K factors    |
- * |                                 | are tensors `online.r3/r4.factor` in weights.safetensors)     |
+ * |                                 | are tensors `online.r3/r4.factor` in weights.safetensors);    |
+ * |                                 | `precision`: the per-module precision table of a recipe       |
+ * |                                 | (src/ir/precision.ts; only when quantized with --recipe)      |
  * | weights.safetensors             | every weight: float tensors, and qweight/scales of quantized  |
  * |                                 | linears (MatMulNBits layout, see src/ir/model.ts)             |
  * |                                 | (any weight set over 2 GiB is split into numbered shards,     |
@@ -25,6 +27,7 @@ import { encodeSafetensors, decodeSafetensors, SafetensorsFile } from './safeten
 import { FormatError } from '../src/core/errors.js';
 import { checkModelManifest, checkRanges } from './har-manifest.js';
 import type { Model, QuantState, ModelConfig, PassRecord, LinearQuant, QuantReport, LoraAdapter, LazyTensor } from '../src/ir/model.js';
+import type { PrecisionTable } from '../src/ir/precision.js';
 import { inMemory } from '../src/ir/model.js';
 import { DTYPES, type Tensor } from '../src/ir/tensor.js';
 import { quantSchemeOf } from '../src/ir/quant-scheme.js';
@@ -175,6 +178,7 @@ export async function saveModelHar(path: string, model: Model, info: HarInfo, em
     online: model.online,
     quantScheme: quantSchemeOf(model),
     linears: model.quant.linears,
+    ...(model.precision ? { precision: model.precision } : {}),
     emulation: emulationPasses,
     adapters: (model.adapters ?? []).map((a) => {
       const { member, bytes, meta } = encodeAdapter(a);
@@ -269,6 +273,7 @@ export async function loadModelHar(path: string, opts: { emulation?: boolean; la
   };
   if (files.has('report.json')) model.report = json('report.json') as unknown as QuantReport;
   if (manifest.online) model.online = manifest.online as Model['online']; // QuaRot's online R3/R4 (factors are weights)
+  if (manifest.precision) model.precision = manifest.precision as PrecisionTable; // checked by checkModelManifest
   const adapterList = (manifest.adapters ?? []) as (Omit<LoraAdapter, 'tensors'> & { member: string })[];
   if (adapterList.length)
     model.adapters = adapterList.map(({ member, ...a }) => ({

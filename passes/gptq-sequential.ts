@@ -18,8 +18,11 @@
  * produced. Memory: the calibration hidden states, the cached inputs of the current layer and its
  * fp32 weights; quantized weights are kept (they are the output), other weights stay lazy.
  *
- * Output, as passes/rtn.ts: `<linear>.weight` → `<linear>.qweight` U8 [out, n_blocks, group/2] +
- * `<linear>.scales` F32 [out, n_blocks], `quant.linears[name].method = 'gptq'`. For every linear
+ * Output, as passes/rtn.ts: `<linear>.weight` → `<linear>.qweight` U8 [out, n_blocks, group·bits/8] +
+ * `<linear>.scales` F32 [out, n_blocks], `quant.linears[name].method = 'gptq'`. Per-linear precision
+ * (`linears`, from a recipe): bits 4 or 8 at its own group size; method 'rtn' rounds that linear to
+ * nearest in its place in the sequence; bits 32 leaves it float (a step whose linears all stay
+ * float is skipped). For every linear
  * the layer-wise errors tr((W−Q)·H·(W−Q)ᵀ) of GPTQ and of RTN on the same H go to
  * `model.report.linears` (relative to tr(W·H·Wᵀ)) and, absolute, to the pass record. Each layer
  * logs one line through ctx.log with the wall time of its forward runs, Hessians and solves.
@@ -31,9 +34,10 @@
 import * as ort from 'onnxruntime-node';
 import type { LazyTensor, Model } from '../src/ir/model.js';
 import { inMemory } from '../src/ir/model.js';
-import { actPointName, layerLinears, lmHead, type LinearInput, type LinearSpec } from '../src/ir/architectures.js';
+import { actPointName, allLinears, layerLinears, lmHead, type LinearInput, type LinearSpec } from '../src/ir/architectures.js';
 import { bf16ToFloat, halfToFloat, toFloat32 } from '../src/ir/tensor.js';
-import { dequantizeW4, quantizeRtnW4, type PackedW4 } from '../src/ir/quant.js';
+import { dequantizeWeights, quantizeRtn, type WeightBits } from '../src/ir/quant.js';
+import type { LinearPrecision } from '../src/ir/precision.js';
 import { lowerLayerGraph } from '../src/compiler/lower.js';
 import { captureName, kvCacheDims, kvNames, HIDDEN_STATES, HIDDEN_STATES_OUT } from '../src/compiler/io-contract.js';
 import { Lowering } from '../src/compiler/lowering.js';
@@ -46,10 +50,11 @@ import type { RunContext } from '../src/core/context.js';
 import { HessianAccumulator } from '../calibration/hessian.js';
 import { OrtLinalg } from '../src/engine/linalg.js';
 import { gptq, weightedSquaredErrors, GPTQ_DEFAULTS, type GptqOptions } from './gptq.js';
-import { checkGroupSize, linearWeight } from './rtn.js';
+import { checkPrecisionOptions, linearPrecision, linearWeight, setQuantized, type LinearPrecisionOptions } from './rtn.js';
 import type { Pass } from './pass.js';
 
-export interface GptqPassOptions extends Partial<Omit<GptqOptions, 'groupSize'>> {
+/** `linears` (passes/rtn.ts LinearPrecisionOptions): per-linear bits 4/8/32, group size and method ('rtn': rounded to nearest here, in sequence). */
+export interface GptqPassOptions extends Partial<Omit<GptqOptions, 'groupSize' | 'bits'>>, LinearPrecisionOptions {
   /** input columns per scale (MatMulNBits block size: a power of two ≥ 16) */
   groupSize: number;
   /** also quantize lm_head, with GPTQ on the final-norm output (default false, as the reference code) */
@@ -87,8 +92,7 @@ const DEFAULT_CACHE_BYTES = 4 * 2 ** 30;
  *   Hessian stays indefinite after the damping retries
  */
 export async function gptqModel(model: Model, windows: readonly number[][], opts: GptqPassOptions, ctx: RunContext): Promise<Model> {
-  checkGroupSize(opts.groupSize);
-  if (opts.lmHeadGroupSize !== undefined) checkGroupSize(opts.lmHeadGroupSize);
+  checkPrecisionOptions('gptq', opts);
   if (windows.length === 0 || windows.some((w) => w.length === 0)) throw new UsageError('gptq: needs at least one non-empty calibration window');
   const solveOpts: GptqOptions = { ...GPTQ_DEFAULTS, ...stripUndefined(opts), groupSize: opts.groupSize };
   if (solveOpts.actOrder && !solveOpts.staticGroups) throw new UsageError('gptq: --act-order needs static groups (MatMulNBits has no g_idx)');
@@ -96,7 +100,8 @@ export async function gptqModel(model: Model, windows: readonly number[][], opts
   const weights = new Map(model.weights);
   const linears = { ...model.quant.linears };
   const report: GptqLinearReport[] = [];
-  const total = cfg.numLayers * layerLinears(cfg, 0).length + (opts.quantizeLmHead ? 1 : 0);
+  const precisionOf = (spec: LinearSpec) => linearPrecision(spec, opts, 'gptq');
+  const total = allLinears(cfg).filter((spec) => precisionOf(spec).bits !== 32).length;
   const bar = ctx.progress('gptq', total);
   const la = new OrtLinalg();
   const maxContext = Math.max(...windows.map((w) => w.length));
@@ -108,6 +113,8 @@ export async function gptqModel(model: Model, windows: readonly number[][], opts
       let budget = opts.cacheBytes ?? DEFAULT_CACHE_BYTES;
       const timing: string[] = [];
       for (const [s, stage] of stages.entries()) {
+        const todo = stage.linears.filter((spec) => precisionOf(spec).bits !== 32);
+        if (!todo.length) continue; // every linear reading this input stays float
         const point = actPointName(i, stage.input);
         const K = stage.linears[0].inFeatures;
         // keep this input for later steps (not the first one: recomputing it from x is free)
@@ -126,9 +133,9 @@ export async function gptqModel(model: Model, windows: readonly number[][], opts
         });
         await acc.dispose();
         const t1 = performance.now();
-        for (const spec of stage.linears) {
+        for (const spec of todo) {
           bar.status?.(`layer ${i} ${spec.role}`);
-          report.push(await quantizeLinear(spec, layer.fp32(spec), acc.H, solveOpts, la, weights, linears));
+          report.push(await quantizeLinear(spec, layer.fp32(spec), acc.H, solveOpts, precisionOf(spec), la, weights, linears));
           bar.tick();
         }
         timing.push(`${stage.input} ${sec(t1 - t0 - tH)} + H ${sec(tH)} + solve ${sec(performance.now() - t1)}`);
@@ -137,18 +144,18 @@ export async function gptqModel(model: Model, windows: readonly number[][], opts
       hidden = await layer.output(hidden);
       ctx.log(`gptq layer ${i} (wall s, forward + Hessian + GPTQ): ${timing.join('; ')}; output ${sec(performance.now() - t0)}`);
     }
-    if (opts.quantizeLmHead) {
-      const spec = lmHead(cfg);
+    const head = lmHead(cfg);
+    if (precisionOf(head).bits !== 32) {
       bar.status?.('lm_head');
       const H = await finalNormHessian(model, hidden);
-      report.push(await quantizeLinear(spec, toFloat32(linearWeight(model, spec).load()), H, { ...solveOpts, groupSize: opts.lmHeadGroupSize ?? solveOpts.groupSize }, la, weights, linears));
+      report.push(await quantizeLinear(head, toFloat32(linearWeight(model, head).load()), H, solveOpts, precisionOf(head), la, weights, linears));
       bar.tick();
     }
   } finally {
     await la.dispose();
     bar.done();
   }
-  const rel = Object.fromEntries(report.map((r) => [r.name, { relError: r.gptq / r.reference, rtnRelError: r.rtn / r.reference, method: 'gptq' }]));
+  const rel = Object.fromEntries(report.map((r) => [r.name, { relError: r.gptq / r.reference, rtnRelError: r.rtn / r.reference, method: linears[r.name].method }]));
   return {
     ...model,
     weights,
@@ -181,36 +188,35 @@ function stagesOf(specs: LinearSpec[]): { input: LinearInput; linears: LinearSpe
   return out;
 }
 
-/** GPTQ-quantizes one linear, records it in `weights`/`linears`, and measures GPTQ and RTN errors on H. */
+/**
+ * Quantizes one linear at precision `p` (bits 4 or 8, its group size; method 'gptq', or 'rtn': round
+ * to nearest, whose report then gives the RTN error as both errors, with damp 0), records it in
+ * `weights`/`linears`, and measures GPTQ and RTN errors on H.
+ */
 async function quantizeLinear(
   spec: LinearSpec,
   W: Float32Array,
   H: Float64Array,
   opts: GptqOptions,
+  p: LinearPrecision,
   la: OrtLinalg,
   weights: Map<string, LazyTensor>,
   linears: Model['quant']['linears'],
 ): Promise<GptqLinearReport> {
   const N = spec.outFeatures;
   const K = spec.inFeatures;
-  const res = await gptq(W, N, K, H, opts, la);
-  const rtnQ = dequantizeW4(quantizeRtnW4(W, N, K, opts.groupSize));
-  const gptqQ = dequantizeW4(res.packed);
+  const bits = p.bits as WeightBits;
+  const rtnPacked = quantizeRtn(W, N, K, p.groupSize, bits);
+  const res = p.method === 'gptq' ? await gptq(W, N, K, H, { ...opts, groupSize: p.groupSize, bits }, la) : { packed: rtnPacked, damp: 0, retries: 0 };
+  const rtnQ = dequantizeWeights(rtnPacked);
+  const gptqQ = dequantizeWeights(res.packed);
   for (let j = 0; j < W.length; j++) {
     gptqQ[j] = W[j] - gptqQ[j];
     rtnQ[j] = W[j] - rtnQ[j];
   }
   const [eG, eR, ref] = await weightedSquaredErrors([gptqQ, rtnQ, W], N, K, H, la);
-  setPacked(weights, spec.name, res.packed);
-  linears[spec.name] = { bits: 4, groupSize: opts.groupSize, scheme: 'symmetric', method: 'gptq' };
+  setQuantized(weights, linears, spec.name, res.packed, p.method as 'gptq' | 'rtn');
   return { name: spec.name, gptq: eG, rtn: eR, reference: ref, damp: res.damp, retries: res.retries };
-}
-
-function setPacked(weights: Map<string, LazyTensor>, name: string, p: PackedW4): void {
-  const nb = p.scales.length / p.outFeatures;
-  weights.delete(`${name}.weight`);
-  weights.set(`${name}.qweight`, inMemory({ dtype: 'U8', shape: [p.outFeatures, nb, p.groupSize / 2], data: p.qweight }));
-  weights.set(`${name}.scales`, inMemory({ dtype: 'F32', shape: [p.outFeatures, nb], data: p.scales }));
 }
 
 /** Layer 0's input: rows of model.embed_tokens.weight, float32 [S, hidden] per window (read without a full fp32 copy). */

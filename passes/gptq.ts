@@ -1,8 +1,8 @@
 /**
  * GPTQ for one linear layer (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for
  * Generative Pre-trained Transformers", Algorithm 1): quantizes W [N, K] column by column on the
- * 4-bit symmetric group-wise grid of src/ir/quant.ts (the RTN grid: scale = 2·max|w|/15 per group,
- * zero point 8), and after each column spreads its rounding error over the columns not yet
+ * b-bit symmetric group-wise grid of src/ir/quant.ts (the RTN grid; b = 4: scale = 2·max|w|/15 per
+ * group, zero point 8; b = 8: /255 and 128), and after each column spreads its rounding error over the columns not yet
  * quantized, weighted by the inverse Hessian, so that ‖W·X − Q·X‖² stays small:
  *
  *   U = chol(H⁻¹)ᵀ (upper, H⁻¹ = Uᵀ·U)
@@ -29,7 +29,7 @@
  *   which is what com.microsoft MatMulNBits decodes (no g_idx).
  */
 import { OrtLinalg, inverseCholesky, NotPositiveDefiniteError } from '../src/engine/linalg.js';
-import { numGroups, packW4, quantizeW4, symmetricScale, W4_ZERO, type PackedW4 } from '../src/ir/quant.js';
+import { numGroups, packWeights, quantizeWeight, symmetricScale, weightGrid, type PackedWeights, type WeightBits } from '../src/ir/quant.js';
 import { EdgeLLMError, ShapeMismatchError, UsageError } from '../src/core/errors.js';
 
 export interface GptqOptions {
@@ -43,6 +43,8 @@ export interface GptqOptions {
   actOrder: boolean;
   /** group scales from the original weights, fixed before any update */
   staticGroups: boolean;
+  /** code width, 4 or 8 (absent: 4) */
+  bits?: WeightBits;
 }
 
 /** Defaults of everything but the group size (the reference code's, except staticGroups). */
@@ -55,8 +57,8 @@ export const MAX_DAMP_RETRIES = 4;
 export const CHOLESKY_BASE_SIZE = 256;
 
 export interface GptqResult {
-  /** the quantized weights, MatMulNBits layout (identical to quantizeRtnW4's) */
-  packed: PackedW4;
+  /** the quantized weights, MatMulNBits layout (identical to quantizeRtn's), with their `bits` */
+  packed: PackedWeights;
   /** λ added to diag H (after retries) */
   damp: number;
   /** how many times λ was raised ×10 because the factorization failed */
@@ -74,7 +76,7 @@ export interface GptqResult {
  * @param H float64 [K, K] row-major, symmetric positive semi-definite (e.g. HessianAccumulator.H); not modified
  * @param la ORT Gemm sessions to use (default: a private set, released before returning)
  * @throws ShapeMismatchError for inconsistent sizes; UsageError for bad options (odd group size,
- *   actOrder without staticGroups); EdgeLLMError when H stays indefinite after every damping retry
+ *   bits other than 4 or 8, actOrder without staticGroups); EdgeLLMError when H stays indefinite after every damping retry
  */
 export async function gptq(
   W: Float32Array,
@@ -89,6 +91,7 @@ export async function gptq(
   if (W.length !== N * K) throw new ShapeMismatchError(`gptq: W has ${W.length} elements, shape [${N}, ${K}] needs ${N * K}`);
   if (H.length !== K * K) throw new ShapeMismatchError(`gptq: H has ${H.length} elements, K = ${K} needs [${K}, ${K}]`);
   if (!Number.isInteger(G) || G < 2 || G % 2 !== 0) throw new UsageError(`gptq: group size ${G} must be an even integer ≥ 2`);
+  if (o.bits !== undefined && o.bits !== 4 && o.bits !== 8) throw new UsageError(`gptq: bits ${o.bits} must be 4 or 8`);
   if (!Number.isInteger(o.blockSize) || o.blockSize < 1) throw new UsageError(`gptq: block size ${o.blockSize} must be a positive integer`);
   if (!(o.percDamp > 0)) throw new UsageError(`gptq: percDamp ${o.percDamp} must be > 0`);
   if (o.actOrder && !o.staticGroups)
@@ -104,6 +107,8 @@ export async function gptq(
 
 async function solve(W: Float32Array, N: number, K: number, H: Float64Array, o: GptqOptions, la: OrtLinalg): Promise<GptqResult> {
   const G = o.groupSize;
+  const bits = o.bits ?? 4;
+  const zero = weightGrid(bits).zero;
   const nb = numGroups(K, G);
   // Dead inputs: H[d, d] = 1 (below, in the factored matrix) and W[:, d] = 0.
   const dead = new Uint8Array(K);
@@ -134,7 +139,7 @@ async function solve(W: Float32Array, N: number, K: number, H: Float64Array, o: 
         const g = n * nb + Math.floor(c / G);
         scales[g] = Math.max(scales[g], Math.abs(Wp[n * K + j])); // max |w| first, scale below
       }
-  if (o.staticGroups) for (let i = 0; i < scales.length; i++) scales[i] = Math.fround(symmetricScale(scales[i]));
+  if (o.staticGroups) for (let i = 0; i < scales.length; i++) scales[i] = Math.fround(symmetricScale(scales[i], bits));
 
   const { U, damp, retries } = await dampedInverseFactor(H, K, diag, perm, o.percDamp, la);
 
@@ -165,19 +170,19 @@ async function solve(W: Float32Array, N: number, K: number, H: Float64Array, o: 
         if (!o.staticGroups && col % G === 0) {
           let m = 0;
           for (let t = j; t < Math.min(b, j + G); t++) m = Math.max(m, Math.abs(w[t]));
-          scales[g] = Math.fround(symmetricScale(m));
+          scales[g] = Math.fround(symmetricScale(m, bits));
         }
         const s = scales[g];
-        const q = quantizeW4(w[j], s);
+        const q = quantizeWeight(w[j], s, bits);
         codes[n * K + orig] = q;
-        const e = (w[j] - (q - W4_ZERO) * s) / Ub[j * b + j];
+        const e = (w[j] - (q - zero) * s) / Ub[j * b + j];
         errT[col * N + n] = e;
         error += e * e;
         for (let t = j + 1; t < b; t++) w[t] -= e * Ub[j * b + t];
       }
     }
   }
-  return { packed: { qweight: packW4(codes, N, K, G), scales, outFeatures: N, inFeatures: K, groupSize: G }, damp, retries, error };
+  return { packed: { qweight: packWeights(codes, N, K, G, bits), scales, outFeatures: N, inFeatures: K, groupSize: G, bits }, damp, retries, error };
 }
 
 /**

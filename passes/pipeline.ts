@@ -3,7 +3,7 @@
  * as TypeScript's `getScriptTransformers` does), every pass under the one contract of passes/pass.ts.
  * Order constraints are checked once, through each pass's `requires`, before the first pass runs.
  *
- *   HF model ─ [merge-lora] ─ fold-norms ─ quarot (R1, R2 [+ online R3/R4]) ─ gptq | rtn (W4)
+ *   HF model ─ [merge-lora] ─ fold-norms ─ quarot (R1, R2 [+ online R3/R4]) ─ gptq | rtn (W4, or per linear)
  *                             └──────── only with `rotate` ────────┘
  *            ─ [k-centering] ─ calibrate (A8 + KV8) ─> HAR
  *
@@ -13,11 +13,17 @@
  *
  * The model after fold/rotate (fp32, the "optimized" emulation level) is returned beside the
  * quantized one so the HAR can keep it for `eval --emulate optimized`.
+ *
+ * Precision: uniform from the options (the CLI flags), or per module from a recipe's resolved
+ * {@link PrecisionTable} ({@link withPrecision}; `quantize --recipe`): the weight passes then quantize
+ * every linear at its own bits, group size and method (gptq runs when any linear asks for GPTQ; its
+ * 'rtn' linears are rounded in sequence), and the quantized Model carries the table (`precision`,
+ * recorded in the HAR manifest).
  */
-import type { Model } from '../src/ir/model.js';
+import type { Model, ModelConfig } from '../src/ir/model.js';
 import type { RunContext } from '../src/core/context.js';
 import type { PeftAdapter } from '../formats/peft.js';
-import { rtn, rtnPass } from './rtn.js';
+import { rtn, rtnPass, type RtnOptions } from './rtn.js';
 import { gptqPass } from './gptq-sequential.js';
 import { foldNormsPass } from './fold-norms.js';
 import { quarot, quarotPass, meta as quarotMeta, type QuarotOptions } from './quarot.js';
@@ -26,6 +32,9 @@ import { kCenteringPass } from './k-centering.js';
 import { mergeLoraPass } from './lora/merge.js';
 import { passContext, runPasses, type Pass, type PassContext } from './pass.js';
 import type { ObserverKind } from '../calibration/observers.js';
+import type { PrecisionTable } from '../src/ir/precision.js';
+import { lmHead } from '../src/ir/architectures.js';
+import { DEFAULT_SETTINGS, BUILTIN_OVERRIDES } from '../src/ir/recipe.js';
 import { compile } from '../src/compiler/compile.js';
 import { SimulatorBackend } from '../src/runtime/simulator.js';
 import { perplexity } from '../src/eval/ppl.js';
@@ -62,6 +71,11 @@ export interface QuantizeOptions {
   percDamp: number;
   /** GPTQ: act-order with static groups */
   actOrder: boolean;
+  /**
+   * the resolved recipe (src/ir/recipe.ts): every linear's bits/group size/method is read from it;
+   * set it with {@link withPrecision}, which makes the uniform fields above agree with it
+   */
+  precision?: PrecisionTable;
 }
 
 /**
@@ -70,13 +84,14 @@ export interface QuantizeOptions {
  * with g64 (see docs/quantization.md).
  */
 export const DEFAULT_QUANTIZE_OPTIONS: QuantizeOptions = {
-  groupSize: 32,
-  method: 'gptq',
+  // the default recipe's (src/ir/recipe.ts DEFAULT_SETTINGS and BUILTIN_OVERRIDES: lm_head group 16)
+  groupSize: DEFAULT_SETTINGS.group_size,
+  method: DEFAULT_SETTINGS.weight_method,
   quantizeLmHead: true,
-  lmHeadGroupSize: 16,
+  lmHeadGroupSize: BUILTIN_OVERRIDES[0].settings.group_size!,
   activationQuant: true,
   kvQuant: true,
-  observer: 'mse',
+  observer: DEFAULT_SETTINGS.observer,
   kCentering: true,
   rotate: false,
   rotationSeed: 0,
@@ -101,8 +116,8 @@ export interface QuantizeResult {
  * Calibration loss of a rotation: NLL (nats/token) of the W4-RTN-quantized rotated model on
  * `windows`. A cheap proxy of the final recipe used to rank seeds; never looks at evaluation text.
  */
-async function rotationLoss(rotated: Model, opts: Pick<QuantizeOptions, 'groupSize' | 'quantizeLmHead' | 'lmHeadGroupSize'>, windows: number[][], ctx: RunContext): Promise<number> {
-  const w4 = rtn(rotated, { groupSize: opts.groupSize, quantizeLmHead: opts.quantizeLmHead, lmHeadGroupSize: opts.lmHeadGroupSize }, ctx);
+async function rotationLoss(rotated: Model, opts: RtnOptions, windows: number[][], ctx: RunContext): Promise<number> {
+  const w4 = rtn(rotated, opts, ctx);
   const backend = await SimulatorBackend.load(compile(w4, { prefillLen: Math.max(...windows.map((w) => w.length)) }));
   const r = await perplexity(backend, windows);
   await backend.dispose();
@@ -118,7 +133,7 @@ interface QuarotSearchPass extends Pass<QuarotOptions & { seeds: number }> {
   seedSearch?: { seed: number; meanNll: number }[];
 }
 
-function quarotSearchPass(options: QuarotOptions & { seeds: number }, proxy: Pick<QuantizeOptions, 'groupSize' | 'quantizeLmHead' | 'lmHeadGroupSize'>): QuarotSearchPass {
+function quarotSearchPass(options: QuarotOptions & { seeds: number }, proxy: RtnOptions): QuarotSearchPass {
   const base = quarotPass(options);
   if (options.seeds <= 1) return { ...base, options };
   const pass: QuarotSearchPass = {
@@ -147,7 +162,8 @@ function quarotSearchPass(options: QuarotOptions & { seeds: number }, proxy: Pic
  * @param mergeLora a PEFT adapter merged into the fp32 weights first (`quantize --merge-lora`)
  */
 export function quantizePlan(opts: QuantizeOptions, mergeLora?: PeftAdapter): Pass[] {
-  const lin = { groupSize: opts.groupSize, quantizeLmHead: opts.quantizeLmHead, lmHeadGroupSize: opts.lmHeadGroupSize };
+  const lin: RtnOptions = { groupSize: opts.groupSize, quantizeLmHead: opts.quantizeLmHead, lmHeadGroupSize: opts.lmHeadGroupSize };
+  if (opts.precision) lin.linears = opts.precision.linears; // per linear; the fields above are then only their summary
   return [
     ...(mergeLora ? [mergeLoraPass({ peft: mergeLora })] : []),
     ...(opts.rotate ? [foldNormsPass(), quarotSearchPass({ seed: opts.rotationSeed, online: opts.onlineHadamard, seeds: opts.rotationSeeds }, lin)] : []),
@@ -171,5 +187,33 @@ export async function quantizeModel(model: Model, opts: QuantizeOptions, windows
     if (p.stage === 'transform') optimized = m;
   });
   const search = plan.find((p): p is QuarotSearchPass => p.name === quarotMeta.name) as QuarotSearchPass | undefined;
-  return { quantized, native, optimized, seedSearch: search?.seedSearch };
+  return { quantized: opts.precision ? { ...quantized, precision: opts.precision } : quantized, native, optimized, seedSearch: search?.seedSearch };
+}
+
+/**
+ * `base` with its precision taken from a resolved recipe: `precision` = the table, and the uniform
+ * fields made to agree with it — method gptq when any linear asks for GPTQ (else rtn), groupSize the
+ * most common group size of the quantized decoder linears, quantizeLmHead / lmHeadGroupSize from
+ * lm_head's entry, activationQuant / kvQuant when those points are quantized (not 32), observer that
+ * of the quantized points (src/ir/recipe.ts refuseUnsupported has checked they share one).
+ */
+export function withPrecision(base: QuantizeOptions, table: PrecisionTable, cfg: ModelConfig): QuantizeOptions {
+  const headName = lmHead(cfg).name;
+  const head = table.linears[headName];
+  const entries = Object.entries(table.linears).filter(([, p]) => p.bits !== 32);
+  const counts = new Map<number, number>();
+  for (const [n, p] of entries) if (n !== headName) counts.set(p.groupSize, (counts.get(p.groupSize) ?? 0) + 1);
+  const common = [...counts].sort((a, b) => b[1] - a[1] || a[0] - b[0])[0]?.[0];
+  const points = [...Object.values(table.activations), ...table.kvCache.flatMap((kv) => [kv.k, kv.v])].filter((p) => p.bits !== 32);
+  return {
+    ...base,
+    method: entries.some(([, p]) => p.method === 'gptq') ? 'gptq' : 'rtn',
+    groupSize: common ?? base.groupSize,
+    quantizeLmHead: head.bits !== 32,
+    lmHeadGroupSize: head.bits !== 32 ? head.groupSize : base.lmHeadGroupSize,
+    activationQuant: Object.values(table.activations).some((p) => p.bits !== 32),
+    kvQuant: table.kvCache.some((kv) => kv.k.bits !== 32),
+    observer: points[0]?.observer ?? base.observer,
+    precision: table,
+  };
 }

@@ -1,17 +1,23 @@
 /**
  * `edgellm inspect`: what a HAR or HEF holds — format version, members/sections with sizes (bytes),
- * the quantization scheme and an estimate of device memory (weights + KV cache at max context).
+ * the quantization scheme, the per-module precision grouped by role with the bytes each choice
+ * costs, and an estimate of device memory (weights + KV cache at max context).
  */
 import * as fs from 'node:fs';
 import { readHar } from '../../formats/har.js';
 import { verifyHef } from '../../formats/hef.js';
 import { executableHeader } from '../../formats/hef-executable.js';
-import { checkModelManifest } from '../../formats/har-manifest.js';
+import { checkModelManifest, checkRanges } from '../../formats/har-manifest.js';
+import { decodeModel } from '../../formats/onnx.js';
 import { artifactKind } from './load-artifact.js';
 import { kvCacheBytes, type KvLayout } from '../ir/executable.js';
 import { FormatError, UsageError } from '../core/errors.js';
 import { sha256File } from '../core/digest.js';
-import type { ModelConfig, QuantReport } from '../ir/model.js';
+import type { LinearQuant, ModelConfig, PassRecord, QParams, QuantReport, QuantState } from '../ir/model.js';
+import { allLinears } from '../ir/architectures.js';
+import { precisionGroups, precisionOf, uniformPoints, type PrecisionGroup } from '../ir/quant-scheme.js';
+import type { LinearPrecision, PrecisionTable } from '../ir/precision.js';
+import { DEFAULT_SETTINGS } from '../ir/recipe.js';
 
 export interface InspectInfo {
   file: string;
@@ -28,6 +34,12 @@ export interface InspectInfo {
   passes?: unknown[];
   /** per-layer quantization report (HAR only) */
   report?: QuantReport;
+  /**
+   * per-module precision grouped by role and precision, with bytes (weights; KV cache at max
+   * context). A HEF states no observers and no method per linear: its groups show the weight method
+   * of the quantization summary and no observer.
+   */
+  precision: PrecisionGroup[];
   kvCache?: Omit<KvLayout, 'layers'> & { layers: number };
   /** LoRA adapters (name, rank, targets, stored bytes) */
   adapters?: AdapterInfo[];
@@ -74,8 +86,13 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
   const sha256 = sha256File(file);
   if (kind === 'hef') {
     const hef = verifyHef(file);
-    hef.close();
     const h = executableHeader(file, hef);
+    let graph: Uint8Array; // the per-linear precision is read from the graph's MatMulNBits nodes
+    try {
+      graph = hef.readSection(h.prefill.section);
+    } finally {
+      hef.close();
+    }
     const kv = h.kvLayout;
     const weightBytes = hef.sections.get('weights')?.length ?? 0;
     const kvBytes = kvCacheBytes(kv);
@@ -92,6 +109,10 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
       config: h.config,
       kvCache: { ...kv, layers: kv.layers.length },
       adapters: adapterInfos(h.adapters, (a) => hef.sections.get(a.section)?.length ?? 0),
+      precision: precisionGroups(hefPrecision(file, graph, h.config, String(h.quant.weightMethod), h.quant.activationScheme !== 'none', kv.dtype !== 'float32'), h.config, kv.maxContext, {
+        observers: false,
+        sharedEmbedding: !!h.quant.embeddingShared,
+      }),
       memory: { weightBytes, kvCacheBytes: kvBytes, totalBytes: weightBytes + kvBytes },
     };
   }
@@ -110,6 +131,7 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
     layers: [],
   };
   const kvBytes = kvCacheBytes(kvLayout);
+  const precision = precisionGroups(harPrecision(file, manifest, files.get('ranges.json')), config, kvLayout.maxContext, { sharedEmbedding: quantScheme.embeddingShared === true });
   return {
     file,
     kind,
@@ -124,8 +146,52 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
     passes: manifest.passes as unknown[],
     report: files.has('report.json') ? readReport(file, files.get('report.json')!) : undefined,
     adapters: adapterInfos(manifest.adapters, (a) => files.get(a.member)?.length ?? 0),
+    precision,
     memory: { weightBytes, kvCacheBytes: kvBytes, totalBytes: weightBytes + kvBytes },
   };
+}
+
+/**
+ * A HAR's precision table: its manifest's `precision` (quantized with a recipe), else the one its
+ * `linears`, ranges.json and calibrate pass imply (src/ir/quant-scheme.ts precisionOf).
+ * @throws FormatError naming the HAR when ranges.json is not JSON or has the wrong shape
+ */
+function harPrecision(file: string, manifest: Record<string, unknown>, rangesBytes: Uint8Array | undefined): PrecisionTable {
+  const config = manifest.config as ModelConfig;
+  let ranges: { activations?: Record<string, QParams>; kvCache?: unknown[] } = {};
+  if (rangesBytes) {
+    try {
+      ranges = JSON.parse(new TextDecoder().decode(rangesBytes));
+    } catch {
+      throw new FormatError(file, 'member ranges.json is not valid JSON');
+    }
+    checkRanges(file, ranges, config.numLayers, config.numKvHeads * config.headDim);
+  }
+  return precisionOf({
+    config,
+    passes: (manifest.passes ?? []) as PassRecord[],
+    precision: manifest.precision as PrecisionTable | undefined,
+    quant: { linears: (manifest.linears ?? {}) as Record<string, LinearQuant>, activations: ranges.activations ?? {}, kvCache: (ranges.kvCache ?? []) as QuantState['kvCache'] },
+  });
+}
+
+/**
+ * A HEF's precision table, read from what executes: each linear's MatMulNBits node in the prefill
+ * graph (its `bits` and `block_size`; float when it has none), with the summary's weight method;
+ * activation points and KV caches 8-bit when quantized (the header has no per-point widths or observers).
+ * @throws FormatError naming the HEF when the graph section is not an ONNX model
+ */
+function hefPrecision(file: string, graph: Uint8Array, cfg: ModelConfig, method: string, actQuant: boolean, kvQuant: boolean): PrecisionTable {
+  type Node = { attribute?: { name?: string | null; i?: unknown }[] | null };
+  const attr = (n: Node, name: string) => Number(n.attribute?.find((a) => a.name === name)?.i ?? 0);
+  const byWeight = new Map<string, Node>();
+  for (const n of decodeModel(graph, `${file}:graph.prefill`).graph?.node ?? []) if (n.opType === 'MatMulNBits' && n.input?.[1]) byWeight.set(n.input[1], n);
+  const linears: Record<string, LinearPrecision> = {};
+  for (const s of allLinears(cfg)) {
+    const n = byWeight.get(`${s.name}.qweight`);
+    linears[s.name] = n ? { bits: attr(n, 'bits') as 4 | 8, groupSize: attr(n, 'block_size'), method: method as LinearPrecision['method'] } : { bits: 32, groupSize: 0, method: 'none' };
+  }
+  return { linears, ...uniformPoints(cfg, () => actQuant, kvQuant, DEFAULT_SETTINGS.observer) };
 }
 
 /** report.json of a HAR. @throws FormatError naming the HAR when it is not a JSON object */
@@ -162,8 +228,25 @@ export function formatInspect(i: InspectInfo): string {
           (a.refit ? `, refit to the W4 base (base-error residual −${(100 * (1 - a.refit.residualAfter / a.refit.residualBefore)).toFixed(1)}%)` : ''),
       );
   }
+  lines.push(...formatPrecision(i.precision, i.kind === 'hef' ? i.kvCache?.maxContext : i.config.maxPositionEmbeddings));
   lines.push(i.kind === 'hef' ? 'sections:' : 'members:');
   for (const s of i.sections) lines.push(`  ${s.name.padEnd(32)} ${s.kind.padEnd(10)} ${kib(s.bytes).padStart(12)}${s.offset !== undefined ? `  @ ${s.offset}` : ''}`);
   lines.push(`device memory estimate: weights ${kib(i.memory.weightBytes)} + KV cache ${kib(i.memory.kvCacheBytes)} = ${kib(i.memory.totalBytes)}`);
   return lines.join('\n') + '\n';
+}
+
+/**
+ * The per-module precision lines of `inspect`: one per role and precision, e.g.
+ * "  down_proj ×5: W8 g32 gptq, 67.5 KiB (10.05 bits/weight)", then activation points and KV caches.
+ */
+export function formatPrecision(groups: PrecisionGroup[], maxContext: number | undefined): string[] {
+  const lines = ['precision per module (bytes on the device):'];
+  const width = Math.max(...groups.map((g) => `${g.role} ×${g.count}`.length));
+  for (const g of groups) {
+    const head = `  ${`${g.role} ×${g.count}:`.padEnd(width + 1)} ${g.precision}`;
+    if (g.kind === 'linear') lines.push(`${head}, ${kib(g.bytes)} (${((8 * g.bytes) / g.weights!).toFixed(2)} bits/weight${g.note ? `; ${g.note}` : ''})`);
+    else if (g.kind === 'kv') lines.push(`${head}, ${kib(g.bytes)} at ${maxContext} tokens`);
+    else lines.push(head);
+  }
+  return lines;
 }

@@ -10,8 +10,12 @@ import { modelSha256 } from '../core/digest.js';
 import { SafetensorsCheckpoint } from '../../formats/safetensors-checkpoint.js';
 import { loadPeftAdapter } from '../../formats/peft.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
-import { quantizeModel, DEFAULT_QUANTIZE_OPTIONS, type QuantizeOptions } from '../../passes/pipeline.js';
+import { quantizeModel, withPrecision, DEFAULT_QUANTIZE_OPTIONS, type QuantizeOptions } from '../../passes/pipeline.js';
 import { OBSERVER_KINDS } from '../../calibration/observers.js';
+import { readRecipe } from '../../formats/recipe.js';
+import { resolveRecipe, refuseUnsupported } from '../ir/recipe.js';
+import { nominalBitsPerWeight, precisionOf } from '../ir/quant-scheme.js';
+import type { ModelConfig } from '../ir/model.js';
 import { int, float, outputPathCheck, defaultCalibration, calibrationWindows } from './common.js';
 
 /** Maps and validates the command's flags. @throws UsageError */
@@ -44,11 +48,38 @@ function quantizeOptions(o: Record<string, any>): QuantizeOptions {
   };
 }
 
+/** The precision flags a recipe replaces: option key, flag, and what the recipe sets instead. */
+const PRECISION_FLAGS: [key: string, flag: string, recipeKey: string][] = [
+  ['method', '--method', 'weight_method'],
+  ['groupSize', '--group-size', 'group_size'],
+  ['lmHeadBits', '--lm-head-bits', "lm_head's weight_bits"],
+  ['lmHeadGroupSize', '--lm-head-group-size', "lm_head's group_size"],
+  ['actObserver', '--act-observer', 'observer'],
+  ['actQuant', '--no-act-quant', 'act_bits: 32'],
+  ['kvQuant', '--no-kv-quant', 'kv_bits: 32'],
+];
+
+/**
+ * The options with `--recipe`: the recipe resolved against the model (src/ir/recipe.ts) and checked
+ * for what the lowering executes today, its table made the precision of `base`.
+ * @throws UsageError when a precision flag was given too (the recipe sets the precision: naming both),
+ *   RecipeError (a UsageError naming the file and the key) for a bad recipe
+ */
+function recipeOptions(file: string, base: QuantizeOptions, cfg: ModelConfig, cmd: Command): QuantizeOptions {
+  for (const [key, flag, recipeKey] of PRECISION_FLAGS)
+    if (cmd.getOptionValueSource(key) === 'cli')
+      throw new UsageError(`${flag} conflicts with --recipe ${file}: the recipe sets the precision (${recipeKey} in its defaults or an override); drop the flag or edit the recipe`);
+  // fold-norms unties a tied head, so with --rotate the embedding does not read lm_head's table
+  const resolved = resolveRecipe(readRecipe(file), cfg, { sharedEmbedding: cfg.tieWordEmbeddings && !base.rotate });
+  refuseUnsupported(resolved);
+  return withPrecision(base, resolved.table, cfg);
+}
+
 /** `edgellm quantize`: HF model directory -> HAR. */
 export function registerQuantize(program: Command): void {
   program
     .command('quantize')
-    .description('HF model directory -> HAR: W4 group-wise weights (GPTQ or RTN, optionally on a QuaRot-rotated model), static A8 activation and KV8 ranges')
+    .description('HF model directory -> HAR: W4 group-wise weights (GPTQ or RTN, optionally on a QuaRot-rotated model; or per module from --recipe), static A8 activation and KV8 ranges')
     .argument('<model-dir>', 'HuggingFace checkpoint directory (config.json, *.safetensors, tokenizer.json)')
     .requiredOption('-o, --output <file.har>', 'output HAR archive')
     .option('--calib <file>', 'calibration data: .txt, .jsonl (text field) or pre-tokenized .tokens.json (default: ../shared c4 calibration windows)')
@@ -69,15 +100,17 @@ export function registerQuantize(program: Command): void {
     .option('--rotation-seed <n>', 'QuaRot seed (with --rotation-seeds: the first one tried)', int('--rotation-seed'), 0)
     .option('--rotation-seeds <n>', 'try N rotation seeds, keep the lowest calibration loss (implies --rotate)', int('--rotation-seeds'), 1)
     .option('--online-hadamard <list>', 'online rotations as graph ops: r3, r4 or r3,r4 (implies --rotate)', '')
+    .option('--recipe <file>', 'per-module precision from a YAML/JSON recipe: defaults + overrides by module glob (weight_bits 4|8|32, group_size, weight_method, act_bits, kv_bits, observer; docs/quantization.md "Recipes"); replaces --method, --group-size, --lm-head-bits, --lm-head-group-size, --act-observer, --no-act-quant, --no-kv-quant')
     .option('--merge-lora <adapter-dir>', 'fold a PEFT LoRA adapter into the fp32 weights (W + s·B·A) before quantizing: one task, best accuracy')
     .option('--no-emulation-weights', 'do not keep the native/optimized fp32 weights in the HAR (smaller; no --emulate native|optimized)')
     .option('--json', 'print a JSON summary on stdout')
-    .action(async (dir: string, o) => {
+    .action(async (dir: string, o, cmd: Command) => {
       const g = program.opts();
       const ctx = cliContext(g);
       outputPathCheck(o.output);
       const t0 = performance.now();
       const model = loadHfModel(dir);
+      const opts = o.recipe ? recipeOptions(o.recipe, quantizeOptions(o), model.config, cmd) : quantizeOptions(o); // before any heavy work
       const peft = o.mergeLora ? loadPeftAdapter(o.mergeLora, model.config, { baseName: path.basename(path.resolve(dir)) }) : undefined;
       if (peft && !g.quiet) for (const w of peft.warnings) process.stderr.write(`warning: ${w}\n`);
       const tok = new TextTokenizer(model.tokenizer);
@@ -87,7 +120,6 @@ export function registerQuantize(program: Command): void {
       const ckpt = SafetensorsCheckpoint.open(dir);
       const files = [...new Set(ckpt.names().map((n) => ckpt.entry(n).file))];
       ckpt.close();
-      const opts = quantizeOptions(o);
       const r = await quantizeModel(model, opts, windows, ctx, peft); // merge-lora first: GPTQ quantizes the merged weights
       const q = r.quantized;
       await saveModelHar(
@@ -102,7 +134,8 @@ export function registerQuantize(program: Command): void {
         seconds: (performance.now() - t0) / 1000,
         calibration: { file: calib, windows: windows.length, seqLen: windows[0]?.length ?? 0 },
         passes: q.passes,
-        bitsPerWeight: 4 + 32 / opts.groupSize, // 4-bit codes + one float32 scale per group
+        bitsPerWeight: nominalBitsPerWeight(precisionOf(q), q.config), // codes + one float32 scale per group, over the decoder linears
+        ...(o.recipe ? { recipe: o.recipe } : {}),
         seedSearch: r.seedSearch,
       };
       if (o.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');

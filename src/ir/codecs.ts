@@ -7,18 +7,19 @@
  * | codec            | codes                                  | parameters           | op it matches |
  * | ---------------- | -------------------------------------- | -------------------- | ------------- |
  * | `w4-groupwise`   | uint8 [N, n_blocks, group/2] (nibbles) | float32 [N, n_blocks] | com.microsoft MatMulNBits (bits 4, zero point 8) |
+ * | `w8-groupwise`   | uint8 [N, n_blocks, group] (bytes)     | float32 [N, n_blocks] | com.microsoft MatMulNBits (bits 8, zero point 128) |
  * | `i8-per-channel` | int8 [N, K]                            | float32 [N, 1]       | DequantizeLinear (axis 0) |
  * | `u8-per-tensor`  | uint8 [n]                              | scale, zero point    | QuantizeLinear / DequantizeLinear (uint8) |
  *
  * The grids themselves (rounding, scales, packing) are in src/ir/quant.ts.
  */
 import type { QParams } from './model.js';
-import { roundHalfEven, quantizeRtnW4, dequantizeW4, quantizeU8, numGroups } from './quant.js';
+import { roundHalfEven, quantizeRtn, dequantizeWeights, quantizeU8, numGroups, blobBytes, type WeightBits } from './quant.js';
 import { ShapeMismatchError } from '../core/errors.js';
 
 /** A weight matrix W [rows, cols] (float32, row-major) in one of the matrix codecs. */
 export interface EncodedMatrix {
-  /** the integer codes: uint8 (w4-groupwise, nibbles packed) or int8 (i8-per-channel) */
+  /** the integer codes: uint8 (w4-groupwise nibbles packed, w8-groupwise bytes) or int8 (i8-per-channel) */
   codes: Uint8Array | Int8Array;
   /** the codes' shape as stored */
   codesShape: number[];
@@ -29,11 +30,11 @@ export interface EncodedMatrix {
 
 /** An encode/decode pair over weight matrices. */
 export interface MatrixCodec {
-  readonly name: 'w4-groupwise' | 'i8-per-channel';
+  readonly name: 'w4-groupwise' | 'w8-groupwise' | 'i8-per-channel';
   readonly bits: 4 | 8;
   /**
    * @param W float32 [rows, cols], row-major
-   * @param groupSize columns per scale (w4-groupwise; even); ignored by per-channel codecs
+   * @param groupSize columns per scale (group-wise codecs; even for 4 bits); ignored by per-channel codecs
    * @throws ShapeMismatchError when W does not have rows·cols elements
    */
   encode(W: Float32Array, rows: number, cols: number, groupSize?: number): EncodedMatrix;
@@ -43,19 +44,27 @@ export interface MatrixCodec {
 
 const I8_MAX = 127;
 
-/** 4-bit symmetric group-wise along the input dimension, MatMulNBits packing (src/ir/quant.ts). */
-export const W4_GROUPWISE: MatrixCodec = {
-  name: 'w4-groupwise',
-  bits: 4,
-  encode(W, rows, cols, groupSize = 32) {
-    const p = quantizeRtnW4(W, rows, cols, groupSize);
-    const nb = numGroups(cols, groupSize);
-    return { codes: p.qweight, codesShape: [rows, nb, groupSize / 2], scales: p.scales, scalesShape: [rows, nb] };
-  },
-  decode(e, rows, cols, groupSize = 32) {
-    return dequantizeW4({ qweight: e.codes as Uint8Array, scales: e.scales, outFeatures: rows, inFeatures: cols, groupSize });
-  },
-};
+/** b-bit symmetric group-wise along the input dimension, MatMulNBits packing (src/ir/quant.ts). */
+function groupwise(bits: WeightBits): MatrixCodec {
+  return {
+    name: bits === 4 ? 'w4-groupwise' : 'w8-groupwise',
+    bits,
+    encode(W, rows, cols, groupSize = 32) {
+      const p = quantizeRtn(W, rows, cols, groupSize, bits);
+      const nb = numGroups(cols, groupSize);
+      return { codes: p.qweight, codesShape: [rows, nb, blobBytes(groupSize, bits)], scales: p.scales, scalesShape: [rows, nb] };
+    },
+    decode(e, rows, cols, groupSize = 32) {
+      return dequantizeWeights({ qweight: e.codes as Uint8Array, scales: e.scales, outFeatures: rows, inFeatures: cols, groupSize, bits });
+    },
+  };
+}
+
+/** 4-bit symmetric group-wise (zero point 8, two codes per byte). */
+export const W4_GROUPWISE: MatrixCodec = groupwise(4);
+
+/** 8-bit symmetric group-wise (scale 2·max|w|/255 per group, zero point 128, one code per byte). */
+export const W8_GROUPWISE: MatrixCodec = groupwise(8);
 
 /**
  * int8 symmetric per output channel (row): scale = max|w|/127 (1/127 for a zero row),
@@ -106,6 +115,7 @@ export const U8_PER_TENSOR = {
 /** Every codec by name. */
 export const CODECS = {
   'w4-groupwise': W4_GROUPWISE,
+  'w8-groupwise': W8_GROUPWISE,
   'i8-per-channel': I8_PER_CHANNEL,
   'u8-per-tensor': U8_PER_TENSOR,
 } as const;
@@ -115,4 +125,12 @@ export type CodecName = keyof typeof CODECS;
 /** The matrix codec storing `bits`-bit weights (4: w4-groupwise, 8: i8-per-channel). */
 export function matrixCodec(bits: 4 | 8): MatrixCodec {
   return bits === 4 ? W4_GROUPWISE : I8_PER_CHANNEL;
+}
+
+/**
+ * The codec of a weight-quantized linear's `.qweight` / `.scales` (the MatMulNBits layout of
+ * src/ir/model.ts): w4-groupwise for 4 bits, w8-groupwise for 8.
+ */
+export function linearCodec(bits: WeightBits): MatrixCodec {
+  return bits === 4 ? W4_GROUPWISE : W8_GROUPWISE;
 }

@@ -9,6 +9,7 @@
  * (F32 [out, n_blocks]); the zero point is the implicit 2^(bits-1) = 8 of symmetric quantization.
  */
 import type { Tensor, DType } from './tensor.js';
+import type { PrecisionTable } from './precision.js';
 
 export type ModelFamily = 'llama' | 'qwen2' | 'mistral';
 
@@ -57,7 +58,8 @@ export interface QParams {
 
 /** How a weight-quantized linear was quantized. */
 export interface LinearQuant {
-  bits: 4;
+  /** 4 or 8: `.qweight` is [out, n_blocks, group·bits/8], zero point 2^(bits-1) (src/ir/quant.ts) */
+  bits: 4 | 8;
   groupSize: number;
   /** 'symmetric': zero point 2^(bits-1) */
   scheme: 'symmetric';
@@ -102,6 +104,11 @@ export interface Model {
   adapters?: LoraAdapter[];
   /** rotations executed at run time (passes/quarot.ts online R3/R4); absent: none */
   online?: OnlineRotations;
+  /**
+   * the per-module precision resolved from `quantize --recipe` (src/ir/precision.ts); absent: the
+   * uniform precision the quantization state states (src/ir/quant-scheme.ts precisionOf derives it)
+   */
+  precision?: PrecisionTable;
 }
 
 /**

@@ -2,10 +2,12 @@
  * The quantizer grids, shared by every path that produces integers (RTN, GPTQ, calibration), so all
  * of them agree with the ONNX ops that execute them.
  *
- * - Weights: 4-bit symmetric, group-wise along the input dimension (GPTQ's `Quantizer` with
- *   sym=True: scale = 2·max|w|/15, zero point 8, q = clamp(round(w/scale) + 8, 0, 15)), packed for
- *   com.microsoft MatMulNBits (B: uint8 [N, n_blocks, block_size/2], element k of a block in the low
- *   nibble when k is even; scales float [N·n_blocks]; default zero point 8).
+ * - Weights: b-bit symmetric (b = 4 or 8), group-wise along the input dimension (GPTQ's `Quantizer`
+ *   with sym=True: maxq = 2^b − 1, scale = 2·max|w|/maxq, zero point 2^(b−1),
+ *   q = clamp(round(w/scale) + zero, 0, maxq); 4 bits: /15 and 8, 8 bits: /255 and 128), packed
+ *   for com.microsoft MatMulNBits (B: uint8 [N, n_blocks, block_size·b/8]; 4 bits: element k of a
+ *   block in the low nibble when k is even, 8 bits: one byte per element; scales float
+ *   [N·n_blocks]; MatMulNBits' default zero point is 2^(b−1), so none is stored).
  * - Activations and KV cache: 8-bit asymmetric per-tensor (ONNX QuantizeLinear, uint8):
  *   q = saturate(roundHalfEven(x/scale) + zeroPoint), x' = (q − zeroPoint)·scale.
  */
@@ -22,15 +24,33 @@ export function roundHalfEven(x: number): number {
 export const W4_MAXQ = 15;
 export const W4_ZERO = 8;
 
-/** Symmetric 4-bit scale of a group from its max |w| (GPTQ's convention; an all-zero group gets 2/15). */
-export function symmetricScale(absMax: number): number {
-  return absMax === 0 ? 2 / W4_MAXQ : (2 * absMax) / W4_MAXQ;
+/** Widths of the symmetric group-wise weight grid (MatMulNBits `bits`). */
+export type WeightBits = 4 | 8;
+
+/** The largest code 2^bits − 1 and the zero point 2^(bits−1) of the `bits`-bit weight grid (4: 15 and 8; 8: 255 and 128). */
+export function weightGrid(bits: WeightBits): { maxq: number; zero: number } {
+  return bits === 4 ? { maxq: W4_MAXQ, zero: W4_ZERO } : { maxq: 255, zero: 128 };
+}
+
+/**
+ * Symmetric scale of a group from its max |w|: 2·max|w|/maxq (GPTQ's convention; an all-zero group
+ * gets 2/maxq). @param bits grid width (default 4: /15)
+ */
+export function symmetricScale(absMax: number, bits: WeightBits = 4): number {
+  const { maxq } = weightGrid(bits);
+  return absMax === 0 ? 2 / maxq : (2 * absMax) / maxq;
+}
+
+/** The `bits`-bit code of w on a grid with `scale`: clamp(round½even(w/scale) + 2^(bits−1), 0, 2^bits − 1). */
+export function quantizeWeight(w: number, scale: number, bits: WeightBits): number {
+  const { maxq, zero } = weightGrid(bits);
+  const q = roundHalfEven(w / scale) + zero;
+  return q < 0 ? 0 : q > maxq ? maxq : q;
 }
 
 /** The 4-bit code of w on a grid with `scale` (zero point 8). */
 export function quantizeW4(w: number, scale: number): number {
-  const q = roundHalfEven(w / scale) + W4_ZERO;
-  return q < 0 ? 0 : q > W4_MAXQ ? W4_MAXQ : q;
+  return quantizeWeight(w, scale, 4);
 }
 
 /** Number of groups (MatMulNBits blocks) for `inFeatures` columns; the last one may be ragged. */
@@ -38,27 +58,45 @@ export function numGroups(inFeatures: number, groupSize: number): number {
   return Math.ceil(inFeatures / groupSize);
 }
 
-/** A 4-bit group-wise quantized matrix in MatMulNBits layout. */
+/** Bytes of one packed group (MatMulNBits blob): groupSize·bits/8. */
+export function blobBytes(groupSize: number, bits: WeightBits): number {
+  return (groupSize * bits) / 8;
+}
+
+/** A b-bit group-wise quantized matrix in MatMulNBits layout. */
 export interface PackedW4 {
-  /** uint8 [N, nBlocks, groupSize/2] */
+  /** uint8 [N, nBlocks, groupSize·bits/8] */
   qweight: Uint8Array;
   /** float32 [N, nBlocks] */
   scales: Float32Array;
   outFeatures: number;
   inFeatures: number;
   groupSize: number;
+  /** code width; absent: 4 */
+  bits?: WeightBits;
 }
 
+/** A b-bit group-wise quantized matrix (the name says what {@link PackedW4} holds since it has a width). */
+export type PackedWeights = PackedW4;
+
 /**
- * Packs integer codes q (uint8 [N, K], values 0..15) into MatMulNBits blocks; the padding of a
- * ragged last block gets code 8 (= 0.0).
+ * Packs integer codes q (uint8 [N, K], values 0..2^bits − 1) into MatMulNBits blocks
+ * (uint8 [N, n_blocks, groupSize·bits/8]); the padding of a ragged last block gets the zero point
+ * (= 0.0). @throws ShapeMismatchError when codes is not N·K long or (4 bits) the group size is odd
  */
-export function packW4(codes: Uint8Array, N: number, K: number, groupSize: number): Uint8Array {
-  if (codes.length !== N * K) throw new ShapeMismatchError(`packW4: codes has ${codes.length} elements, expected N·K = ${N}·${K}`);
-  if (groupSize % 2 !== 0) throw new ShapeMismatchError(`packW4: group size ${groupSize} must be even`);
+export function packWeights(codes: Uint8Array, N: number, K: number, groupSize: number, bits: WeightBits): Uint8Array {
+  const fn = `packW${bits}`;
+  if (codes.length !== N * K) throw new ShapeMismatchError(`${fn}: codes has ${codes.length} elements, expected N·K = ${N}·${K}`);
+  if (bits === 4 && groupSize % 2 !== 0) throw new ShapeMismatchError(`${fn}: group size ${groupSize} must be even`);
   const nb = numGroups(K, groupSize);
+  const zero = weightGrid(bits).zero;
+  if (bits === 8) {
+    const out = new Uint8Array(N * nb * groupSize).fill(zero);
+    for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) out[n * nb * groupSize + k] = codes[n * K + k]; // row n: blocks back to back
+    return out;
+  }
   const blob = groupSize / 2;
-  const out = new Uint8Array(N * nb * blob).fill(W4_ZERO | (W4_ZERO << 4));
+  const out = new Uint8Array(N * nb * blob).fill(zero | (zero << 4));
   for (let n = 0; n < N; n++)
     for (let k = 0; k < K; k++) {
       const b = Math.floor(k / groupSize);
@@ -70,15 +108,19 @@ export function packW4(codes: Uint8Array, N: number, K: number, groupSize: numbe
   return out;
 }
 
-/** Inverse of {@link packW4}: uint8 codes [N, K]. */
-export function unpackW4(qweight: Uint8Array, N: number, K: number, groupSize: number): Uint8Array {
+/** Inverse of {@link packWeights}: uint8 codes [N, K]. @throws ShapeMismatchError for a qweight of the wrong size */
+export function unpackWeights(qweight: Uint8Array, N: number, K: number, groupSize: number, bits: WeightBits): Uint8Array {
   const nb = numGroups(K, groupSize);
-  const blob = groupSize / 2;
+  const blob = blobBytes(groupSize, bits);
   if (qweight.length !== N * nb * blob)
-    throw new ShapeMismatchError(`unpackW4: qweight has ${qweight.length} bytes, expected N·n_blocks·group/2 = ${N}·${nb}·${blob}`);
+    throw new ShapeMismatchError(`unpackW${bits}: qweight has ${qweight.length} bytes, expected N·n_blocks·group·${bits}/8 = ${N}·${nb}·${blob}`);
   const codes = new Uint8Array(N * K);
   for (let n = 0; n < N; n++)
     for (let k = 0; k < K; k++) {
+      if (bits === 8) {
+        codes[n * K + k] = qweight[n * nb * groupSize + k];
+        continue;
+      }
       const b = Math.floor(k / groupSize);
       const j = k % groupSize;
       const byte = qweight[(n * nb + b) * blob + (j >> 1)];
@@ -87,35 +129,58 @@ export function unpackW4(qweight: Uint8Array, N: number, K: number, groupSize: n
   return codes;
 }
 
-/** Dequantizes packed weights to float32 W [N, K]: w = (q − 8)·scale. */
-export function dequantizeW4(p: PackedW4): Float32Array {
+/**
+ * Packs integer codes q (uint8 [N, K], values 0..15) into MatMulNBits blocks; the padding of a
+ * ragged last block gets code 8 (= 0.0).
+ */
+export function packW4(codes: Uint8Array, N: number, K: number, groupSize: number): Uint8Array {
+  return packWeights(codes, N, K, groupSize, 4);
+}
+
+/** Inverse of {@link packW4}: uint8 codes [N, K]. */
+export function unpackW4(qweight: Uint8Array, N: number, K: number, groupSize: number): Uint8Array {
+  return unpackWeights(qweight, N, K, groupSize, 4);
+}
+
+/** Dequantizes packed weights (of width `p.bits`, default 4) to float32 W [N, K]: w = (q − 2^(bits−1))·scale. */
+export function dequantizeWeights(p: PackedWeights): Float32Array {
   const { outFeatures: N, inFeatures: K, groupSize } = p;
-  const codes = unpackW4(p.qweight, N, K, groupSize);
+  const bits = p.bits ?? 4;
+  const zero = weightGrid(bits).zero;
+  const codes = unpackWeights(p.qweight, N, K, groupSize, bits);
   const nb = numGroups(K, groupSize);
   const w = new Float32Array(N * K);
   for (let n = 0; n < N; n++)
-    for (let k = 0; k < K; k++) w[n * K + k] = (codes[n * K + k] - W4_ZERO) * p.scales[n * nb + Math.floor(k / groupSize)];
+    for (let k = 0; k < K; k++) w[n * K + k] = (codes[n * K + k] - zero) * p.scales[n * nb + Math.floor(k / groupSize)];
   return w;
 }
 
+/** Dequantizes packed 4-bit weights to float32 W [N, K]: w = (q − 8)·scale (`p.bits` is ignored). */
+export function dequantizeW4(p: PackedW4): Float32Array {
+  return dequantizeWeights({ ...p, bits: 4 });
+}
+
 /**
- * Round-to-nearest 4-bit symmetric group-wise quantization of W [N, K] (float32, row-major).
+ * Round-to-nearest b-bit symmetric group-wise quantization of W [N, K] (float32, row-major).
  * Each group of `groupSize` input columns of a row has its own scale; the last group of a row is
  * ragged when K is not a multiple of groupSize.
  * @param W float32 [N, K], row-major (N = out features, K = in features); values must be finite
  *   (NaN or ±Infinity are not checked and give a NaN or infinite scale for their group)
  * @param N rows (out features)
  * @param K columns (in features)
- * @param groupSize columns per group (MatMulNBits block size): a positive even integer
- * @returns PackedW4 with `qweight` uint8 [N, n_blocks, groupSize/2] (N·n_blocks·groupSize/2 bytes,
- *   two codes per byte, even column in the low nibble, ragged padding code 8), `scales` float32
- *   [N, n_blocks] (each 2·max|w|/15 of its group rounded to float32, 2/15 for an all-zero group),
- *   where n_blocks = ceil(K / groupSize); dequantize with w = (q − 8)·scale ({@link dequantizeW4})
- * @throws ShapeMismatchError when W.length ≠ N·K, or (from {@link packW4}) when groupSize is odd
- *   or not an integer; a groupSize ≤ 0 is not checked and ends in a RangeError (typed-array length)
+ * @param groupSize columns per group (MatMulNBits block size): a positive integer, even for 4 bits
+ * @param bits 4 or 8
+ * @returns PackedWeights with `qweight` uint8 [N, n_blocks, groupSize·bits/8] (4 bits: two codes per
+ *   byte, even column in the low nibble; 8 bits: one code per byte; ragged padding at the zero point),
+ *   `scales` float32 [N, n_blocks] (each 2·max|w|/(2^bits − 1) of its group rounded to float32,
+ *   2/(2^bits − 1) for an all-zero group), `bits`, where n_blocks = ceil(K / groupSize); dequantize
+ *   with w = (q − 2^(bits−1))·scale ({@link dequantizeWeights})
+ * @throws ShapeMismatchError when W.length ≠ N·K, or (from {@link packWeights}) when a 4-bit
+ *   groupSize is odd or not an integer; a groupSize ≤ 0 is not checked and ends in a RangeError
+ *   (typed-array length)
  */
-export function quantizeRtnW4(W: Float32Array, N: number, K: number, groupSize: number): PackedW4 {
-  if (W.length !== N * K) throw new ShapeMismatchError(`quantizeRtnW4: W has ${W.length} elements, shape [${N}, ${K}] needs ${N * K}`);
+export function quantizeRtn(W: Float32Array, N: number, K: number, groupSize: number, bits: WeightBits): PackedWeights {
+  if (W.length !== N * K) throw new ShapeMismatchError(`quantizeRtnW${bits}: W has ${W.length} elements, shape [${N}, ${K}] needs ${N * K}`);
   const nb = numGroups(K, groupSize);
   const scales = new Float32Array(N * nb);
   const codes = new Uint8Array(N * K);
@@ -126,11 +191,22 @@ export function quantizeRtnW4(W: Float32Array, N: number, K: number, groupSize: 
       let m = 0;
       for (let k = k0; k < k1; k++) m = Math.max(m, Math.abs(W[n * K + k]));
       // Stored as float32: quantize with the float32 value so the graph sees the same grid.
-      const s = Math.fround(symmetricScale(m));
+      const s = Math.fround(symmetricScale(m, bits));
       scales[n * nb + b] = s;
-      for (let k = k0; k < k1; k++) codes[n * K + k] = quantizeW4(W[n * K + k], s);
+      for (let k = k0; k < k1; k++) codes[n * K + k] = quantizeWeight(W[n * K + k], s, bits);
     }
-  return { qweight: packW4(codes, N, K, groupSize), scales, outFeatures: N, inFeatures: K, groupSize };
+  return { qweight: packWeights(codes, N, K, groupSize, bits), scales, outFeatures: N, inFeatures: K, groupSize, bits };
+}
+
+/**
+ * Round-to-nearest 4-bit symmetric group-wise quantization of W [N, K]: {@link quantizeRtn} with 4
+ * bits (`qweight` uint8 [N, n_blocks, groupSize/2], scales 2·max|w|/15, zero point 8), without the
+ * `bits` field in its result.
+ * @throws ShapeMismatchError as {@link quantizeRtn}
+ */
+export function quantizeRtnW4(W: Float32Array, N: number, K: number, groupSize: number): PackedW4 {
+  const { bits: _bits, ...p } = quantizeRtn(W, N, K, groupSize, 4);
+  return p;
 }
 
 /**
