@@ -21,6 +21,7 @@ import { DTYPES } from '../src/ir/tensor.js';
 import { EdgeLLMError, FormatError } from '../src/core/errors.js';
 import { Sha256 } from '../src/core/digest.js';
 import type { Executable, ExecutableAdapter, GraphPart, KvLayout, MappedWeights } from '../src/ir/executable.js';
+import type { PrecisionTable } from '../src/ir/precision.js';
 import type { Tensor } from '../src/ir/tensor.js';
 import type { ValueSpec, ElemType } from './onnx.js';
 import { VERSION, artifactTimestamp } from '../src/core/version.js';
@@ -80,6 +81,7 @@ export function writeExecutable(path: string, exe: Executable): void {
       prefill: graph(exe.prefill, 'graph.prefill'),
       decode: graph(exe.decode, 'graph.decode'),
       sourceSha256: exe.sourceSha256,
+      precisionJson: exe.precision ? JSON.stringify(exe.precision) : '',
       createdAt: artifactTimestamp() ?? '', // only with SOURCE_DATE_EPOCH: no wall-clock time in the artifact
       adapters: (exe.adapters ?? []).map((a) => ({
         name: a.name,
@@ -110,6 +112,8 @@ export interface ExecutableHeader {
   prefill: GraphHeader;
   decode: GraphHeader;
   sourceSha256: string;
+  /** the per-module precision table, when the header states one */
+  precision?: PrecisionTable;
   /** adapters without their tensors, each with the section that holds them */
   adapters: (Omit<ExecutableAdapter, 'tensors'> & { section: string })[];
 }
@@ -146,6 +150,17 @@ export function executableHeader(path: string, hef: Pick<HefFile, 'header' | 'se
   if (typeof config !== 'object' || config === null || Array.isArray(config)) throw new FormatError(path, 'header config is not a JSON object');
   need(h.quant, 'quant');
   const kv = need(h.kvCache, 'kv_cache');
+  let precision: PrecisionTable | undefined;
+  if (h.precisionJson) {
+    try {
+      precision = JSON.parse(h.precisionJson);
+    } catch {
+      throw new FormatError(path, 'header precision is not valid JSON');
+    }
+    const p = precision as unknown as Record<string, unknown>;
+    if (typeof p !== 'object' || p === null || typeof p.linears !== 'object' || typeof p.activations !== 'object' || !Array.isArray(p.kvCache))
+      throw new FormatError(path, 'header precision is not a precision table (an object with linears, activations and kvCache)');
+  }
   return {
     edgellmVersion: h.edgellmVersion,
     createdAt: h.createdAt,
@@ -166,6 +181,7 @@ export function executableHeader(path: string, hef: Pick<HefFile, 'header' | 'se
     prefill: graph(h.prefill, 'prefill graph'),
     decode: graph(h.decode, 'decode graph'),
     sourceSha256: h.sourceSha256,
+    ...(precision ? { precision } : {}),
     adapters: (h.adapters ?? []).map((a: any) => {
       if (!hef.sections.has(a.section)) throw new FormatError(path, `header names adapter section '${a.section}', which the file does not hold`);
       return {
@@ -216,6 +232,7 @@ export function readExecutable(path: string, opts: { mapWeights?: boolean; verif
       modelName: h.modelName,
       config: h.config,
       quant: h.quant,
+      ...(h.precision ? { precision: h.precision } : {}),
       kvLayout: h.kvLayout,
       prefill: graph(h.prefill),
       decode: graph(h.decode),

@@ -109,8 +109,9 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
       config: h.config,
       kvCache: { ...kv, layers: kv.layers.length },
       adapters: adapterInfos(h.adapters, (a) => hef.sections.get(a.section)?.length ?? 0),
-      precision: precisionGroups(hefPrecision(file, graph, h.config, String(h.quant.weightMethod), h.quant.activationScheme !== 'none', kv.dtype !== 'float32'), h.config, kv.maxContext, {
-        observers: false,
+      // the header's table when it states one (quantized with a recipe), else what the graph executes
+      precision: precisionGroups(h.precision ?? hefPrecision(file, graph, h.config, String(h.quant.weightMethod), h.quant.activationScheme !== 'none', kv.dtype !== 'float32'), h.config, kv.maxContext, {
+        observers: !!h.precision,
         sharedEmbedding: !!h.quant.embeddingShared,
       }),
       memory: { weightBytes, kvCacheBytes: kvBytes, totalBytes: weightBytes + kvBytes },

@@ -40,6 +40,7 @@ export function compile(model: Model, opts: CompileOptions): Executable {
     modelName: opts.modelName ?? model.config.modelType,
     config: model.config,
     quant: quantSchemeOf(model),
+    ...(model.precision ? { precision: model.precision } : {}),
     kvLayout,
     prefill: { onnx: prefill.encode(false), seqLen: opts.prefillLen, inputs: prefill.inputSpecs, outputs: prefill.outputSpecs },
     decode: { onnx: decode.encode(false), seqLen: 1, inputs: decode.inputSpecs, outputs: decode.outputSpecs },

@@ -6,6 +6,7 @@
 import type { ModelConfig, QParams, TokenizerFiles, LoraAdapter } from './model.js';
 import type { Tensor } from './tensor.js';
 import type { QuantSchemeSummary } from './quant-scheme.js';
+import type { PrecisionTable } from './precision.js';
 
 /** Element types used in graph I/O, by ONNX name. */
 export type ElemType = 'float32' | 'int64' | 'uint8' | 'int32' | 'bool';
@@ -56,6 +57,8 @@ export interface Executable {
   modelName: string;
   config: ModelConfig;
   quant: QuantSchemeSummary;
+  /** the per-module precision table of a model quantized with a recipe (src/ir/precision.ts); absent: uniform, as `quant` states */
+  precision?: PrecisionTable;
   kvLayout: KvLayout;
   prefill: GraphPart;
   decode: GraphPart;

@@ -74,7 +74,9 @@ describe('quantize --recipe: all down_proj at W8 on stories260K', () => {
       expect(out).toMatch(/lm_head ×1: +W4 g16 gptq, 24\.0 KiB \(6\.00 bits\/weight; also the embedding table\)/);
       expect(out).toMatch(/k_cache ×5: +KV8.*, 80\.0 KiB at 512 tokens/);
     }
-    expect(ok('inspect', mixed.har)).toMatch(/down_proj_in ×5: +A8 mse/);
+    // the HEF header carries the whole table (observers included), as the HAR manifest does
+    for (const file of [mixed.har, mixed.hef]) expect(ok('inspect', file)).toMatch(/down_proj_in ×5: +A8 mse/);
+    expect(JSON.parse(ok('inspect', mixed.hef, '--json')).precision).toEqual(JSON.parse(ok('inspect', mixed.har, '--json')).precision);
     const j = JSON.parse(ok('inspect', mixed.har, '--json'));
     expect(j.precision).toContainEqual({ kind: 'linear', role: 'down_proj', count: 5, precision: 'W8 g32 gptq', bytes: 5 * 64 * 6 * (32 + 4), weights: 5 * 64 * 172 });
     expect(ok('inspect', uniform.har)).toMatch(/down_proj ×5: +W4 g32 gptq, 37\.5 KiB/);
