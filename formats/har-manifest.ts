@@ -68,8 +68,25 @@ export function precisionTableProblem(t: unknown, numLayers: number): string | u
 }
 
 /**
- * Checks ranges.json: an object whose `activations` (when present) is an object and `kvCache` a
- * list; `kCacheOffset` (when present) holds `numLayers` lists of `width` numbers.
+ * What is wrong with one stored range (src/ir/quant.ts QdqParams), or undefined: `scale` a positive
+ * finite number, `bits` absent (uint8) or 16 (uint16), `zeroPoint` an integer in [0, 255] or, with
+ * `bits: 16`, [0, 65535].
+ */
+export function qparamsProblem(p: unknown): string | undefined {
+  if (!isObject(p)) return `must be {scale, zeroPoint} or {scale, zeroPoint, bits: 16}, got ${describe(p)}`;
+  if (p.bits !== undefined && p.bits !== 16) return `bits must be absent (8-bit) or 16, got ${describe(p.bits)}`;
+  if (typeof p.scale !== 'number' || !Number.isFinite(p.scale) || p.scale <= 0) return `scale must be a positive finite number, got ${describe(p.scale)}`;
+  const qmax = p.bits === 16 ? 65535 : 255;
+  if (!Number.isInteger(p.zeroPoint) || (p.zeroPoint as number) < 0 || (p.zeroPoint as number) > qmax)
+    return `zeroPoint must be an integer in [0, ${qmax}] for a ${p.bits === 16 ? 16 : 8}-bit range, got ${describe(p.zeroPoint)}`;
+  return undefined;
+}
+
+/**
+ * Checks ranges.json: an object whose `activations` (when present) maps point names to ranges and
+ * `kvCache` (when present) is a list of {k, v} ranges ({@link qparamsProblem}: a 16-bit range says
+ * `bits: 16` and may have a zero point up to 65535, an 8-bit one up to 255); `kCacheOffset` (when
+ * present) holds `numLayers` lists of `width` numbers.
  * @throws FormatError naming `path` and the field
  */
 export function checkRanges(path: string, r: unknown, numLayers: number, width: number): void {
@@ -77,6 +94,17 @@ export function checkRanges(path: string, r: unknown, numLayers: number, width: 
   if (!isObject(r)) throw bad(`must be a JSON object, got ${describe(r)}`);
   if (r.activations != null && !isObject(r.activations)) throw bad(`activations must be an object, got ${describe(r.activations)}`);
   if (r.kvCache != null && !Array.isArray(r.kvCache)) throw bad(`kvCache must be a list, got ${describe(r.kvCache)}`);
+  for (const [n, p] of Object.entries(r.activations ?? {})) {
+    const problem = qparamsProblem(p);
+    if (problem) throw bad(`activations['${n}'] ${problem}`);
+  }
+  for (const [i, l] of ((r.kvCache ?? []) as unknown[]).entries()) {
+    if (!isObject(l)) throw bad(`kvCache[${i}] must be {k, v}, got ${describe(l)}`);
+    for (const which of ['k', 'v'] as const) {
+      const problem = qparamsProblem(l[which]);
+      if (problem) throw bad(`kvCache[${i}].${which} ${problem}`);
+    }
+  }
   const off = r.kCacheOffset;
   if (off && (!Array.isArray(off) || off.length !== numLayers || off.some((l) => !Array.isArray(l) || l.length !== width || l.some((x) => typeof x !== 'number'))))
     throw bad(`kCacheOffset must hold ${numLayers} layers of ${width} numbers`);

@@ -14,7 +14,9 @@
  * |                                 | (any weight set over 2 GiB is split into numbered shards,     |
  * |                                 | `weights-00001-of-00003.safetensors`, …: one JS typed array   |
  * |                                 | holds at most 4 GiB; the emulation members likewise)          |
- * | ranges.json                     | static A8 activation ranges and per-layer KV8 ranges          |
+ * | ranges.json                     | static activation ranges {scale, zeroPoint} (uint8; a 16-bit  |
+ * |                                 | point's add `bits: 16`, zero point ≤ 65535; float points of a |
+ * |                                 | recipe have none), per-layer KV8 ranges, K-cache offsets      |
  * | report.json                     | per-layer quantization error (when the passes measured it)    |
  * | emulation/native.safetensors    | the source fp32 weights (`eval --emulate native`)             |
  * | emulation/optimized.safetensors | fp32 weights after fold-norms/QuaRot (`--emulate optimized`)  |

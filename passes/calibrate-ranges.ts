@@ -1,14 +1,27 @@
 /**
- * Static A8/KV8 range calibration: runs the model as it will execute (quantized weights, float
- * activations) on calibration windows through a capture graph (src/compiler/lower.ts `capture`),
- * feeds every quantization point's activations to an observer, and returns the model with
- * `quant.activations` and `quant.kvCache` filled in, and the SQNR (dB) of every point in
+ * Static activation and KV-cache range calibration: runs the model as it will execute (quantized
+ * weights, float activations) on calibration windows through a capture graph (src/compiler/lower.ts
+ * `capture`), feeds every quantization point's activations to an observer, and returns the model
+ * with `quant.activations` and `quant.kvCache` filled in, and the SQNR (dB) of every point in
  * `report.points`.
+ *
+ * Widths: uniform A8/KV8 from the flags (`activations`, `kvCache`, one `observer`), or per point from
+ * a recipe's precision table (`precision`, src/ir/precision.ts): an activation point at 8 bits gets
+ * uint8 parameters, at 16 bits uint16 ones (scale = range/65535, zero point in [0, 65535], stored with
+ * `bits: 16`; src/ir/quant.ts asymmetricQParams), at 32 bits (float) none; every point is observed
+ * with its own observer. KV caches are all 8-bit or all float (the KV8 lowering; 16-bit caches are
+ * refused by src/ir/recipe.ts refuseUnsupported).
+ *
+ *   precision.activations['model.layers.1.down_proj_in'] = {bits: 16, observer: 'mse'}
+ *     → quant.activations['model.layers.1.down_proj_in'] = {scale: 1.56e-4, zeroPoint: 31843, bits: 16}
+ *   precision.activations['lm_head_in'] = {bits: 32, …}  → no entry (no QDQ at lm_head's input)
  */
 import type { Model, QParams, QuantReport } from '../src/ir/model.js';
+import type { PointPrecision, PrecisionTable } from '../src/ir/precision.js';
 import { lowerModel } from '../src/compiler/lower.js';
 import { captureName, kvPoints } from '../src/compiler/io-contract.js';
 import { activationPoints } from '../src/ir/architectures.js';
+import { UsageError } from '../src/core/errors.js';
 import { captureWindows } from '../src/engine/capture.js';
 import { windowFeeds } from '../calibration/window-feeds.js';
 import { OBSERVERS, type ObserverKind, type Observer } from '../calibration/observers.js';
@@ -16,21 +29,47 @@ import type { RunContext } from '../src/core/context.js';
 import type { Pass } from './pass.js';
 
 export interface CalibrateOptions {
+  /** range observer of every point (without `precision`) */
   observer: ObserverKind;
-  /** quantize activations at linear inputs (A8) */
+  /** quantize activations at linear inputs (A8; without `precision`) */
   activations: boolean;
-  /** quantize the KV cache (KV8) */
+  /** quantize the KV cache (KV8; without `precision`) */
   kvCache: boolean;
+  /**
+   * per-point widths and observers (a recipe's resolved table, passes/pipeline.ts withPrecision):
+   * when given it decides every point and the three fields above are not read; it is not recorded
+   * in the pass's options (the manifest's `precision` holds it)
+   */
+  precision?: Pick<PrecisionTable, 'activations' | 'kvCache'>;
 }
 
 export const meta = { name: 'calibrate', requires: [] as string[] };
 
+/** Every point's precision: from the table, or uniform from the flags (8-bit where quantized, else float). */
+function pointPrecisions(model: Model, opts: CalibrateOptions): { act: Map<string, PointPrecision>; kv: { k: PointPrecision; v: PointPrecision }[] } {
+  const cfg = model.config;
+  const uniform = (on: boolean): PointPrecision => ({ bits: on ? 8 : 32, observer: opts.observer });
+  const t = opts.precision;
+  const act = new Map(activationPoints(cfg).map((p): [string, PointPrecision] => [p, t ? t.activations[p] : uniform(opts.activations)]));
+  const kv = Array.from({ length: cfg.numLayers }, (_, i) => (t ? t.kvCache[i] : { k: uniform(opts.kvCache), v: uniform(opts.kvCache) }));
+  for (const [p, pp] of act) if (!pp) throw new UsageError(`calibrate: the precision table has no entry for activation point '${p}'`);
+  const kvBits = new Set(kv.flatMap((l) => (l ? [l.k.bits, l.v.bits] : [0])));
+  if (kvBits.has(0) || kvBits.has(16) || kvBits.size > 1)
+    throw new UsageError(`calibrate: KV caches must be all 8-bit or all float (32) with one entry per layer, got widths ${[...kvBits].join(', ')}`);
+  return { act, kv };
+}
+
 /**
  * Calibrates static ranges on `windows` (token ids, each evaluated from position 0).
- * @returns a new Model with the ranges; the input is not modified
+ * @returns a new Model with the ranges (`quant.activations`: QParams of every quantized activation
+ *   point, with `bits: 16` for uint16 ones; `quant.kvCache`: one K/V pair per layer, or empty when
+ *   the caches are float) and `report.points`; the input is not modified
+ * @throws UsageError when `opts.precision` lacks an activation point, or asks for 16-bit or partly
+ *   float KV caches
  */
 export async function calibrateRanges(model: Model, windows: readonly number[][], opts: CalibrateOptions, ctx: RunContext): Promise<Model> {
   const cfg = model.config;
+  const { act, kv } = pointPrecisions(model, opts);
   const maxLen = Math.max(...windows.map((w) => w.length));
   const g = lowerModel({ ...model, quant: { ...model.quant, activations: {}, kvCache: [] } }, {
     seqLen: 'dynamic',
@@ -38,10 +77,10 @@ export async function calibrateRanges(model: Model, windows: readonly number[][]
     capture: true,
     name: 'calibration',
   });
-  const points = activationPoints(cfg);
   const kvPts = Array.from({ length: cfg.numLayers }, (_, i) => kvPoints(i));
-  const all = [...points, ...kvPts.flatMap((p) => [p.k, p.v])];
-  const observers = new Map<string, Observer>(all.map((p) => [p, OBSERVERS[opts.observer]()]));
+  const precisions = new Map<string, PointPrecision>([...act, ...kvPts.flatMap((p, i): [string, PointPrecision][] => [[p.k, kv[i].k], [p.v, kv[i].v]])]);
+  const all = [...precisions.keys()];
+  const observers = new Map<string, Observer>(all.map((p) => [p, OBSERVERS[precisions.get(p)!.observer](precisions.get(p)!.bits === 16 ? 16 : 8)]));
   const run = { graph: g.toModelProto(true), label: 'calibration graph', count: windows.length, feeds: (w: number) => windowFeeds(cfg, windows[w]), fetches: all.map(captureName), progress: 'calibrate' };
   await captureWindows(run, ctx, (_w, res) => {
     for (const p of all) observers.get(p)!.observe(res[captureName(p)].data as Float32Array);
@@ -54,18 +93,19 @@ export async function calibrateRanges(model: Model, windows: readonly number[][]
     reportPoints[point] = { sqnrDb: obs.sqnrDb(p), ...p };
     return p;
   };
-  if (opts.activations) for (const p of points) activations[p] = qparamsOf(p);
-  const kvCache = opts.kvCache ? kvPts.map((p) => ({ k: qparamsOf(p.k), v: qparamsOf(p.v) })) : [];
+  for (const [p, pp] of act) if (pp.bits !== 32) activations[p] = qparamsOf(p);
+  const kvCache = kv[0]?.k.bits === 8 ? kvPts.map((p) => ({ k: qparamsOf(p.k), v: qparamsOf(p.v) })) : [];
   const report: QuantReport = { linears: model.report?.linears ?? {}, points: reportPoints };
+  const { precision: _table, ...recorded } = opts;
   return {
     ...model,
     report,
     quant: { ...model.quant, activations, kvCache },
-    passes: [...model.passes, { name: meta.name, options: { ...opts, windows: windows.length } }],
+    passes: [...model.passes, { name: meta.name, options: { ...recorded, windows: windows.length } }],
   };
 }
 
-/** Static A8/KV8 range calibration as a {@link Pass} (on `ctx.windows`). */
+/** Static range calibration as a {@link Pass} (on `ctx.windows`). */
 export function calibrateRangesPass(options: CalibrateOptions): Pass<CalibrateOptions> {
   return { name: meta.name, requires: meta.requires, stage: 'calibrate', options, run: (model, ctx) => calibrateRanges(model, ctx.windows, options, ctx) };
 }

@@ -169,7 +169,10 @@ export function quantizePlan(opts: QuantizeOptions, mergeLora?: PeftAdapter): Pa
     ...(opts.rotate ? [foldNormsPass(), quarotSearchPass({ seed: opts.rotationSeed, online: opts.onlineHadamard, seeds: opts.rotationSeeds }, lin)] : []),
     opts.method === 'gptq' ? gptqPass({ ...lin, percDamp: opts.percDamp, actOrder: opts.actOrder }) : rtnPass(lin),
     ...(opts.kvQuant && opts.kCentering ? [kCenteringPass()] : []),
-    ...(opts.activationQuant || opts.kvQuant ? [calibrateRangesPass({ observer: opts.observer, activations: opts.activationQuant, kvCache: opts.kvQuant })] : []),
+    // a recipe's table gives every point its own width (8, 16, 32) and observer; the flags are then its summary
+    ...(opts.activationQuant || opts.kvQuant
+      ? [calibrateRangesPass({ observer: opts.observer, activations: opts.activationQuant, kvCache: opts.kvQuant, ...(opts.precision ? { precision: opts.precision } : {}) })]
+      : []),
   ];
 }
 
@@ -195,7 +198,7 @@ export async function quantizeModel(model: Model, opts: QuantizeOptions, windows
  * fields made to agree with it — method gptq when any linear asks for GPTQ (else rtn), groupSize the
  * most common group size of the quantized decoder linears, quantizeLmHead / lmHeadGroupSize from
  * lm_head's entry, activationQuant / kvQuant when those points are quantized (not 32), observer that
- * of the quantized points (src/ir/recipe.ts refuseUnsupported has checked they share one).
+ * of the first quantized point (a summary: the calibrate pass reads each point's own from the table).
  */
 export function withPrecision(base: QuantizeOptions, table: PrecisionTable, cfg: ModelConfig): QuantizeOptions {
   const headName = lmHead(cfg).name;

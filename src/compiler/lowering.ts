@@ -1,16 +1,19 @@
 /**
  * The building blocks of the lowering (src/compiler/lower.ts): one {@link Lowering} per graph holds
  * the builder, the model and the mode flags, and emits the recurring pieces — RMSNorm, RoPE, a
- * linear (float Gemm or 4-bit MatMulNBits), a static A8 QDQ point, a KV-cache append — with
- * path-style node names.
+ * linear (float Gemm or 4/8-bit MatMulNBits), a static A8 or A16 QDQ point, a KV-cache append —
+ * with path-style node names.
  */
 import { GraphBuilder, type ElemType } from '../../formats/onnx.js';
 import type { Model, QParams } from '../ir/model.js';
+import { activationQdq } from '../ir/quant.js';
 import { actPointName, lmHead, sharesQuantizedEmbedding, type LinearSpec, type LinearInput } from '../ir/architectures.js';
 import { toFloat32, type Tensor } from '../ir/tensor.js';
 import { UnsupportedModelError } from '../core/errors.js';
 import { captureName, kvQuantNames, loraInputNames, loraPoint } from './io-contract.js';
 
+/** onnx.proto TensorProto.DataType UINT16 (the Cast target of a 16-bit point's zero point). */
+const ONNX_UINT16 = 4;
 
 /** Mode flags of one lowering. */
 export interface LoweringFlags {
@@ -148,16 +151,39 @@ export class Lowering {
     this.g.output(captureName(point), 'float32', null);
   }
 
-  /** Static A8 fake quantization (QuantizeLinear → DequantizeLinear, uint8) at an activation point. */
+  /**
+   * Static fake quantization at an activation point, x: float32 [1, S, features] -> the same, at the
+   * width the model gives the point (src/ir/quant.ts activationQdq):
+   * - 8 bits: ai.onnx QuantizeLinear → DequantizeLinear (opset 17) with a uint8 zero point;
+   * - 16 bits: com.microsoft QuantizeLinear → DequantizeLinear with a uint16 zero point (a Cast of an
+   *   int32 constant, folded by ORT when the session loads), nodes `/quant/<point>/QuantizeLinear`
+   *   (output uint16) and `/quant/<point>/DequantizeLinear`. The contrib ops take uint16 at the
+   *   graph's opset 17 (onnxruntime docs/ContribOperators.md, com.microsoft.QuantizeLinear: T2
+   *   int8, uint8, int16, uint16; the CPU kernel is the one of ai.onnx QuantizeLinear, same
+   *   y = saturate(round½even(x / y_scale) + y_zero_point)); ai.onnx QuantizeLinear takes uint16
+   *   only from opset 21, which would change the signature of other ops of the graph (ReduceMean,
+   *   Split from 18). test/passes/act-precision.test.ts checks ORT's codes equal quantizeLinear;
+   * - 32 bits (float): nothing, x is returned.
+   * The point's `capture.<point>` output (calibration) is emitted in every case.
+   * @throws UnsupportedModelError as activationQdq (a missing range, or one for another width)
+   */
   actPoint(x: string, layer: number, input: LinearInput): string {
     const point = actPointName(layer, input);
     this.capture(x, point);
     if (!this.flags.actQuant) return x;
-    const p = this.model.quant.activations[point];
-    if (!p) throw new UnsupportedModelError(`lowering: no A8 range for activation point '${point}'`);
-    const [s, z] = this.qparams(p, point);
-    const q = this.g.node('QuantizeLinear', [x, s, z], { name: `/quant/${point}/QuantizeLinear` });
-    return this.g.node('DequantizeLinear', [q, s, z], { name: `/quant/${point}/DequantizeLinear` });
+    const qdq = activationQdq(this.model, point, 'lowering');
+    if (!qdq) return x;
+    const name = `/quant/${point}`;
+    if (qdq.bits === 8) {
+      const [s, z] = this.qparams(qdq.params, point);
+      const q = this.g.node('QuantizeLinear', [x, s, z], { name: `${name}/QuantizeLinear` });
+      return this.g.node('DequantizeLinear', [q, s, z], { name: `${name}/DequantizeLinear` });
+    }
+    const s = this.g.constant({ dtype: 'F32', shape: [], data: Float32Array.of(qdq.params.scale) }, `${point}_scale`);
+    const zp32 = this.g.constant({ dtype: 'I32', shape: [], data: Int32Array.of(qdq.params.zeroPoint) }, `${point}_zp`);
+    const z = this.g.node('Cast', [zp32], { name: `${name}/ZeroPointU16`, attrs: { to: ONNX_UINT16 } });
+    const q = this.g.node('QuantizeLinear', [x, s, z], { name: `${name}/QuantizeLinear`, domain: 'com.microsoft' });
+    return this.g.node('DequantizeLinear', [q, s, z], { name: `${name}/DequantizeLinear`, domain: 'com.microsoft' });
   }
 
   /**

@@ -21,8 +21,9 @@ export const WEIGHT_BITS = [4, 8, 32] as const;
 export type RecipeWeightBits = (typeof WEIGHT_BITS)[number];
 
 /**
- * Activation and KV-cache widths: 8 (static asymmetric uint8 QDQ, the scheme today), 16 (uint16 QDQ,
- * recorded but not lowered yet) or 32 (float, not quantized).
+ * Activation and KV-cache widths: 8 (static asymmetric uint8 QDQ, the default), 16 (static
+ * asymmetric uint16 QDQ: activation points; a 16-bit KV cache is recorded but refused until its
+ * lowering exists) or 32 (float, not quantized).
  */
 export const POINT_BITS = [8, 16, 32] as const;
 export type PointBits = (typeof POINT_BITS)[number];

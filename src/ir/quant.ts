@@ -8,11 +8,15 @@
  *   for com.microsoft MatMulNBits (B: uint8 [N, n_blocks, block_size·b/8]; 4 bits: element k of a
  *   block in the low nibble when k is even, 8 bits: one byte per element; scales float
  *   [N·n_blocks]; MatMulNBits' default zero point is 2^(b−1), so none is stored).
- * - Activations and KV cache: 8-bit asymmetric per-tensor (ONNX QuantizeLinear, uint8):
- *   q = saturate(roundHalfEven(x/scale) + zeroPoint), x' = (q − zeroPoint)·scale.
+ * - Activations and KV cache: static asymmetric per-tensor, 8-bit (ONNX QuantizeLinear, uint8) or,
+ *   per activation point, 16-bit (uint16):
+ *   q = saturate(roundHalfEven(x/scale) + zeroPoint), x' = (q − zeroPoint)·scale,
+ *   scale = range/(2^bits − 1), zeroPoint ∈ [0, 2^bits − 1]; {@link activationQdq} says how a
+ *   model executes one activation point (its width, or float).
  */
-import type { QParams } from './model.js';
-import { ShapeMismatchError } from '../core/errors.js';
+import type { Model, QParams } from './model.js';
+import type { PointBits } from './precision.js';
+import { ShapeMismatchError, UnsupportedModelError } from '../core/errors.js';
 
 /** Round half to even, as ONNX QuantizeLinear and torch.round do. */
 export function roundHalfEven(x: number): number {
@@ -210,23 +214,45 @@ export function quantizeRtnW4(W: Float32Array, N: number, K: number, groupSize: 
 }
 
 /**
- * Static uint8 asymmetric per-tensor parameters from an observed range. The range is widened to
- * include 0 (so zero is exact, as ONNX quantization tools require).
+ * Bit widths of the static asymmetric QDQ grids: 8 (uint8, [0, 255]), the default scheme, and 16
+ * (uint16, [0, 65535]), the only other unsigned width ONNX QuantizeLinear saturates to.
  */
-export function asymmetricQParams(min: number, max: number): QParams {
-  const lo = Math.min(0, min);
-  const hi = Math.max(0, max);
-  if (hi - lo === 0) return { scale: 1, zeroPoint: 0 };
-  const scale = Math.fround((hi - lo) / 255);
-  const zp = roundHalfEven(-lo / scale);
-  return { scale, zeroPoint: Math.max(0, Math.min(255, zp)) };
+export type QdqBits = 8 | 16;
+
+/**
+ * QParams of a static QDQ point as stored (model.quant.activations, ranges.json): `bits` absent for
+ * the uint8 grid (every range written before 16-bit points existed), 16 for uint16, whose zero
+ * point may exceed 255.
+ */
+export type QdqParams = QParams & { bits?: 16 };
+
+/** The largest code 2^bits − 1 of the unsigned `bits`-bit grid (255 or 65535). */
+export function qdqMax(bits: QdqBits): number {
+  return bits === 8 ? 255 : 65535;
+}
+
+/** The grid width of stored QParams: 16 when they say `bits: 16`, else 8. */
+export function qdqBitsOf(p: QParams): QdqBits {
+  return (p as QdqParams).bits === 16 ? 16 : 8;
 }
 
 /**
- * Bit widths of the static asymmetric QDQ grids: 8 (uint8, [0, 255]) is what the scheme uses today;
- * the ONNX spec's uint16 ([0, 65535]) is the only other unsigned width it saturates to.
+ * Static asymmetric per-tensor parameters from an observed range, on the unsigned `bits`-bit grid:
+ * scale = fl32((hi − lo)/(2^bits − 1)), zeroPoint = clamp(roundHalfEven(−lo/scale), 0, 2^bits − 1),
+ * with the range widened to include 0 (so zero is exact, as ONNX quantization tools require); an
+ * empty range gives scale 1, zero point 0.
+ * @param bits 8 (default; the result has no `bits` field, as ranges always had) or 16 (`bits: 16`)
  */
-export type QdqBits = 8 | 16;
+export function asymmetricQParams(min: number, max: number, bits: QdqBits = 8): QdqParams {
+  const tag = bits === 16 ? { bits: 16 as const } : {};
+  const qmax = qdqMax(bits);
+  const lo = Math.min(0, min);
+  const hi = Math.max(0, max);
+  if (hi - lo === 0) return { scale: 1, zeroPoint: 0, ...tag };
+  const scale = Math.fround((hi - lo) / qmax);
+  const zp = roundHalfEven(-lo / scale);
+  return { scale, zeroPoint: Math.max(0, Math.min(qmax, zp)), ...tag };
+}
 
 /**
  * ONNX QuantizeLinear of one value onto the unsigned `bits`-bit grid: the one rounding definition
@@ -246,7 +272,7 @@ export type QdqBits = 8 | 16;
  * @returns the integer code in [0, 2^bits − 1] (NaN for a NaN x, as no range check is made)
  */
 export function quantizeLinear(x: number, p: QParams, bits: QdqBits = 8): number {
-  const qmax = bits === 8 ? 255 : 65535;
+  const qmax = qdqMax(bits);
   const q = roundHalfEven(Math.fround(Math.fround(x) / Math.fround(p.scale))) + p.zeroPoint;
   return q < 0 ? 0 : q > qmax ? qmax : q;
 }
@@ -269,7 +295,44 @@ export function quantizeU8(x: number, p: QParams): number {
   return quantizeLinear(x, p, 8);
 }
 
-/** QuantizeLinear then DequantizeLinear of one value (fake quantization). */
+/** QuantizeLinear then DequantizeLinear of one value on the `bits`-bit grid (fake quantization; the product in float64). */
+export function fakeQuantLinear(x: number, p: QParams, bits: QdqBits): number {
+  return (quantizeLinear(x, p, bits) - p.zeroPoint) * p.scale;
+}
+
+/** QuantizeLinear then DequantizeLinear of one value (fake quantization, uint8). */
 export function fakeQuantU8(x: number, p: QParams): number {
-  return (quantizeU8(x, p) - p.zeroPoint) * p.scale;
+  return fakeQuantLinear(x, p, 8);
+}
+
+/** How one activation point executes: QDQ on the `bits`-bit grid with `params`. */
+export interface ActivationQdq {
+  params: QParams;
+  bits: QdqBits;
+}
+
+/**
+ * How `model` executes activation point `point` (src/ir/architectures.ts actPointName), the one
+ * rule the lowering (src/compiler/lowering.ts actPoint) and the reference forward's static mode
+ * (src/ir/reference-quant.ts) share: QDQ with its stored range (model.quant.activations[point]) at
+ * the range's width ({@link qdqBitsOf}: uint8, or uint16 for `bits: 16`), or null — no QDQ, float —
+ * when the model's precision table (model.precision) gives the point 32 bits and no range is stored.
+ * Call it only when the model quantizes activations (model.quant.activations is not empty).
+ * @param who the caller, first in error messages (`lowering`, `referenceForward`)
+ * @throws UnsupportedModelError when the point has no range and the table does not make it float
+ *   ("no A8 range for activation point …"), or when the table and the range disagree on the width
+ *   (the table says 32 but a range is stored, or 8 against a 16-bit range and vice versa: ranges
+ *   calibrated for another recipe)
+ */
+export function activationQdq(model: Pick<Model, 'quant' | 'precision'>, point: string, who: string): ActivationQdq | null {
+  const p = model.quant.activations[point];
+  const want: PointBits | undefined = model.precision?.activations[point]?.bits;
+  if (!p) {
+    if (want === 32) return null;
+    throw new UnsupportedModelError(`${who}: no A8 range for activation point '${point}'${want ? ` (its precision is ${want} bits)` : ''}`);
+  }
+  const bits = qdqBitsOf(p);
+  if (want !== undefined && want !== bits)
+    throw new UnsupportedModelError(`${who}: activation point '${point}' has a ${bits}-bit range but the precision table gives it ${want} bits (ranges calibrated for another recipe; quantize again)`);
+  return { params: p, bits };
 }

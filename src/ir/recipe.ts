@@ -314,39 +314,26 @@ export function resolveRecipe(recipe: Recipe, cfg: ModelConfig, opts: { sharedEm
 
 /**
  * Refuses the precisions the lowering cannot execute yet (quantize calls it on the resolved table):
- * any 16-bit activation or KV point (16-bit QDQ is issue 13's next step); activation points partly
- * float and partly quantized, or KV caches likewise (the lowering quantizes all points or none);
- * several observers (calibration uses one for all points).
+ * a 16-bit KV cache (KV16 QDQ is issue 13's next step), and KV caches partly float and partly 8-bit
+ * (the KV layout holds every layer's cache at one width). Activation points may mix 8, 16 and 32
+ * (float) bits point by point, and every point may have its own observer (calibration observes each
+ * point with its own; passes/calibrate-ranges.ts).
  * @throws RecipeError naming the file and the key that set the offending value
  */
 export function refuseUnsupported(r: ResolvedRecipe): void {
   const { table, origin, source } = r;
-  const points: [string, PointPrecision, RecipeKey][] = [
-    ...Object.entries(table.activations).map(([n, p]): [string, PointPrecision, RecipeKey] => [n, p, 'act_bits']),
-    ...table.kvCache.flatMap((kv, i): [string, PointPrecision, RecipeKey][] => [
-      [kvPointName(i, 'k'), kv.k, 'kv_bits'],
-      [kvPointName(i, 'v'), kv.v, 'kv_bits'],
-    ]),
-  ];
-  const sixteen = points.find(([, p]) => p.bits === 16);
-  if (sixteen) throw new RecipeError(source, origin.get(sixteen[0])![sixteen[2]]!, `16-bit activation/KV points are not supported yet (${sixteen[0]}); use 8 or 32 (float)`);
-  // name a point of the minority: its key is the one that breaks the rule
-  const minority = <T>(of: [string, PointPrecision, RecipeKey][], value: (p: PointPrecision) => T) => {
-    const count = (v: T) => of.filter(([, p]) => value(p) === v).length;
-    if (of.every(([, p]) => value(p) === value(of[0][1]))) return undefined;
-    const odd = of.reduce((a, b) => (count(value(b[1])) < count(value(a[1])) ? b : a));
-    return { odd, usual: of.find(([, p]) => value(p) !== value(odd[1]))! };
-  };
-  for (const key of ['act_bits', 'kv_bits'] as const) {
-    const m = minority(points.filter(([, , k]) => k === key), (p) => p.bits);
-    if (m)
-      throw new RecipeError(
-        source,
-        origin.get(m.odd[0])![key]!,
-        `${m.odd[0]} gets ${m.odd[1].bits} bits but ${m.usual[0]} ${m.usual[1].bits}: ${key === 'act_bits' ? 'activation points' : 'KV caches'} are all quantized (8) or all float (32) for now`,
-      );
+  const caches = table.kvCache.flatMap((kv, i): [string, PointPrecision][] => [
+    [kvPointName(i, 'k'), kv.k],
+    [kvPointName(i, 'v'), kv.v],
+  ]);
+  const keyOf = (point: string) => origin.get(point)!.kv_bits!;
+  const sixteen = caches.find(([, p]) => p.bits === 16);
+  if (sixteen) throw new RecipeError(source, keyOf(sixteen[0]), `16-bit KV caches are not supported yet (${sixteen[0]}); use 8 or 32 (float)`);
+  if (caches.some(([, p]) => p.bits !== caches[0][1].bits)) {
+    // name a cache of the minority: its key is the one that breaks the rule
+    const count = (bits: number) => caches.filter(([, p]) => p.bits === bits).length;
+    const odd = caches.reduce((a, b) => (count(b[1].bits) < count(a[1].bits) ? b : a));
+    const usual = caches.find(([, p]) => p.bits !== odd[1].bits)!;
+    throw new RecipeError(source, keyOf(odd[0]), `${odd[0]} gets ${odd[1].bits} bits but ${usual[0]} ${usual[1].bits}: KV caches are all quantized (8) or all float (32) for now`);
   }
-  const m = minority(points.filter(([, p]) => p.bits !== 32), (p) => p.observer);
-  if (m)
-    throw new RecipeError(source, origin.get(m.odd[0])!.observer!, `${m.odd[0]} uses observer ${m.odd[1].observer} but ${m.usual[0]} ${m.usual[1].observer}: one observer for all points for now (set observer in defaults)`);
 }

@@ -9,32 +9,35 @@
  *
  * Points, per decoder layer i (names as src/ir/architectures.ts actPointName and
  * src/compiler/io-contract.ts kvPoints give them):
- *   model.layers.{i}.attn_in       rmsnorm(x)·γ_in, the q/k/v input             A8
+ *   model.layers.{i}.attn_in       rmsnorm(x)·γ_in, the q/k/v input             A8, A16 or float
  *   model.layers.{i}.k_cache       K after RoPE, after online R3, minus c_i     KV8 (the cache holds the codes)
  *   model.layers.{i}.v_cache       V (v_proj output)                            KV8
- *   model.layers.{i}.o_proj_in     the attention output                          A8
- *   model.layers.{i}.mlp_in        rmsnorm(h)·γ_post, the gate/up input          A8
- *   model.layers.{i}.down_proj_in  silu(gate)·up, after online R4               A8
+ *   model.layers.{i}.o_proj_in     the attention output                          A8, A16 or float
+ *   model.layers.{i}.mlp_in        rmsnorm(h)·γ_post, the gate/up input          A8, A16 or float
+ *   model.layers.{i}.down_proj_in  silu(gate)·up, after online R4               A8, A16 or float
  * and lm_head_in (the final norm's output). Attention reads the dequantized cache, i.e. K − c
  * (a softmax row is invariant to the constant q·c, so this is the graph's attention, not an
  * approximation of it).
  *
- * The graphs switch the same way: A8 when model.quant.activations has entries (then every point must
- * have one), KV8 when model.quant.kvCache has one entry per layer, centering whenever
- * model.quant.kCacheOffset is set. Out of scope: the LoRA branch and its intermediate A8 point (the
+ * The graphs switch the same way: activation QDQ when model.quant.activations has entries, each
+ * point at the width src/ir/quant.ts activationQdq gives it (the lowering's rule: uint8, uint16 for
+ * a range stored with `bits: 16`, or none where the precision table makes the point float); KV8
+ * when model.quant.kvCache has one entry per layer, centering whenever model.quant.kCacheOffset is
+ * set. Out of scope: the LoRA branch and its intermediate A8 point (the
  * reference computes the base model, which is what the graphs compute with zero adapter feeds).
  */
-import { EdgeLLMError, ShapeMismatchError } from '../core/errors.js';
+import { ShapeMismatchError } from '../core/errors.js';
 import { actPointName, type LinearInput } from './architectures.js';
 import type { Model, QParams } from './model.js';
-import { dequantizeLinear, quantizeLinear, type QdqBits } from './quant.js';
+import { activationQdq, dequantizeLinear, quantizeLinear, type QdqBits } from './quant.js';
 
 /**
  * How much of a model's quantization the reference forward applies:
  * - 'weights' (default): the 4-bit weights are dequantized; activations stay float64 and the KV
  *   cache float64 ("weights only", the W4 emulation level; A8/KV8 ranges are ignored);
- * - 'static': also every static A8 activation point and the KV8 cache (K-cache centering included),
- *   emulating the compiled graphs' QDQ pairs in float32 (see src/ir/reference-quant.ts).
+ * - 'static': also every static activation point at its width (A8, A16; float points untouched) and
+ *   the KV8 cache (K-cache centering included), emulating the compiled graphs' QDQ pairs in float32
+ *   (see src/ir/reference-quant.ts).
  */
 export type ReferenceQuantization = 'weights' | 'static';
 
@@ -45,12 +48,15 @@ export interface QdqRecord {
   /** the float32 values entering QuantizeLinear, [T, features] row-major (K/V: [T, kv_heads·head_dim]) */
   input: Float32Array;
   /**
-   * their codes, same shape, in [0, 2^bits − 1]. The hook may overwrite entries: the reference
-   * dequantizes the codes held here when the hook returns (e.g. to follow another implementation's
-   * choice where a value sits on a rounding boundary, as test/ir/reference-static.test.ts does)
+   * their codes, same shape, in [0, 2^bits − 1] (Uint8Array for 8 bits, Uint16Array for 16). The hook
+   * may overwrite entries: the reference dequantizes the codes held here when the hook returns (e.g.
+   * to follow another implementation's choice where a value sits on a rounding boundary, as
+   * test/ir/reference-static.test.ts does)
    */
   codes: Uint8Array | Uint16Array;
   params: QParams;
+  /** the grid: 8 (uint8) or 16 (uint16) */
+  bits: QdqBits;
 }
 
 /** The KV-cache point names of layer i (the strings of src/compiler/io-contract.ts kvPoints). */
@@ -58,13 +64,12 @@ export function kvPointNames(i: number): { k: string; v: string } {
   return { k: `model.layers.${i}.k_cache`, v: `model.layers.${i}.v_cache` };
 }
 
-/** The static A8/KV8 QDQ points of one model, applied in place to float64 activations. */
+/** The static activation and KV8 QDQ points of one model, applied in place to float64 activations. */
 export class StaticQdq {
-  /** A8 on: the model has activation ranges */
+  /** activation QDQ on: the model has activation ranges */
   readonly activations: boolean;
   /** KV8 on: one K/V range pair per layer */
   readonly kvCache: boolean;
-  private readonly bits: QdqBits = 8;
 
   constructor(
     readonly model: Model,
@@ -75,22 +80,23 @@ export class StaticQdq {
   }
 
   /**
-   * A8 fake quantization at activation point (layer, input), in place on x: [T, features].
-   * @throws EdgeLLMError when the model quantizes activations but has no range for this point
+   * Fake quantization at activation point (layer, input), in place on x: [T, features], at the
+   * point's width (8 or 16 bits; a float point is left as it is).
+   * @throws EdgeLLMError (UnsupportedModelError) when the model quantizes activations but has no
+   *   range for this point, or a range of another width than its precision table says
    */
   activation(x: Float64Array, layer: number, input: LinearInput): void {
     if (!this.activations) return;
     const point = actPointName(layer, input);
-    const p = this.model.quant.activations[point];
-    if (!p) throw new EdgeLLMError(`referenceForward: no A8 range for activation point '${point}'`);
-    this.qdq(x, p, point);
+    const qdq = activationQdq(this.model, point, 'referenceForward');
+    if (qdq) this.qdq(x, qdq.params, qdq.bits, point);
   }
 
   /** KV8 fake quantization of layer i's new K or V rows, in place on x: [T, kv_heads·head_dim]. */
   cache(x: Float64Array, layer: number, which: 'k' | 'v'): void {
     if (!this.kvCache) return;
     const kv = this.model.quant.kvCache[layer];
-    this.qdq(x, which === 'k' ? kv.k : kv.v, kvPointNames(layer)[which]);
+    this.qdq(x, which === 'k' ? kv.k : kv.v, 8, kvPointNames(layer)[which]);
   }
 
   /**
@@ -111,15 +117,15 @@ export class StaticQdq {
    * hook, the codes are handed to it first and the codes the record holds when it returns are the
    * ones dequantized.
    */
-  private qdq(x: Float64Array, p: QParams, point: string): void {
+  private qdq(x: Float64Array, p: QParams, bits: QdqBits, point: string): void {
     if (!this.onQdq) {
-      for (let i = 0; i < x.length; i++) x[i] = dequantizeLinear(quantizeLinear(x[i], p, this.bits), p);
+      for (let i = 0; i < x.length; i++) x[i] = dequantizeLinear(quantizeLinear(x[i], p, bits), p);
       return;
     }
     const input = Float32Array.from(x);
-    const codes = this.bits === 8 ? new Uint8Array(x.length) : new Uint16Array(x.length);
-    for (let i = 0; i < x.length; i++) codes[i] = quantizeLinear(input[i], p, this.bits);
-    const r: QdqRecord = { point, input, codes, params: p };
+    const codes = bits === 8 ? new Uint8Array(x.length) : new Uint16Array(x.length);
+    for (let i = 0; i < x.length; i++) codes[i] = quantizeLinear(input[i], p, bits);
+    const r: QdqRecord = { point, input, codes, params: p, bits };
     this.onQdq(r);
     for (let i = 0; i < x.length; i++) x[i] = dequantizeLinear(r.codes[i], p);
   }

@@ -15,14 +15,16 @@
  * or the embedding when tied). QuaRot's online rotations (model.online) are applied where the
  * lowering applies them: R3 on q and k after RoPE, R4 on the down_proj input.
  *
- * Weight-quantized linears (model.quant.linears) are dequantized, w = (q − 8)·scale, which emulates
- * "weights only" quantization; a tied model with a quantized lm_head also looks its tokens up in the
- * dequantized lm_head table (the compiled graphs share that one copy).
+ * Weight-quantized linears (model.quant.linears, 4 or 8 bits) are dequantized,
+ * w = (q − 2^(bits−1))·scale, which emulates "weights only" quantization; a tied model with a
+ * quantized lm_head also looks its tokens up in the dequantized lm_head table (the compiled graphs
+ * share that one copy).
  *
  * Activation and KV-cache quantization: ignored by default (`quantization: 'weights'`). With
- * `quantization: 'static'` every static A8 point and the KV8 cache of the model are applied as the
- * compiled graphs apply them (src/ir/reference-quant.ts): the float64 value entering a QDQ point is
- * rounded to float32 and quantized with the ONNX QuantizeLinear definition of src/ir/quant.ts, and
+ * `quantization: 'static'` every static activation point (A8 or A16, float points skipped) and the
+ * KV8 cache of the model are applied as the compiled graphs apply them (src/ir/reference-quant.ts):
+ * the float64 value entering a QDQ point is rounded to float32 and quantized with the ONNX
+ * QuantizeLinear definition of src/ir/quant.ts at the point's width, and
  * the graphs' float32 constants are used (RoPE tables, eps, 1/sqrt(head_dim), K offsets). Between
  * QDQ points the arithmetic stays float64: the values entering a QDQ point differ from ORT's float32
  * ones by about one float32 ulp, so a value that close to a rounding boundary x/s = k + ½ can get
@@ -31,15 +33,16 @@
  */
 import { EdgeLLMError, ShapeMismatchError, UsageError } from '../core/errors.js';
 import { layerLinears, layerNorms, lmHead, sharesQuantizedEmbedding, type LinearSpec } from './architectures.js';
-import type { Model, ModelConfig, OnlineRotation } from './model.js';
+import type { LinearQuant, Model, ModelConfig, OnlineRotation } from './model.js';
 import { toFloat32, type Tensor } from './tensor.js';
-import { W4_GROUPWISE } from './codecs.js';
+import { linearCodec } from './codecs.js';
+import { blobBytes } from './quant.js';
 import { StaticQdq, type QdqRecord, type ReferenceQuantization } from './reference-quant.js';
 
 export type { QdqRecord, ReferenceQuantization } from './reference-quant.js';
 
 export interface ReferenceOptions {
-  /** 'weights' (default): dequantized W4 only; 'static': also the static A8 points and the KV8 cache ({@link ReferenceQuantization}) */
+  /** 'weights' (default): dequantized W4/W8 only; 'static': also the static A8/A16 points and the KV8 cache ({@link ReferenceQuantization}) */
   quantization?: ReferenceQuantization;
   /**
    * 'static' only: called at every QDQ point, in execution order, with the float32 values entering
@@ -50,15 +53,17 @@ export interface ReferenceOptions {
 
 /**
  * Reference logits of one sequence starting at position 0 (no KV cache).
- * @param model any Model whose weights are fp (F32/F16/BF16) or 4-bit weight-quantized; with
- *   `quantization: 'static'` its A8 ranges (model.quant.activations), KV8 ranges
+ * @param model any Model whose weights are fp (F32/F16/BF16) or 4/8-bit weight-quantized; with
+ *   `quantization: 'static'` its activation ranges (model.quant.activations, 8 or 16 bits; points
+ *   the precision table makes float have none), KV8 ranges
  *   (model.quant.kvCache) and K-cache offsets (model.quant.kCacheOffset) are applied too
  * @param tokens token ids, each in [0, vocabSize)
  * @param opts see {@link ReferenceOptions}; default: weights only
  * @returns logits, Float32Array [tokens.length, vocabSize] row-major
  * @throws UsageError for an empty sequence, an out-of-range token id or an unknown quantization
  *   mode; ShapeMismatchError when a weight's shape (or a K offset's length) disagrees with the
- *   config; EdgeLLMError when a weight the config needs, or an A8 range of a point, is missing
+ *   config; EdgeLLMError when a weight the config needs is missing, or (UnsupportedModelError) an
+ *   activation range is missing or of another width than model.precision gives its point
  */
 export function referenceForward(model: Model, tokens: number[], opts: ReferenceOptions = {}): Float32Array {
   return Float32Array.from(forward64(model, tokens, new WeightCache(model), staticQdq(model, opts)));
@@ -121,7 +126,7 @@ function forward64(model: Model, tokens: number[], weights: WeightCache, qdq: St
   // embedding lookup. embed: [V, H]; x: [T, H]. A tied model whose lm_head is weight-quantized looks
   // its tokens up in that quantized table (one shared copy, as the lowering does)
   const head = lmHead(cfg);
-  const embed = sharesQuantizedEmbedding(model) ? weights.dequantized(head, model.quant.linears[head.name].groupSize) : weights.get('model.embed_tokens.weight', [V, H]);
+  const embed = sharesQuantizedEmbedding(model) ? weights.dequantized(head, model.quant.linears[head.name]) : weights.get('model.embed_tokens.weight', [V, H]);
   const x = new Float64Array(T * H);
   for (let t = 0; t < T; t++) for (let i = 0; i < H; i++) x[t * H + i] = embed[tokens[t] * H + i];
 
@@ -205,30 +210,33 @@ class WeightCache {
     return lazy.load();
   }
 
-  /** The dequantized weight W: [out, in] of a 4-bit linear, computed once per call. */
-  dequantized(spec: LinearSpec, groupSize: number): Float32Array {
+  /** The dequantized weight W: [out, in] of a weight-quantized linear (4 or 8 bits, `q`), computed once per call. */
+  dequantized(spec: LinearSpec, q: Pick<LinearQuant, 'bits' | 'groupSize'>): Float32Array {
     const key = `${spec.name}#dequantized`;
     const cached = this.cache.get(key);
     if (cached) return cached;
-    const w = dequantize4(spec, groupSize, this);
+    const w = dequantizeLinearWeights(spec, q, this);
     this.cache.set(key, w);
     return w;
   }
 }
 
 /**
- * W: [out, in] of a 4-bit symmetric group-wise linear, decoded with the w4-groupwise codec
- * (src/ir/codecs.ts): qweight U8 [out, n_blocks, groupSize/2], scales F32 [out, n_blocks],
- * w = (q − 8)·scale; columns ≥ in in the last block are padding and dropped.
- * @throws ShapeMismatchError for an odd group size or tensors of the wrong shape
+ * W: [out, in] of a b-bit symmetric group-wise linear (b = q.bits, 4 or 8), decoded with its codec
+ * (src/ir/codecs.ts linearCodec: w4-groupwise or w8-groupwise, the MatMulNBits layout):
+ * qweight U8 [out, n_blocks, groupSize·b/8] (src/ir/quant.ts blobBytes), scales F32 [out, n_blocks],
+ * w = (q − 2^(b−1))·scale; columns ≥ in in the last block are padding and dropped.
+ * @throws ShapeMismatchError for a group size the packing cannot hold (4 bits: odd) or tensors of
+ *   the wrong shape
  */
-function dequantize4(spec: LinearSpec, groupSize: number, weights: WeightCache): Float32Array {
-  if (!Number.isInteger(groupSize) || groupSize < 2 || groupSize % 2 !== 0)
-    throw new ShapeMismatchError(`referenceForward: ${spec.name} has group size ${groupSize}; 4-bit packing needs an even group size`);
+function dequantizeLinearWeights(spec: LinearSpec, q: Pick<LinearQuant, 'bits' | 'groupSize'>, weights: WeightCache): Float32Array {
+  const { bits, groupSize } = q;
+  if (!Number.isInteger(groupSize) || groupSize < 1 || (bits === 4 && groupSize % 2 !== 0))
+    throw new ShapeMismatchError(`referenceForward: ${spec.name} has group size ${groupSize}; ${bits}-bit packing needs a positive${bits === 4 ? ', even' : ''} integer group size`);
   const nBlocks = Math.ceil(spec.inFeatures / groupSize);
-  const codes = weights.raw(`${spec.name}.qweight`, [spec.outFeatures, nBlocks, groupSize / 2]).data as Uint8Array;
+  const codes = weights.raw(`${spec.name}.qweight`, [spec.outFeatures, nBlocks, blobBytes(groupSize, bits)]).data as Uint8Array;
   const scales = weights.get(`${spec.name}.scales`, [spec.outFeatures, nBlocks]);
-  return W4_GROUPWISE.decode({ codes, scales }, spec.outFeatures, spec.inFeatures, groupSize);
+  return linearCodec(bits).decode({ codes, scales }, spec.outFeatures, spec.inFeatures, groupSize);
 }
 
 /** y = x·Wᵀ (+ b) for one linear. x: [T, in] -> y: [T, out]. */
@@ -237,7 +245,7 @@ function linear(weights: WeightCache, spec: LinearSpec, x: Float64Array, T: numb
   if (x.length !== T * inF)
     throw new ShapeMismatchError(`referenceForward: ${spec.name} reads ${inF} features, its input has ${x.length / T}`);
   const q = weights.model.quant.linears[spec.name];
-  const W = q ? weights.dequantized(spec, q.groupSize) : weights.get(`${spec.name}.weight`, [out, inF]); // W: [out, in]
+  const W = q ? weights.dequantized(spec, q) : weights.get(`${spec.name}.weight`, [out, inF]); // W: [out, in]
   const b = spec.hasBias ? weights.get(`${spec.name}.bias`, [out]) : null; // b: [out]
   return matmulT(x, W, T, inF, out, b);
 }

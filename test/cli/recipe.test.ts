@@ -111,9 +111,9 @@ describe('quantize --recipe errors', () => {
     expect(refused(har, '--recipe', f)).toMatch(new RegExp(`^error: ${f.replace(/[.]/g, '\\.')}: overrides\\['model\\.layers\\.9\\.mlp'\\]: 'model\\.layers\\.9\\.mlp' matches no module of this model`));
   });
 
-  it('16-bit points: parsed and validated, refused until the 16-bit lowering exists', () => {
-    const f = write('a16.yaml', 'overrides:\n  model.layers.0: {act_bits: 16}\n');
-    expect(refused(har, '--recipe', f)).toBe(`error: ${f}: overrides['model.layers.0'].act_bits: 16-bit activation/KV points are not supported yet (model.layers.0.attn_in); use 8 or 32 (float)`);
+  it('16-bit KV caches: parsed and validated, refused until the KV16 lowering exists', () => {
+    const f = write('kv16.yaml', 'overrides:\n  model.layers.0: {kv_bits: 16}\n');
+    expect(refused(har, '--recipe', f)).toBe(`error: ${f}: overrides['model.layers.0'].kv_bits: 16-bit KV caches are not supported yet (model.layers.0.k_cache); use 8 or 32 (float)`);
   });
 
   it('a precision flag beside a recipe, naming both', () => {
