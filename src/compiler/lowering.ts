@@ -176,14 +176,18 @@ export class Lowering {
     const name = `/quant/${point}`;
     if (qdq.bits === 8) {
       const [s, z] = this.qparams(qdq.params, point);
-      const q = this.g.node('QuantizeLinear', [x, s, z], { name: `${name}/QuantizeLinear` });
-      return this.g.node('DequantizeLinear', [q, s, z], { name: `${name}/DequantizeLinear` });
+      return this.qdq(x, s, z, name);
     }
     const s = this.g.constant({ dtype: 'F32', shape: [], data: Float32Array.of(qdq.params.scale) }, `${point}_scale`);
     const zp32 = this.g.constant({ dtype: 'I32', shape: [], data: Int32Array.of(qdq.params.zeroPoint) }, `${point}_zp`);
     const z = this.g.node('Cast', [zp32], { name: `${name}/ZeroPointU16`, attrs: { to: ONNX_UINT16 } });
-    const q = this.g.node('QuantizeLinear', [x, s, z], { name: `${name}/QuantizeLinear`, domain: 'com.microsoft' });
-    return this.g.node('DequantizeLinear', [q, s, z], { name: `${name}/DequantizeLinear`, domain: 'com.microsoft' });
+    return this.qdq(x, s, z, name, 'com.microsoft');
+  }
+
+  /** QuantizeLinear → DequantizeLinear of x with scale s and zero point z, nodes `<name>/QuantizeLinear` and `<name>/DequantizeLinear` (ai.onnx, or `domain`). */
+  private qdq(x: string, s: string, z: string, name: string, domain?: string): string {
+    const q = this.g.node('QuantizeLinear', [x, s, z], { name: `${name}/QuantizeLinear`, ...(domain ? { domain } : {}) });
+    return this.g.node('DequantizeLinear', [q, s, z], { name: `${name}/DequantizeLinear`, ...(domain ? { domain } : {}) });
   }
 
   /**
@@ -227,8 +231,7 @@ export class Lowering {
     let h = g.node('Gemm', [flat, n.A], { name: `${path}/lora/A`, attrs: { transB: 1 } }); // [S, r]
     this.capture(h, loraPoint(spec.name));
     if (this.flags.actQuant) {
-      const q = g.node('QuantizeLinear', [h, n.scale, n.zeroPoint], { name: `${path}/lora/QuantizeLinear` });
-      h = g.node('DequantizeLinear', [q, n.scale, n.zeroPoint], { name: `${path}/lora/DequantizeLinear` });
+      h = this.qdq(h, n.scale, n.zeroPoint, `${path}/lora`);
     }
     const d = g.node('Gemm', [h, n.B], { name: `${path}/lora/B`, attrs: { transB: 1 } }); // [S, out]
     return g.node('Add', [y, this.reshape(d, [1, -1, spec.outFeatures], `${path}/lora/Unflatten`)], { name: `${path}/lora/Add` });
