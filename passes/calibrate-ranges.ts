@@ -79,7 +79,7 @@ export async function calibrateRanges(model: Model, windows: readonly number[][]
   });
   const kvPts = Array.from({ length: cfg.numLayers }, (_, i) => kvPoints(i));
   const precisions = new Map<string, PointPrecision>([...act, ...kvPts.flatMap((p, i): [string, PointPrecision][] => [[p.k, kv[i].k], [p.v, kv[i].v]])]);
-  const all = [...precisions.keys()];
+  const all = [...precisions.keys()].filter((p) => precisions.get(p)!.bits !== 32); // float points get no range: not captured
   const observers = new Map<string, Observer>(all.map((p) => [p, OBSERVERS[precisions.get(p)!.observer](precisions.get(p)!.bits === 16 ? 16 : 8)]));
   const run = { graph: g.toModelProto(true), label: 'calibration graph', count: windows.length, feeds: (w: number) => windowFeeds(cfg, windows[w]), fetches: all.map(captureName), progress: 'calibrate' };
   await captureWindows(run, ctx, (_w, res) => {
