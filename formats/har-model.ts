@@ -218,6 +218,21 @@ export async function addAdapterToHar(src: string, dst: string, adapter: LoraAda
   await writeHar(dst, { ...rest, adapters: [...list, meta] }, files);
 }
 
+/**
+ * Writes the HAR at `src` to `dst` (atomically; `dst` may equal `src`) with its report.json replaced by
+ * `report` (e.g. with the sensitivity `edgellm analyze` measured): every other member is copied byte
+ * for byte, the manifest is unchanged.
+ * @throws FormatError when `src` is corrupt
+ */
+export async function setHarReport(src: string, dst: string, report: QuantReport): Promise<void> {
+  const { manifest, ranges } = await readHar(src, { skip: () => true });
+  const { format: _f, formatVersion: _v, files: listing, ...rest } = manifest;
+  const sums = listing as Record<string, { sha256: string }>;
+  const files = new Map<string, HarMember>([...ranges].map(([name, r]) => [name, { path: src, ...r, sha256: sums[name].sha256 }]));
+  files.set('report.json', enc.encode(JSON.stringify(report, null, 1)));
+  await writeHar(dst, rest, files);
+}
+
 /** A Model read back from a HAR, with the manifest's provenance. */
 export interface LoadedHar {
   model: Model;

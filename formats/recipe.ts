@@ -58,14 +58,24 @@ export function readRecipe(file: string): Recipe {
  * line: `model.layers.*.mlp.down_proj: { weight_bits: 8 }`); {@link parseRecipe} reads it back to
  * the same recipe.
  * @param text the recipe as written (src/ir/recipe.ts recipeText, or a manifest's `precision.recipe`)
+ * @param notes YAML comments: `header` (lines before the document), `overrides` (glob -> a comment
+ *   after its entry, e.g. what the promotion measured); comments do not change the recipe read back
  */
-export function stringifyRecipe(text: RecipeText): string {
+export function stringifyRecipe(text: RecipeText, notes: { header?: string; overrides?: Record<string, string> } = {}): string {
   const doc = parseDocument(stringify({ defaults: text.defaults, overrides: text.overrides }));
   for (const key of ['defaults', 'overrides']) {
     const node = doc.get(key);
     if (!isMap(node)) continue;
     if (key === 'defaults') node.flow = true;
-    else for (const p of node.items) if (isMap(p.value)) p.value.flow = true;
+    else
+      for (const p of node.items)
+        if (isMap(p.value)) {
+          p.value.flow = true;
+          const note = notes.overrides?.[String(isScalar(p.key) ? p.key.value : p.key)];
+          if (note) p.value.comment = ` ${note}`;
+        }
   }
-  return doc.toString();
+  if (notes.header) doc.commentBefore = notes.header.split('\n').map((l) => ` ${l}`).join('\n');
+  const out = doc.toString();
+  return out.endsWith('\n') ? out : out + '\n';
 }

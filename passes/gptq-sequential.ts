@@ -53,6 +53,16 @@ import { gptq, weightedSquaredErrors, GPTQ_DEFAULTS, type GptqOptions } from './
 import { checkPrecisionOptions, linearPrecision, linearWeight, setQuantized, type LinearPrecisionOptions } from './rtn.js';
 import type { Pass } from './pass.js';
 
+/**
+ * Observers of {@link gptqModel}: `onLinear` sees every linear just before it is quantized, with its
+ * fp32 weight W [out, in] (not to be modified), the Hessian H float64 [in, in] of the inputs it
+ * receives (everything before it already quantized), and the solver's options, so a caller can
+ * quantize the same linear at other precisions against the same H (passes/sensitivity.ts).
+ */
+export interface GptqHooks {
+  onLinear?: (spec: LinearSpec, W: Float32Array, H: Float64Array, solve: GptqOptions, la: OrtLinalg) => Promise<void>;
+}
+
 /** `linears` (passes/rtn.ts LinearPrecisionOptions): per-linear bits 4/8/32, group size and method ('rtn': rounded to nearest here, in sequence). */
 export interface GptqPassOptions extends Partial<Omit<GptqOptions, 'groupSize' | 'bits'>>, LinearPrecisionOptions {
   /** input columns per scale (MatMulNBits block size: a power of two ≥ 16) */
@@ -91,7 +101,7 @@ const DEFAULT_CACHE_BYTES = 4 * 2 ** 30;
  *   UnsupportedModelError (a layer graph without the expected capture points), EdgeLLMError when a
  *   Hessian stays indefinite after the damping retries
  */
-export async function gptqModel(model: Model, windows: readonly number[][], opts: GptqPassOptions, ctx: RunContext): Promise<Model> {
+export async function gptqModel(model: Model, windows: readonly number[][], opts: GptqPassOptions, ctx: RunContext, hooks: GptqHooks = {}): Promise<Model> {
   checkPrecisionOptions('gptq', opts);
   if (windows.length === 0 || windows.some((w) => w.length === 0)) throw new UsageError('gptq: needs at least one non-empty calibration window');
   const solveOpts: GptqOptions = { ...GPTQ_DEFAULTS, ...stripUndefined(opts), groupSize: opts.groupSize };
@@ -135,7 +145,9 @@ export async function gptqModel(model: Model, windows: readonly number[][], opts
         const t1 = performance.now();
         for (const spec of todo) {
           bar.status?.(`layer ${i} ${spec.role}`);
-          report.push(await quantizeLinear(spec, layer.fp32(spec), acc.H, solveOpts, precisionOf(spec), la, weights, linears));
+          const W = layer.fp32(spec);
+          await hooks.onLinear?.(spec, W, acc.H, solveOpts, la);
+          report.push(await quantizeLinear(spec, W, acc.H, solveOpts, precisionOf(spec), la, weights, linears));
           bar.tick();
         }
         timing.push(`${stage.input} ${sec(t1 - t0 - tH)} + H ${sec(tH)} + solve ${sec(performance.now() - t1)}`);
@@ -148,7 +160,9 @@ export async function gptqModel(model: Model, windows: readonly number[][], opts
     if (precisionOf(head).bits !== 32) {
       bar.status?.('lm_head');
       const H = await finalNormHessian(model, hidden);
-      report.push(await quantizeLinear(head, toFloat32(linearWeight(model, head).load()), H, solveOpts, precisionOf(head), la, weights, linears));
+      const W = toFloat32(linearWeight(model, head).load());
+      await hooks.onLinear?.(head, W, H, solveOpts, la);
+      report.push(await quantizeLinear(head, W, H, solveOpts, precisionOf(head), la, weights, linears));
       bar.tick();
     }
   } finally {

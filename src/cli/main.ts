@@ -18,6 +18,7 @@ import { registerBench } from './bench.js';
 import { registerServe } from './serve.js';
 import { registerChat } from './chat.js';
 import { registerVerify } from './verify.js';
+import { registerAnalyze } from './analyze.js';
 
 export function buildProgram(): Command {
   const program = new Command();
@@ -28,7 +29,7 @@ export function buildProgram(): Command {
     .option('-v, --verbose', 'log pass details and show stack traces on errors')
     .option('-q, --quiet', 'no progress bars or logs')
     .showHelpAfterError();
-  for (const register of [registerQuantize, registerAddLora, registerCompile, registerInspect, registerVerify, registerRun, registerChat, registerEval, registerBench, registerServe]) register(program);
+  for (const register of [registerQuantize, registerAnalyze, registerAddLora, registerCompile, registerInspect, registerVerify, registerRun, registerChat, registerEval, registerBench, registerServe]) register(program);
   return program;
 }
 

@@ -17,6 +17,7 @@ import { resolveRecipe, refuseUnsupported } from '../ir/recipe.js';
 import { nominalBitsPerWeight, precisionOf } from '../ir/quant-scheme.js';
 import type { ModelConfig } from '../ir/model.js';
 import { int, float, outputPathCheck, defaultCalibration, calibrationWindows } from './common.js';
+import { addSensitivityFlags, analyzeModel, checkBudget, chooseForBudget, writeChosenRecipe } from './analyze.js';
 
 /** Maps and validates the command's flags. @throws UsageError */
 function quantizeOptions(o: Record<string, any>): QuantizeOptions {
@@ -60,15 +61,22 @@ const PRECISION_FLAGS: [key: string, flag: string, recipeKey: string][] = [
 ];
 
 /**
+ * Refuses the precision flags where a recipe sets the precision (`--recipe`, `--auto-precision`).
+ * @throws UsageError naming the flag and the recipe key that replaces it
+ */
+function refusePrecisionFlags(cmd: Command, what: string, why: string): void {
+  for (const [key, flag, recipeKey] of PRECISION_FLAGS)
+    if (cmd.getOptionValueSource(key) === 'cli') throw new UsageError(`${flag} conflicts with ${what}: ${why} (${recipeKey} in its defaults or an override); drop the flag or edit the recipe`);
+}
+
+/**
  * The options with `--recipe`: the recipe resolved against the model (src/ir/recipe.ts) and checked
  * for what the lowering executes today, its table made the precision of `base`.
  * @throws UsageError when a precision flag was given too (the recipe sets the precision: naming both),
  *   RecipeError (a UsageError naming the file and the key) for a bad recipe
  */
 function recipeOptions(file: string, base: QuantizeOptions, cfg: ModelConfig, cmd: Command): QuantizeOptions {
-  for (const [key, flag, recipeKey] of PRECISION_FLAGS)
-    if (cmd.getOptionValueSource(key) === 'cli')
-      throw new UsageError(`${flag} conflicts with --recipe ${file}: the recipe sets the precision (${recipeKey} in its defaults or an override); drop the flag or edit the recipe`);
+  refusePrecisionFlags(cmd, `--recipe ${file}`, 'the recipe sets the precision');
   // fold-norms unties a tied head, so with --rotate the embedding does not read lm_head's table
   const resolved = resolveRecipe(readRecipe(file), cfg, { sharedEmbedding: cfg.tieWordEmbeddings && !base.rotate });
   refuseUnsupported(resolved);
@@ -77,7 +85,7 @@ function recipeOptions(file: string, base: QuantizeOptions, cfg: ModelConfig, cm
 
 /** `edgellm quantize`: HF model directory -> HAR. */
 export function registerQuantize(program: Command): void {
-  program
+  const cmd = program
     .command('quantize')
     .description('HF model directory -> HAR: W4 group-wise weights (GPTQ or RTN, optionally on a QuaRot-rotated model; or per module from --recipe), static A8 activation and KV8 ranges')
     .argument('<model-dir>', 'HuggingFace checkpoint directory (config.json, *.safetensors, tokenizer.json)')
@@ -103,14 +111,23 @@ export function registerQuantize(program: Command): void {
     .option('--recipe <file>', 'per-module precision from a YAML/JSON recipe: defaults + overrides by module glob (weight_bits 4|8|32, group_size, weight_method, act_bits, kv_bits, observer; docs/quantization.md "Recipes"); replaces --method, --group-size, --lm-head-bits, --lm-head-group-size, --act-observer, --no-act-quant, --no-kv-quant')
     .option('--merge-lora <adapter-dir>', 'fold a PEFT LoRA adapter into the fp32 weights (W + s·B·A) before quantizing: one task, best accuracy')
     .option('--no-emulation-weights', 'do not keep the native/optimized fp32 weights in the HAR (smaller; no --emulate native|optimized)')
-    .option('--json', 'print a JSON summary on stdout')
-    .action(async (dir: string, o, cmd: Command) => {
+    .option('--auto-precision', 'choose promotions (W4 g32 → g16, W4 → W8, A8 → A16) by measured KLD gain per byte of device memory under --budget (quantize, analyze as `edgellm analyze` does, choose), write the recipe beside the HAR (<output>.recipe.yaml) and quantize with it: the HAR equals `quantize --recipe` of that file')
+    .option('--budget <size>', 'with --auto-precision: device memory the promotions may add, +N% (of the default recipe\'s), +SIZE, or SIZE in all (e.g. +10%, +64KiB, 1.1GiB)')
+    .option('--write-recipe <file>', 'with --auto-precision: where to write the chosen recipe (default: <output without .har>.recipe.yaml)')
+    .option('--json', 'print a JSON summary on stdout');
+  addSensitivityFlags(cmd).action(async (dir: string, o, cmd: Command) => {
       const g = program.opts();
       const ctx = cliContext(g);
       outputPathCheck(o.output);
       const t0 = performance.now();
       const model = loadHfModel(dir);
       const opts = o.recipe ? recipeOptions(o.recipe, quantizeOptions(o), model.config, cmd) : quantizeOptions(o); // before any heavy work
+      if (o.autoPrecision && !o.budget) throw new UsageError('--auto-precision needs --budget (e.g. --budget +10%)');
+      if (!o.autoPrecision && (o.budget || o.writeRecipe)) throw new UsageError(`${o.budget ? '--budget' : '--write-recipe'} needs --auto-precision (or use edgellm analyze --budget)`);
+      if (o.autoPrecision) {
+        checkBudget(o.budget); // a malformed budget fails now, not after quantizing
+        if (!o.recipe) refusePrecisionFlags(cmd, '--auto-precision', 'the chosen recipe sets the precision; give a base recipe with --recipe instead');
+      }
       const peft = o.mergeLora ? loadPeftAdapter(o.mergeLora, model.config, { baseName: path.basename(path.resolve(dir)) }) : undefined;
       if (peft && !g.quiet) for (const w of peft.warnings) process.stderr.write(`warning: ${w}\n`);
       const tok = new TextTokenizer(model.tokenizer);
@@ -120,7 +137,18 @@ export function registerQuantize(program: Command): void {
       const ckpt = SafetensorsCheckpoint.open(dir);
       const files = [...new Set(ckpt.names().map((n) => ckpt.entry(n).file))];
       ckpt.close();
-      const r = await quantizeModel(model, opts, windows, ctx, peft); // merge-lora first: GPTQ quantizes the merged weights
+      let r = await quantizeModel(model, opts, windows, ctx, peft); // merge-lora first: GPTQ quantizes the merged weights
+      let auto: Record<string, unknown> | undefined;
+      if (o.autoPrecision) {
+        // measure every promotion of the quantized model, choose under the budget, quantize again from the written recipe
+        const report = await analyzeModel(r.quantized, r.optimized, windows, o, ctx);
+        const choice = chooseForBudget(report, o.budget);
+        const recipeFile = o.writeRecipe ?? path.join(path.dirname(o.output), `${path.basename(o.output, '.har')}.recipe.yaml`);
+        writeChosenRecipe(recipeFile, choice, report, opts.precision?.recipe, o.budget);
+        if (!g.quiet) process.stderr.write(`auto-precision: ${choice.chosen.length} promotions, +${choice.addedBytes} of +${choice.budgetBytes} bytes; wrote ${recipeFile}\n`);
+        r = await quantizeModel(model, recipeOptions(recipeFile, quantizeOptions(o), model.config, cmd), windows, ctx, peft);
+        auto = { recipe: recipeFile, budget: o.budget, addedBytes: choice.addedBytes, budgetBytes: choice.budgetBytes, estimatedGain: choice.estimatedGain, chosen: choice.chosen, sensitivity: report };
+      }
       const q = r.quantized;
       await saveModelHar(
         o.output,
@@ -137,6 +165,7 @@ export function registerQuantize(program: Command): void {
         bitsPerWeight: nominalBitsPerWeight(precisionOf(q), q.config), // codes + one float32 scale per group, over the decoder linears
         ...(o.recipe ? { recipe: o.recipe } : {}),
         seedSearch: r.seedSearch,
+        ...(auto ? { autoPrecision: auto } : {}),
       };
       if (o.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
       else if (!g.quiet) process.stderr.write(`wrote ${o.output} (${(summary.bytes / 1024).toFixed(1)} KiB) in ${summary.seconds.toFixed(1)} s\n`);

@@ -45,13 +45,15 @@ export interface KldResult {
   windows: number;
 }
 
-interface RowStats {
+/** One logit row's log-sum-exp and argmax ({@link rowStats}). */
+export interface RowStats {
   /** log Σ exp(x) */
   lse: number;
   argmax: number;
 }
 
-function rowStats(x: Float32Array, o: number, V: number): RowStats {
+/** Stats of the logit row x[o .. o+V). */
+export function rowStats(x: Float32Array, o: number, V: number): RowStats {
   let max = -Infinity;
   let argmax = 0;
   for (let i = 0; i < V; i++)
@@ -62,6 +64,20 @@ function rowStats(x: Float32Array, o: number, V: number): RowStats {
   let sum = 0;
   for (let i = 0; i < V; i++) sum += Math.exp(x[o + i] - max);
   return { lse: max + Math.log(sum), argmax };
+}
+
+/**
+ * KL(P‖Q) in nats of one prediction: the reference's logit row p[o .. o+V) against the model's
+ * q[o .. o+V), both turned into log-probabilities with their row stats; float64 sums.
+ */
+export function rowKl(p: Float32Array, sp: RowStats, q: Float32Array, sq: RowStats, o: number, V: number): number {
+  // KL = Σ P_i ((p_i − lseP) − (q_i − lseQ))
+  let kl = 0;
+  for (let i = 0; i < V; i++) {
+    const lp = p[o + i] - sp.lse;
+    kl += Math.exp(lp) * (lp - (q[o + i] - sq.lse));
+  }
+  return kl;
 }
 
 /**
@@ -97,13 +113,7 @@ export async function klDivergence(
       const o = t * V;
       const sp = rowStats(p, o, V);
       const sq = rowStats(q, o, V);
-      // KL = Σ P_i ((p_i − lseP) − (q_i − lseQ))
-      let kl = 0;
-      for (let i = 0; i < V; i++) {
-        const lp = p[o + i] - sp.lse;
-        kl += Math.exp(lp) * (lp - (q[o + i] - sq.lse));
-      }
-      klds[k++] = kl;
+      klds[k++] = rowKl(p, sp, q, sq, o, V);
       if (sp.argmax === sq.argmax) agree++;
       nll += sq.lse - q[o + w[t + 1]];
       nllRef += sp.lse - p[o + w[t + 1]];

@@ -10,6 +10,7 @@
  */
 import type { Tensor, DType } from './tensor.js';
 import type { PrecisionTable } from './precision.js';
+import type { SensitivityReport } from './sensitivity.js';
 
 export type ModelFamily = 'llama' | 'qwen2' | 'mistral';
 
@@ -183,6 +184,8 @@ export interface QuantReport {
   linears: Record<string, { relError: number; rtnRelError?: number; method: string }>;
   /** activation / KV quantization point -> SQNR in dB of its static uint8 quantization */
   points: Record<string, { sqnrDb: number; scale: number; zeroPoint: number }>;
+  /** KLD cost of each quantization choice, measured by `analyze` or `quantize --auto-precision` (passes/sensitivity.ts) */
+  sensitivity?: SensitivityReport;
 }
 
 /** The tokenizer files carried with a model from the HF directory to the HAR and the HEF. */
