@@ -120,6 +120,7 @@ export function registerAnalyze(program: Command): void {
     .option('--adapter <name>', 'analyze the model with this LoRA adapter selected, against the fp32 model with the same adapter')
     .option('--budget <size>', 'also choose the promotions that fit: +N% of device memory, +SIZE added, or SIZE in all (e.g. +10%, +64KiB, 1.1GiB)')
     .option('--write-recipe <file>', 'with --budget: write the chosen recipe here (default: <model>.recipe.yaml beside the HAR)')
+    .option('--reuse', 'with --budget: choose from the analysis already in the HAR\'s report instead of measuring again (try several budgets quickly)')
     .option('--threads <n>', 'onnxruntime intra-op threads', int('--threads'))
     .option('--top <n>', 'candidates listed', int('--top'), 20)
     .option('--json', 'print the sensitivity report (and the choice) as JSON on stdout');
@@ -128,16 +129,25 @@ export function registerAnalyze(program: Command): void {
     const ctx = cliContext(g);
     const out = o.output ?? file;
     if (o.output) outputPathCheck(o.output);
-    const har = await loadModelHar(file);
-    const ref = har.emulation.optimized ?? har.emulation.native;
-    if (!ref) throw new UsageError(`${file}: holds no fp32 emulation weights (quantized with --no-emulation-weights): analyze needs the fp32 model to measure against`);
+    if (o.reuse && !o.budget) throw new UsageError('--reuse needs --budget (it chooses from a stored analysis)');
+    if (o.budget) checkBudget(o.budget);
+    const har = await loadModelHar(file, { emulation: !o.reuse, lazy: !!o.reuse });
     const q = har.model;
-    const calib = o.calib ?? defaultCalibration();
-    if (!calib) throw new UsageError('no calibration data: pass --calib <file.txt|file.jsonl|file.tokens.json>');
-    const windows = await calibrationWindows(calib, new TextTokenizer(q.tokenizer), { n: o.calibSamples, seqLen: o.seqlen, seed: o.seed, vocabSize: q.config.vocabSize });
-    const report = await analyzeModel(q, ref, windows, o, ctx);
+    let report: SensitivityReport;
+    if (o.reuse) {
+      if (!q.report?.sensitivity) throw new UsageError(`${file}: its report holds no sensitivity analysis to reuse; run edgellm analyze ${file} first`);
+      report = q.report.sensitivity;
+      if ((o.adapter ?? null) !== report.adapter) throw new UsageError(`--adapter ${o.adapter ?? '(none)'}: the stored analysis was measured with adapter ${report.adapter ?? '(none)'}`);
+    } else {
+      const ref = har.emulation.optimized ?? har.emulation.native;
+      if (!ref) throw new UsageError(`${file}: holds no fp32 emulation weights (quantized with --no-emulation-weights): analyze needs the fp32 model to measure against`);
+      const calib = o.calib ?? defaultCalibration();
+      if (!calib) throw new UsageError('no calibration data: pass --calib <file.txt|file.jsonl|file.tokens.json>');
+      const windows = await calibrationWindows(calib, new TextTokenizer(q.tokenizer), { n: o.calibSamples, seqLen: o.seqlen, seed: o.seed, vocabSize: q.config.vocabSize });
+      report = await analyzeModel(q, ref, windows, o, ctx);
+    }
     const choice = o.budget ? chooseForBudget(report, o.budget) : undefined;
-    await setHarReport(file, out, { linears: q.report?.linears ?? {}, points: q.report?.points ?? {}, sensitivity: report });
+    if (!o.reuse || out !== file) await setHarReport(file, out, { linears: q.report?.linears ?? {}, points: q.report?.points ?? {}, sensitivity: report });
     let recipeFile: string | undefined;
     if (choice) {
       const file = o.writeRecipe ?? path.join(path.dirname(out), `${path.basename(out, '.har')}.recipe.yaml`);
@@ -147,7 +157,7 @@ export function registerAnalyze(program: Command): void {
     if (o.json) process.stdout.write(JSON.stringify({ output: out, sensitivity: report, ...(choice ? { choice, recipe: recipeFile } : {}) }, null, 2) + '\n');
     else if (!g.quiet) {
       process.stderr.write(formatTopCandidates(report, o.top).join('\n') + '\n');
-      process.stderr.write(`wrote the analysis into ${out}\n`);
+      if (!o.reuse || out !== file) process.stderr.write(`wrote the analysis into ${out}\n`);
       if (choice) process.stderr.write(`budget ${o.budget}: ${choice.chosen.length} promotions, +${kib(choice.addedBytes)} of +${kib(choice.budgetBytes)}; recipe ${recipeFile} (edgellm quantize MODEL --recipe ${recipeFile})\n`);
     }
   });
