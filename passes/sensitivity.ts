@@ -12,6 +12,9 @@
  *     new precision by its own method — GPTQ against the Hessian of the inputs it receives in Q's
  *     quantization (the weight pass is re-run with a hook, passes/gptq-sequential.ts GptqHooks, so H
  *     is the one true-sequential GPTQ used), or RTN — and put in Q in place of the old one.
+ *     Q's ranges are kept (a promotion moves the later points' inputs only by the change in its
+ *     output), except for a lm_head whose table the embedding shares: there the embedding of every
+ *     token changes, so K-cache centering and the ranges are measured again on the candidate.
  *   - an activation point's candidate (A8 → A16): Q with that point's range calibrated at 16 bits on
  *     the calibration windows (passes/calibrate-ranges.ts; ranges are observed on float activations,
  *     so a point's range does not depend on the other points' widths).
@@ -27,10 +30,10 @@
  * measurement windows per candidate; memory: the reference logits, windows × seqLen × vocab × 4
  * bytes (stories260K, 16 × 256: 8 MiB).
  */
-import type { Model } from '../src/ir/model.js';
+import type { Model, QParams } from '../src/ir/model.js';
 import type { LinearPrecision, PrecisionTable } from '../src/ir/precision.js';
 import { formatLinearPrecision } from '../src/ir/precision.js';
-import { allLinears, type LinearSpec } from '../src/ir/architectures.js';
+import { allLinears, sharesQuantizedEmbedding, type LinearSpec } from '../src/ir/architectures.js';
 import { linearBytes, precisionOf } from '../src/ir/quant-scheme.js';
 import { quantizeRtn, type PackedWeights, type WeightBits } from '../src/ir/quant.js';
 import type { SensitivityCandidate, SensitivityReport, PromotionSettings } from '../src/ir/sensitivity.js';
@@ -44,6 +47,7 @@ import { rowKl, rowStats, type RowStats } from '../src/eval/kld.js';
 import { gptqModel } from './gptq-sequential.js';
 import { gptq, type GptqOptions } from './gptq.js';
 import { calibrateRanges } from './calibrate-ranges.js';
+import { centerKCache } from './k-centering.js';
 import { linearWeight, setQuantized } from './rtn.js';
 
 export interface SensitivityOptions {
@@ -109,12 +113,32 @@ async function requantize(spec: LinearSpec, W: Float32Array, to: LinearPrecision
   return quantizeRtn(W, spec.outFeatures, spec.inFeatures, to.groupSize, bits);
 }
 
-/** `q` with one linear's weights replaced by `packed`. */
-function withLinear(q: Model, name: string, packed: PackedWeights, method: string): Model {
+/** `q` with one linear's weights replaced by `packed` (at `to`), its precision table (if any) saying so. */
+function withLinear(q: Model, name: string, packed: PackedWeights, to: LinearPrecision): Model {
   const weights = new Map(q.weights);
   const linears = { ...q.quant.linears };
-  setQuantized(weights, linears, name, packed, method as 'gptq' | 'rtn');
-  return { ...q, weights, quant: { ...q.quant, linears } };
+  setQuantized(weights, linears, name, packed, to.method as 'gptq' | 'rtn');
+  const precision = q.precision && { ...q.precision, linears: { ...q.precision.linears, [name]: to } };
+  return { ...q, weights, quant: { ...q.quant, linears }, ...(precision ? { precision } : {}) };
+}
+
+/** `q` with activation point `point` at 16 bits with range `range`, its precision table (if any) saying so. */
+function withPoint16(q: Model, point: string, range: QParams): Model {
+  const precision = q.precision && { ...q.precision, activations: { ...q.precision.activations, [point]: { ...q.precision.activations[point], bits: 16 as const } } };
+  return { ...q, quant: { ...q.quant, activations: { ...q.quant.activations, [point]: range } }, ...(precision ? { precision } : {}) };
+}
+
+/**
+ * `m` with what the pipeline measures after the weights done again on it: K-cache centering (when
+ * `m` has it) and the ranges of every point at its width in `table` (passes/k-centering.ts,
+ * passes/calibrate-ranges.ts).
+ */
+async function recalibrate(m: Model, table: PrecisionTable, windows: readonly number[][], ctx: RunContext): Promise<Model> {
+  // as in the pipeline: centering sees the model before any range (no QDQ), calibration the centred one
+  const bare = { ...m, quant: { ...m.quant, activations: {}, kvCache: [], kCacheOffset: undefined } };
+  const centered = m.quant.kCacheOffset ? await centerKCache(bare, windows, ctx) : m;
+  const r = await calibrateRanges(centered, windows, { observer: 'mse', activations: true, kvCache: true, precision: { activations: table.activations, kvCache: table.kvCache } }, ctx);
+  return { ...m, quant: r.quant };
 }
 
 /** Device bytes of a compiled model: its weights (as `inspect` counts a HEF's weights section) plus its KV cache at `maxContext`. */
@@ -193,7 +217,11 @@ export async function measureSensitivity(quantized: Model, reference: Model, opt
         to,
         settings: c.settings,
         bytes: linearBytes(spec, c.to) - linearBytes(spec, from),
-        build: async () => withLinear(quantized, spec.name, packed.get(`${spec.name}|${to}`) ?? (await requantize(spec, toFloat32(linearWeight(reference, spec).load()), c.to, null, null, undefined)), c.to.method),
+        build: async () => {
+          const m = withLinear(quantized, spec.name, packed.get(`${spec.name}|${to}`) ?? (await requantize(spec, toFloat32(linearWeight(reference, spec).load()), c.to, null, null, undefined)), c.to);
+          // a shared embedding table changes every activation: calibrate the model as it will execute
+          return spec.role === 'lm_head' && sharesQuantizedEmbedding(quantized) ? recalibrate(m, table, opts.calibration, ctx) : m;
+        },
       });
     }
   }
@@ -208,7 +236,7 @@ export async function measureSensitivity(quantized: Model, reference: Model, opt
         to: 'A16',
         settings: { act_bits: 16 },
         bytes: 0,
-        build: async () => ({ ...quantized, quant: { ...quantized.quant, activations: { ...quantized.quant.activations, [point]: wide.quant.activations[point] } } }),
+        build: async () => withPoint16(quantized, point, wide.quant.activations[point]),
       });
   }
   if (!pending.length) throw new UsageError('analyze: nothing to promote (no W4 linear, no A8 activation point)');

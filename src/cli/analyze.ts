@@ -7,10 +7,11 @@
  */
 import type { Command } from 'commander';
 import * as path from 'node:path';
-import { UsageError } from '../core/errors.js';
+import { FormatError, UsageError } from '../core/errors.js';
 import type { RunContext } from '../core/context.js';
 import { writeFileAtomicSync } from '../core/atomic.js';
 import { cliContext } from './progress.js';
+import { formatSensitivity, sensitivityProblem } from './sensitivity-report.js';
 import { loadModelHar, setHarReport } from '../../formats/har-model.js';
 import { stringifyRecipe } from '../../formats/recipe.js';
 import { TextTokenizer } from '../../formats/tokenizer.js';
@@ -38,6 +39,12 @@ export function promotionKinds(list: string): { g16: boolean; w8: boolean; a16: 
   return { g16: kinds.includes('g16'), w8: kinds.includes('w8'), a16: kinds.includes('a16') };
 }
 
+/** Checks the flags of {@link addSensitivityFlags} (before any heavy work). @throws UsageError */
+export function checkSensitivityFlags(o: { analyzeWindows: number; promotions: string }): { g16: boolean; w8: boolean; a16: boolean } {
+  if (o.analyzeWindows < 1) throw new UsageError(`--analyze-windows ${o.analyzeWindows}: must be >= 1`);
+  return promotionKinds(o.promotions);
+}
+
 /** Runs the analysis of `q` against its fp32 model `ref` on calibration windows, as the flags say. */
 export async function analyzeModel(
   q: Model,
@@ -46,8 +53,7 @@ export async function analyzeModel(
   o: { analyzeWindows: number; promotions: string; adapter?: string; threads?: number },
   ctx: RunContext,
 ): Promise<SensitivityReport> {
-  if (o.analyzeWindows < 1) throw new UsageError(`--analyze-windows ${o.analyzeWindows}: must be >= 1`);
-  const promotions = promotionKinds(o.promotions);
+  const promotions = checkSensitivityFlags(o);
   return measureSensitivity(q, ref, { calibration: windows, measure: windows.slice(0, o.analyzeWindows), adapter: o.adapter ?? null, promotions, threads: o.threads }, ctx);
 }
 
@@ -90,20 +96,6 @@ export function writeChosenRecipe(file: string, choice: PromotionChoice, report:
   return text;
 }
 
-/** The candidates, best gain per byte first (free promotions first, by gain), as text lines. */
-export function formatTopCandidates(report: SensitivityReport, n: number): string[] {
-  const perKiB = (c: SensitivityReport['candidates'][number]) => (c.bytes > 0 ? (c.gain * 1024) / c.bytes : c.gain > 0 ? Infinity : c.gain);
-  const sorted = [...report.candidates].sort((a, b) => perKiB(b) - perKiB(a) || b.gain - a.gain);
-  const lines = [
-    `baseline KLD ${report.baselineKld.toFixed(5)} ± ${report.baselineKldStderr.toFixed(5)} nats/token (${report.windows} windows × ${report.seqLen}${report.adapter ? `, adapter ${report.adapter}` : ''}); device memory ${kib(report.baselineBytes)}`,
-    `${'module'.padEnd(34)} ${'promotion'.padEnd(26)} ${'+bytes'.padStart(8)} ${'KLD'.padStart(8)} ${'gain'.padStart(9)}`,
-  ];
-  for (const c of sorted.slice(0, n))
-    lines.push(`${c.module.padEnd(34)} ${`${c.from} → ${c.to}`.padEnd(26)} ${String(c.bytes).padStart(8)} ${c.kld.toFixed(5).padStart(8)} ${c.gain.toFixed(5).padStart(9)}`);
-  if (sorted.length > n) lines.push(`… ${sorted.length - n} more (inspect --report, or --json)`);
-  return lines;
-}
-
 /** `edgellm analyze`: HAR -> sensitivity in its report (+ a recipe with --budget). */
 export function registerAnalyze(program: Command): void {
   const cmd = program
@@ -122,7 +114,6 @@ export function registerAnalyze(program: Command): void {
     .option('--write-recipe <file>', 'with --budget: write the chosen recipe here (default: <model>.recipe.yaml beside the HAR)')
     .option('--reuse', 'with --budget: choose from the analysis already in the HAR\'s report instead of measuring again (try several budgets quickly)')
     .option('--threads <n>', 'onnxruntime intra-op threads', int('--threads'))
-    .option('--top <n>', 'candidates listed', int('--top'), 20)
     .option('--json', 'print the sensitivity report (and the choice) as JSON on stdout');
   addSensitivityFlags(cmd).action(async (file: string, o) => {
     const g = program.opts();
@@ -131,11 +122,14 @@ export function registerAnalyze(program: Command): void {
     if (o.output) outputPathCheck(o.output);
     if (o.reuse && !o.budget) throw new UsageError('--reuse needs --budget (it chooses from a stored analysis)');
     if (o.budget) checkBudget(o.budget);
+    checkSensitivityFlags(o);
     const har = await loadModelHar(file, { emulation: !o.reuse, lazy: !!o.reuse });
     const q = har.model;
     let report: SensitivityReport;
     if (o.reuse) {
       if (!q.report?.sensitivity) throw new UsageError(`${file}: its report holds no sensitivity analysis to reuse; run edgellm analyze ${file} first`);
+      const problem = sensitivityProblem(q.report.sensitivity);
+      if (problem) throw new FormatError(file, `member report.json: ${problem}`);
       report = q.report.sensitivity;
       if ((o.adapter ?? null) !== report.adapter) throw new UsageError(`--adapter ${o.adapter ?? '(none)'}: the stored analysis was measured with adapter ${report.adapter ?? '(none)'}`);
     } else {
@@ -156,7 +150,7 @@ export function registerAnalyze(program: Command): void {
     }
     if (o.json) process.stdout.write(JSON.stringify({ output: out, sensitivity: report, ...(choice ? { choice, recipe: recipeFile } : {}) }, null, 2) + '\n');
     else if (!g.quiet) {
-      process.stderr.write(formatTopCandidates(report, o.top).join('\n') + '\n');
+      process.stderr.write(formatSensitivity(report));
       if (!o.reuse || out !== file) process.stderr.write(`wrote the analysis into ${out}\n`);
       if (choice) process.stderr.write(`budget ${o.budget}: ${choice.chosen.length} promotions, +${kib(choice.addedBytes)} of +${kib(choice.budgetBytes)}; recipe ${recipeFile} (edgellm quantize MODEL --recipe ${recipeFile})\n`);
     }

@@ -18,6 +18,7 @@ import { allLinears } from '../ir/architectures.js';
 import { precisionGroups, precisionOf, uniformPoints, type PrecisionGroup } from '../ir/quant-scheme.js';
 import type { LinearPrecision, PrecisionTable } from '../ir/precision.js';
 import { DEFAULT_SETTINGS } from '../ir/recipe.js';
+import { sensitivityProblem } from './sensitivity-report.js';
 
 export interface InspectInfo {
   file: string;
@@ -195,7 +196,10 @@ function hefPrecision(file: string, graph: Uint8Array, cfg: ModelConfig, method:
   return { linears, ...uniformPoints(cfg, () => actQuant, kvQuant, DEFAULT_SETTINGS.observer) };
 }
 
-/** report.json of a HAR. @throws FormatError naming the HAR when it is not a JSON object */
+/**
+ * report.json of a HAR, `sensitivity` included when it has one (so `--json` carries it).
+ * @throws FormatError naming the HAR when it is not a JSON object, or its sensitivity is malformed
+ */
 function readReport(file: string, bytes: Uint8Array): QuantReport {
   let r: unknown;
   try {
@@ -204,6 +208,8 @@ function readReport(file: string, bytes: Uint8Array): QuantReport {
     throw new FormatError(file, 'member report.json is not valid JSON');
   }
   if (r === null || typeof r !== 'object' || Array.isArray(r)) throw new FormatError(file, 'member report.json is not a JSON object');
+  const problem = 'sensitivity' in r ? sensitivityProblem(r.sensitivity) : null;
+  if (problem) throw new FormatError(file, `member report.json: ${problem}`);
   return r as QuantReport;
 }
 

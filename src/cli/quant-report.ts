@@ -3,9 +3,14 @@
  * an HTML page with an SVG bar chart per kind for `--report-html`, so the layer that hurts stands out.
  *
  * Linears are shown as SQNR in dB too: SQNR = −10·log10(relative output error), where the relative
- * error is tr((W−Q)H(W−Q)ᵀ)/tr(WHWᵀ) on calibration data; higher is better everywhere.
+ * error is tr((W−Q)H(W−Q)ᵀ)/tr(WHWᵀ) on calibration data; higher is better everywhere. Activation
+ * points show their grid width (A8, A16) and KV caches theirs (KV8).
+ *
+ * When the report holds a sensitivity analysis (`report.sensitivity`, `edgellm analyze`), the text
+ * and the page end with it (src/cli/sensitivity-report.ts).
  */
-import type { QuantReport } from '../ir/model.js';
+import type { QParams, QuantReport } from '../ir/model.js';
+import { escapeXml, formatSensitivity, sensitivityHtml } from './sensitivity-report.js';
 
 export interface ReportRow {
   kind: 'linear' | 'activation' | 'kv-cache';
@@ -19,25 +24,37 @@ export interface ReportRow {
 
 const db = (relError: number) => (relError > 0 ? -10 * Math.log10(relError) : Infinity);
 
+/**
+ * Where the grid width of a point is read: the stored ranges (`model.quant.activations`, ranges.json:
+ * QParams with `bits: 16` for uint16 points), when the caller has them, else the report's own entry
+ * (calibration records the same QParams there, `bits: 16` included); absent means 8.
+ */
+export interface ReportOptions {
+  activations?: Record<string, QParams>;
+}
+
+const pointBits = (name: string, p: object, o: ReportOptions): number => {
+  const stored = o.activations?.[name] as { bits?: number } | undefined;
+  return stored?.bits ?? (p as { bits?: number }).bits ?? 8;
+};
+
 /** Flattens a report into rows in model order. */
-export function reportRows(r: QuantReport): ReportRow[] {
+export function reportRows(r: QuantReport, o: ReportOptions = {}): ReportRow[] {
   const rows: ReportRow[] = [];
   for (const [name, l] of Object.entries(r.linears))
     rows.push({ kind: 'linear', name, sqnrDb: db(l.relError), rtnSqnrDb: l.rtnRelError !== undefined ? db(l.rtnRelError) : undefined, detail: l.method });
-  for (const [name, p] of Object.entries(r.points))
-    rows.push({
-      kind: /_cache$/.test(name) ? 'kv-cache' : 'activation',
-      name,
-      sqnrDb: p.sqnrDb,
-      detail: `scale ${p.scale.toPrecision(4)} zp ${p.zeroPoint}`,
-    });
+  for (const [name, p] of Object.entries(r.points)) {
+    const kind = /_cache$/.test(name) ? 'kv-cache' : 'activation';
+    rows.push({ kind, name, sqnrDb: p.sqnrDb, detail: `${kind === 'kv-cache' ? 'KV' : 'A'}${pointBits(name, p, o)} scale ${p.scale.toPrecision(4)} zp ${p.zeroPoint}` });
+  }
   return rows;
 }
 
-/** Text table, worst SQNR of each kind flagged. */
-export function formatReport(r: QuantReport): string {
-  const rows = reportRows(r);
-  if (rows.length === 0) return 'no quantization report in this file\n';
+/** Text table, worst SQNR of each kind flagged; then the sensitivity analysis when the report has one. */
+export function formatReport(r: QuantReport, o: ReportOptions = {}): string {
+  const rows = reportRows(r, o);
+  const sens = r.sensitivity ? '\n' + formatSensitivity(r.sensitivity) : '';
+  if (rows.length === 0) return r.sensitivity ? formatSensitivity(r.sensitivity) : 'no quantization report in this file\n';
   const worst = new Map<string, number>();
   for (const row of rows) worst.set(row.kind, Math.min(worst.get(row.kind) ?? Infinity, row.sqnrDb));
   const lines = [`${'kind'.padEnd(11)}${'name'.padEnd(44)}${'SQNR dB'.padStart(9)}${'RTN dB'.padStart(9)}  detail`];
@@ -45,10 +62,10 @@ export function formatReport(r: QuantReport): string {
     lines.push(
       `${row.kind.padEnd(11)}${row.name.padEnd(44)}${row.sqnrDb.toFixed(2).padStart(9)}${(row.rtnSqnrDb?.toFixed(2) ?? '').padStart(9)}  ${row.detail}${row.sqnrDb === worst.get(row.kind) ? '  <- worst' : ''}`,
     );
-  return lines.join('\n') + '\n';
+  return lines.join('\n') + '\n' + sens;
 }
 
-const esc = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
+const esc = escapeXml;
 
 function barChart(title: string, rows: ReportRow[]): string {
   const barH = 16;
@@ -69,12 +86,15 @@ function barChart(title: string, rows: ReportRow[]): string {
   return `<h2>${esc(title)}</h2><svg width="${width}" height="${h}" xmlns="http://www.w3.org/2000/svg"><text x="${left}" y="18" font-size="12">SQNR (dB, higher is better; red = worst, orange = within 3 dB of it)</text>${bars}</svg>`;
 }
 
-/** A standalone HTML page: one bar chart per kind (linears, activations, KV cache). */
-export function renderReportHtml(r: QuantReport, title: string): string {
-  const rows = reportRows(r);
+/**
+ * A standalone HTML page: one bar chart per kind (linears, activations, KV cache), then the
+ * sensitivity charts when the report has them.
+ */
+export function renderReportHtml(r: QuantReport, title: string, o: ReportOptions = {}): string {
+  const rows = reportRows(r, o);
   const kinds: [ReportRow['kind'], string][] = [
     ['linear', 'Linear layers: output SQNR of the quantized weights'],
-    ['activation', 'Static A8 activation points'],
+    ['activation', 'Static activation points (A8, A16)'],
     ['kv-cache', 'KV8 cache (K after RoPE, V)'],
   ];
   const charts = kinds
@@ -82,5 +102,6 @@ export function renderReportHtml(r: QuantReport, title: string): string {
     .filter(([rs]) => rs.length)
     .map(([rs, t]) => barChart(t, rs))
     .join('\n');
-  return `<!doctype html><html><head><meta charset="utf-8"><title>${esc(title)}</title><style>body{font-family:sans-serif;margin:24px}</style></head><body><h1>${esc(title)}</h1>${charts}</body></html>\n`;
+  const sens = r.sensitivity ? '\n' + sensitivityHtml(r.sensitivity) : '';
+  return `<!doctype html><html><head><meta charset="utf-8"><title>${esc(title)}</title><style>body{font-family:sans-serif;margin:24px}</style></head><body><h1>${esc(title)}</h1>${charts}${sens}</body></html>\n`;
 }

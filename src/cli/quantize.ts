@@ -17,7 +17,7 @@ import { resolveRecipe, refuseUnsupported } from '../ir/recipe.js';
 import { nominalBitsPerWeight, precisionOf } from '../ir/quant-scheme.js';
 import type { ModelConfig } from '../ir/model.js';
 import { int, float, outputPathCheck, defaultCalibration, calibrationWindows } from './common.js';
-import { addSensitivityFlags, analyzeModel, checkBudget, chooseForBudget, writeChosenRecipe } from './analyze.js';
+import { addSensitivityFlags, analyzeModel, checkBudget, chooseForBudget, checkSensitivityFlags, writeChosenRecipe } from './analyze.js';
 
 /** Maps and validates the command's flags. @throws UsageError */
 function quantizeOptions(o: Record<string, any>): QuantizeOptions {
@@ -125,7 +125,8 @@ export function registerQuantize(program: Command): void {
       if (o.autoPrecision && !o.budget) throw new UsageError('--auto-precision needs --budget (e.g. --budget +10%)');
       if (!o.autoPrecision && (o.budget || o.writeRecipe)) throw new UsageError(`${o.budget ? '--budget' : '--write-recipe'} needs --auto-precision (or use edgellm analyze --budget)`);
       if (o.autoPrecision) {
-        checkBudget(o.budget); // a malformed budget fails now, not after quantizing
+        checkBudget(o.budget); // a malformed budget or promotion list fails now, not after quantizing
+        checkSensitivityFlags(o);
         if (!o.recipe) refusePrecisionFlags(cmd, '--auto-precision', 'the chosen recipe sets the precision; give a base recipe with --recipe instead');
       }
       const peft = o.mergeLora ? loadPeftAdapter(o.mergeLora, model.config, { baseName: path.basename(path.resolve(dir)) }) : undefined;

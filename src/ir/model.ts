@@ -182,8 +182,8 @@ export interface QuantReport {
    * Hessian 2/n·ΣxxᵀXᵀ (i.e. ‖X(W−Q)ᵀ‖²/‖XWᵀ‖²), and the same for RTN on the same H when known
    */
   linears: Record<string, { relError: number; rtnRelError?: number; method: string }>;
-  /** activation / KV quantization point -> SQNR in dB of its static uint8 quantization */
-  points: Record<string, { sqnrDb: number; scale: number; zeroPoint: number }>;
+  /** activation / KV quantization point -> SQNR in dB of its static quantization, and its parameters (`bits: 16` for a uint16 point) */
+  points: Record<string, { sqnrDb: number; scale: number; zeroPoint: number; bits?: 16 }>;
   /** KLD cost of each quantization choice, measured by `analyze` or `quantize --auto-precision` (passes/sensitivity.ts) */
   sensitivity?: SensitivityReport;
 }

@@ -1,0 +1,96 @@
+/**
+ * The sensitivity analysis (passes/sensitivity.ts) on stories260K: every candidate promotion is
+ * measured, and what it measures is what `quantize --recipe` with that one promotion produces —
+ * checked where the two must agree exactly: lm_head (the last linear: nothing quantized after it
+ * sees its output, and GPTQ solves it on the same Hessian) and an activation point (ranges are
+ * observed on float activations, so one point's width changes nothing else). There the candidate's
+ * KLD must equal the KLD src/eval/kld.ts measures on the recipe-quantized model, up to float64
+ * summation order (1e-9 nats: the two sum the same float64 per-token terms in different orders).
+ */
+import { beforeAll, describe, expect, it } from 'vitest';
+import { loadHfModel } from '../../formats/hf.js';
+import { loadTokenWindows } from '../../calibration/datasets.js';
+import { measureSensitivity } from '../../passes/sensitivity.js';
+import { compile } from '../../src/compiler/compile.js';
+import { SimulatorBackend } from '../../src/runtime/simulator.js';
+import { klDivergence } from '../../src/eval/kld.js';
+import { silentContext } from '../../src/core/context.js';
+import { activationPoints, allLinears } from '../../src/ir/architectures.js';
+import type { Model } from '../../src/ir/model.js';
+import type { SensitivityReport } from '../../src/ir/sensitivity.js';
+import { quantizeWithRecipe } from '../helpers/recipe-quantize.js';
+import { CALIB, STORIES } from '../helpers/paths.js';
+
+/** Same-sum-different-order float64 tolerance of two mean KLDs (nats/token). */
+const KLD_TOL = 1e-9;
+const SEQ = 96;
+
+describe('measureSensitivity on stories260K (16 calibration windows of 96 tokens, KLD on 3)', () => {
+  const base = loadHfModel(STORIES);
+  const windows = loadTokenWindows(CALIB, { vocabSize: base.config.vocabSize })
+    .slice(0, 16)
+    .map((w) => w.slice(0, SEQ));
+  const measure = windows.slice(0, 3);
+  let q: Model;
+  let report: SensitivityReport;
+
+  /** KLD of `m` from the fp32 model on the measurement windows, by src/eval/kld.ts. */
+  async function kldOf(m: Model): Promise<number> {
+    const load = (x: Model) => SimulatorBackend.load(compile(x, { prefillLen: SEQ, maxContext: SEQ }));
+    const [a, b] = [await load(m), await load(base)];
+    try {
+      return (await klDivergence(a, b, measure)).meanKld;
+    } finally {
+      await a.dispose();
+      await b.dispose();
+    }
+  }
+
+  beforeAll(async () => {
+    q = await quantizeWithRecipe(base, 'defaults: {}\n', windows);
+    report = await measureSensitivity(q, base, { calibration: windows, measure }, silentContext);
+  }, 300_000);
+
+  it('measures g16 and W8 for every W4 g32 linear, W8 for the g16 lm_head, A16 for every A8 point, in model order', () => {
+    const expected: string[] = [];
+    for (const s of allLinears(base.config)) {
+      if (s.role !== 'lm_head') expected.push(`${s.name} W4 g16 gptq`);
+      expected.push(`${s.name} W8 g${s.role === 'lm_head' ? 16 : 32} gptq`);
+    }
+    for (const p of activationPoints(base.config)) expected.push(`${p} A16`);
+    expect(report.candidates.map((c) => `${c.module} ${c.to}`)).toEqual(expected);
+    expect(report.windows).toBe(3);
+    expect(report.seqLen).toBe(SEQ);
+    expect(report.adapter).toBeNull();
+  });
+
+  it('costs: a promotion adds the bytes of its wider codes or extra scales; activation points cost none', () => {
+    const by = (m: string, to: string) => report.candidates.find((c) => c.module === m && c.to === to)!;
+    // lm_head 512 × 64 at g16: 4 groups per row, 8 → 16 bytes of codes a group
+    expect(by('lm_head', 'W8 g16 gptq').bytes).toBe(512 * 4 * 8);
+    // q_proj 64 × 64: g32 → g16 adds 2 float32 scales a row
+    expect(by('model.layers.0.self_attn.q_proj', 'W4 g16 gptq').bytes).toBe(64 * 2 * 4);
+    // down_proj 64 × 172: 6 groups of 32 (the last ragged, padded) → 16 + 16 extra bytes each
+    expect(by('model.layers.0.mlp.down_proj', 'W8 g32 gptq').bytes).toBe(64 * 6 * 16);
+    for (const c of report.candidates.filter((x) => x.kind === 'activation')) expect(c.bytes).toBe(0);
+  });
+
+  it('the baseline KLD is that of the model as quantized, and every gain is baseline − KLD', async () => {
+    expect(Math.abs(report.baselineKld - (await kldOf(q)))).toBeLessThan(KLD_TOL);
+    for (const c of report.candidates) expect(c.gain).toBe(report.baselineKld - c.kld);
+  });
+
+  it('lm_head at W8: the candidate is exactly `quantize --recipe {lm_head: {weight_bits: 8}}`', async () => {
+    const m = await quantizeWithRecipe(base, 'overrides:\n  lm_head: {weight_bits: 8}\n', windows);
+    const c = report.candidates.find((x) => x.module === 'lm_head')!;
+    expect(Math.abs(c.kld - (await kldOf(m)))).toBeLessThan(KLD_TOL);
+    expect(c.gain).toBeGreaterThan(0); // the head is the most sensitive linear of this model
+  }, 120_000);
+
+  it('one activation point at A16: the candidate is exactly that recipe', async () => {
+    const point = 'model.layers.2.down_proj_in';
+    const m = await quantizeWithRecipe(base, `overrides:\n  ${point}: {act_bits: 16}\n`, windows);
+    const c = report.candidates.find((x) => x.module === point)!;
+    expect(Math.abs(c.kld - (await kldOf(m)))).toBeLessThan(KLD_TOL);
+  }, 120_000);
+});
