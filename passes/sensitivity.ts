@@ -135,8 +135,8 @@ function withPoint16(q: Model, point: string, range: QParams): Model {
  */
 async function recalibrate(m: Model, table: PrecisionTable, windows: readonly number[][], ctx: RunContext): Promise<Model> {
   // as in the pipeline: centering sees the model before any range (no QDQ), calibration the centred one
-  const bare = { ...m, quant: { ...m.quant, activations: {}, kvCache: [], kCacheOffset: undefined } };
-  const centered = m.quant.kCacheOffset ? await centerKCache(bare, windows, ctx) : m;
+  const bare = { ...m, adapters: undefined, quant: { ...m.quant, activations: {}, kvCache: [], kCacheOffset: undefined } };
+  const centered = m.quant.kCacheOffset ? await centerKCache(bare, windows, ctx) : { ...m, adapters: undefined };
   const r = await calibrateRanges(centered, windows, { observer: 'mse', activations: true, kvCache: true, precision: { activations: table.activations, kvCache: table.kvCache } }, ctx);
   return { ...m, quant: r.quant };
 }
@@ -228,7 +228,8 @@ export async function measureSensitivity(quantized: Model, reference: Model, opt
   const a8 = Object.entries(table.activations).filter(([, p]) => p.bits === 8);
   if (which.a16 && a8.length) {
     const all16 = { activations: Object.fromEntries(Object.entries(table.activations).map(([n, p]) => [n, p.bits === 8 ? { ...p, bits: 16 as const } : p])), kvCache: table.kvCache };
-    const wide = await calibrateRanges(quantized, opts.calibration, { observer: 'mse', activations: true, kvCache: true, precision: all16 }, ctx);
+    // base ranges are calibrated without adapters (passes/lora/add.ts adds them after quantize)
+    const wide = await calibrateRanges({ ...quantized, adapters: undefined }, opts.calibration, { observer: 'mse', activations: true, kvCache: true, precision: all16 }, ctx);
     for (const [point] of a8)
       pending.push({
         point,

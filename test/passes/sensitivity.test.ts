@@ -18,12 +18,28 @@ import { silentContext } from '../../src/core/context.js';
 import { activationPoints, allLinears } from '../../src/ir/architectures.js';
 import type { Model } from '../../src/ir/model.js';
 import type { SensitivityReport } from '../../src/ir/sensitivity.js';
+import { loadPeftAdapter } from '../../formats/peft.js';
+import { addLora } from '../../passes/lora/add.js';
 import { quantizeWithRecipe } from '../helpers/recipe-quantize.js';
-import { CALIB, STORIES } from '../helpers/paths.js';
+import { CALIB, STORIES, WIKI_ADAPTER } from '../helpers/paths.js';
 
 /** Same-sum-different-order float64 tolerance of two mean KLDs (nats/token). */
 const KLD_TOL = 1e-9;
 const SEQ = 96;
+
+/** KLD of `m` from `ref` on `windows` (both with `adapter` selected), by src/eval/kld.ts. */
+async function kldFrom(m: Model, ref: Model, windows: number[][], adapter: string | null): Promise<number> {
+  const load = (x: Model) => SimulatorBackend.load(compile(x, { prefillLen: SEQ, maxContext: SEQ }));
+  const [a, b] = [await load(m), await load(ref)];
+  try {
+    a.selectAdapter(adapter);
+    b.selectAdapter(adapter);
+    return (await klDivergence(a, b, windows)).meanKld;
+  } finally {
+    await a.dispose();
+    await b.dispose();
+  }
+}
 
 describe('measureSensitivity on stories260K (16 calibration windows of 96 tokens, KLD on 3)', () => {
   const base = loadHfModel(STORIES);
@@ -34,17 +50,7 @@ describe('measureSensitivity on stories260K (16 calibration windows of 96 tokens
   let q: Model;
   let report: SensitivityReport;
 
-  /** KLD of `m` from the fp32 model on the measurement windows, by src/eval/kld.ts. */
-  async function kldOf(m: Model): Promise<number> {
-    const load = (x: Model) => SimulatorBackend.load(compile(x, { prefillLen: SEQ, maxContext: SEQ }));
-    const [a, b] = [await load(m), await load(base)];
-    try {
-      return (await klDivergence(a, b, measure)).meanKld;
-    } finally {
-      await a.dispose();
-      await b.dispose();
-    }
-  }
+  const kldOf = (m: Model) => kldFrom(m, base, measure, null);
 
   beforeAll(async () => {
     q = await quantizeWithRecipe(base, 'defaults: {}\n', windows);
@@ -93,4 +99,24 @@ describe('measureSensitivity on stories260K (16 calibration windows of 96 tokens
     const c = report.candidates.find((x) => x.module === point)!;
     expect(Math.abs(c.kld - (await kldOf(m)))).toBeLessThan(KLD_TOL);
   }, 120_000);
+});
+
+describe('measureSensitivity with an adapter selected (the wiki LoRA, 8 windows of 96, A16 candidates only)', () => {
+  it('measures the adapted model against the fp32 model with the same adapter; an unknown adapter is a usage error', async () => {
+    const base = loadHfModel(STORIES);
+    const windows = loadTokenWindows(CALIB, { vocabSize: base.config.vocabSize })
+      .slice(0, 8)
+      .map((w) => w.slice(0, SEQ));
+    const wiki = loadPeftAdapter(WIKI_ADAPTER, base.config);
+    const q = await addLora(await quantizeWithRecipe(base, 'defaults: {}\n', windows), wiki, { name: 'wiki', bits: 8, groupSize: 32 }, windows, silentContext);
+    const measure = windows.slice(0, 2);
+    const r = await measureSensitivity(q, base, { calibration: windows, measure, adapter: 'wiki', promotions: { g16: false, w8: false, a16: true } }, silentContext);
+    expect(r.adapter).toBe('wiki');
+    expect(r.candidates.map((c) => c.to)).toEqual(activationPoints(base.config).map(() => 'A16'));
+    const expected = await kldFrom(q, { ...base, adapters: q.adapters }, measure, 'wiki');
+    expect(Math.abs(r.baselineKld - expected)).toBeLessThan(KLD_TOL);
+    // and it differs from the base model's own KLD: the adapter is really selected
+    expect(Math.abs(r.baselineKld - (await kldFrom(q, base, measure, null)))).toBeGreaterThan(1e-4);
+    await expect(measureSensitivity(q, base, { calibration: windows, measure, adapter: 'nope' }, silentContext)).rejects.toThrow(/--adapter nope: the model has no such adapter \(it has: wiki\)/);
+  }, 300_000);
 });
