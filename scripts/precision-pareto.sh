@@ -51,6 +51,7 @@ for r in "${ROWS[@]}"; do
     har="$OUT/r$i.har"
     $EDGELLM -q quantize "$MODEL" --recipe "$recipe" -o "$har"
     n=$(grep -c '^  [^ ].*: {' "$recipe" || true)
+    if [ "$recipe" = "$OUT/all-w8.yaml" ]; then n="every linear"; fi
   fi
   $EDGELLM -q compile "$har" -o "$OUT/r$i.hef"
   mem=$($EDGELLM inspect "$OUT/r$i.hef" --json | json memory.totalBytes)
