@@ -203,8 +203,8 @@ export function sensitivityBars(ranked: RankedCandidate[]): string {
 /** Gain (nats/token, y) against added device bytes (KiB, x): the promotions worth their bytes sit top left. */
 export function sensitivityScatter(ranked: RankedCandidate[]): string {
   const width = 900;
-  const height = 440;
-  const m = { left: 90, right: 30, top: 40, bottom: 55 };
+  const height = 456;
+  const m = { left: 90, right: 30, top: 56, bottom: 55 };
   const pw = width - m.left - m.right;
   const ph = height - m.top - m.bottom;
   const xHi = Math.max(1, ...ranked.map((c) => c.bytes / 1024)) * 1.05;
@@ -242,8 +242,9 @@ export function sensitivityScatter(ranked: RankedCandidate[]): string {
     .join('\n');
   return (
     `<svg class="sensitivity-scatter" width="${width}" height="${height}" xmlns="http://www.w3.org/2000/svg">` +
-    `<text x="${m.left}" y="14" font-size="12">KLD gain (nats/token) against added device bytes (KiB); numbered: the ${TOP_MARKED} best by gain per KiB; outlined: chosen within +${SHOWN_BUDGET * 100}%, red ray: its cut-off gain per KiB</text>` +
-    legend(cats, m.left, 30) +
+    `<text x="${m.left}" y="14" font-size="12">KLD gain (nats/token) against added device bytes (KiB)</text>` +
+    `<text x="${m.left}" y="30" font-size="11">numbered: the ${TOP_MARKED} best by gain per KiB; outlined: chosen within +${SHOWN_BUDGET * 100}%; red ray: its cut-off gain per KiB</text>` +
+    legend(cats, m.left, 46) +
     xTicks +
     yTicks +
     `<line x1="${m.left}" y1="${Y(0).toFixed(2)}" x2="${m.left + pw}" y2="${Y(0).toFixed(2)}" stroke="#999" stroke-dasharray="4 3"/>` +
