@@ -9,10 +9,12 @@
  *   8       4      format version (u32, {@link CONTEXT_FORMAT_VERSION})
  *   12      4      header length H (u32, ≤ {@link MAX_HEADER_BYTES})
  *   16      H      header, UTF-8 JSON: { model, adapter, tokens, kv: { numLayers, numKvHeads, headDim,
- *                  dtype }, edgellm, meta?, transcript? } (meta: the caller's JSON object, e.g. chat
- *                  messages; transcript: the text the conversation renders and its ids)
+ *                  dtype, layerDtypes? }, edgellm, meta?, transcript? } (dtype: 'uint8', 'uint16',
+ *                  'float32', or 'mixed' with layerDtypes, each layer's; meta: the caller's JSON
+ *                  object, e.g. chat messages; transcript: the text the conversation renders and its ids)
  *   16+H    4·n    the n token ids in the cache (u32)
- *   …       …      per layer, K then V: [n, num_kv_heads, head_dim] in the layout's dtype
+ *   …       …      per layer, K then V: [n, num_kv_heads, head_dim] in the layer's dtype (uint8 KV8
+ *                  codes, uint16 KV16 codes or float32, little-endian)
  *   end−32  32     sha256 of every byte before it
  *
  * `model` is the sha256 of the executable the context was computed by: a context loads only into
@@ -22,7 +24,7 @@ import * as fs from 'node:fs';
 import { FormatError } from '../src/core/errors.js';
 import { Sha256, sha256 } from '../src/core/digest.js';
 import { writeAtomicSync, writeFully } from '../src/core/atomic.js';
-import { kvSnapshotLayerBytes, type KvLayout, type KvSnapshot } from '../src/ir/executable.js';
+import { kvLayerDtypes, kvSnapshotLayerBytes, type KvDtype, type KvLayout, type KvSnapshot } from '../src/ir/executable.js';
 
 export const CONTEXT_MAGIC = Buffer.from('EDGECTX\0', 'latin1');
 export const CONTEXT_FORMAT_VERSION = 2;
@@ -31,8 +33,11 @@ export const MAX_HEADER_BYTES = 1 << 24;
 const PREAMBLE = 16;
 const DIGEST = 32;
 
-/** The KV-layout facts a context file records (what must match the model it is loaded into). */
-export type ContextKvShape = Pick<KvLayout, 'numLayers' | 'numKvHeads' | 'headDim' | 'dtype'>;
+/**
+ * The KV-layout facts a context file records (what must match the model it is loaded into):
+ * `layerDtypes` ([numLayers]) only when `dtype` is 'mixed'.
+ */
+export type ContextKvShape = Pick<KvLayout, 'numLayers' | 'numKvHeads' | 'headDim' | 'dtype'> & { layerDtypes?: KvDtype[] };
 
 export interface ContextFile {
   /** sha256 (hex) of the model the context belongs to */
@@ -55,7 +60,7 @@ export interface ContextFile {
  * @throws FormatError when `tokens` and `snap.length` disagree; node:fs errors on write failure (the
  *   target is then left as it was)
  */
-export function writeContextFile(file: string, c: Omit<ContextFile, 'snapshot'> & { snapshot: KvSnapshot }): void {
+export function writeContextFile(file: string, c: Omit<ContextFile, 'snapshot' | 'kv'> & { kv: ContextKvShape | KvLayout; snapshot: KvSnapshot }): void {
   if (c.tokens.length !== c.snapshot.length) throw new FormatError(file, `${c.tokens.length} token ids for a cache of ${c.snapshot.length} tokens`);
   const header = Buffer.from(
     JSON.stringify({ model: c.model, adapter: c.snapshot.adapter, tokens: c.tokens.length, kv: pickShape(c.kv), edgellm: c.edgellm, meta: c.meta, transcript: c.transcript }),
@@ -124,18 +129,18 @@ export function readContextFile(file: string): ContextFile {
   const tr = h.transcript as { text?: unknown; ids?: unknown } | undefined;
   if (tr !== undefined && (tr === null || typeof tr.text !== 'string' || !Array.isArray(tr.ids) || tr.ids.some((t) => !Number.isInteger(t) || t < 0)))
     throw new FormatError(file, 'header.transcript is not { text: string, ids: non-negative integers }');
-  const layerBytes = kvSnapshotLayerBytes({ ...kv, maxContext: 0, layers: [] }, n as number);
-  const expected = PREAMBLE + hLen + 4 * (n as number) + 2 * kv.numLayers * layerBytes + DIGEST;
+  const layerBytes = layerDtypesOf(kv).map((d) => kvSnapshotLayerBytes({ ...kv, dtype: d, layers: [] }, n as number));
+  const expected = PREAMBLE + hLen + 4 * (n as number) + 2 * layerBytes.reduce((a, b) => a + b, 0) + DIGEST;
   if (expected !== size) throw new FormatError(file, `size ${size} bytes disagrees with its header (${n} tokens × ${kv.numLayers} layers need ${expected})`);
   let o = PREAMBLE + hLen;
   const tokens: number[] = [];
   for (let i = 0; i < (n as number); i++, o += 4) tokens.push(bytes.readUInt32LE(o));
   const layers: KvSnapshot['layers'] = [];
   for (let i = 0; i < kv.numLayers; i++) {
-    const key = new Uint8Array(bytes.subarray(o, o + layerBytes));
-    o += layerBytes;
-    const value = new Uint8Array(bytes.subarray(o, o + layerBytes));
-    o += layerBytes;
+    const key = new Uint8Array(bytes.subarray(o, o + layerBytes[i]));
+    o += layerBytes[i];
+    const value = new Uint8Array(bytes.subarray(o, o + layerBytes[i]));
+    o += layerBytes[i];
     layers.push({ key, value });
   }
   return { model, tokens, kv, snapshot: { length: n as number, adapter: adapter as string | null, layers }, edgellm: typeof h.edgellm === 'string' ? h.edgellm : '', meta: meta as Record<string, unknown> | undefined, transcript: tr as ContextFile['transcript'] };
@@ -150,18 +155,34 @@ export function checkContextFits(file: string, c: ContextFile, model: string, la
     throw new FormatError(file, `saved from another model (sha256 ${c.model.slice(0, 12)}…, this model is ${model.slice(0, 12)}…)`);
   const want = pickShape(layout);
   for (const k of Object.keys(want) as (keyof ContextKvShape)[])
-    if (c.kv[k] !== want[k]) throw new FormatError(file, `KV layout differs: ${k} ${c.kv[k]}, the model has ${want[k]}`);
+    if (String(c.kv[k]) !== String(want[k])) throw new FormatError(file, `KV layout differs: ${k} ${c.kv[k] ?? '(none)'}, the model has ${want[k]}`);
 }
 
-function pickShape(l: ContextKvShape): ContextKvShape {
-  return { numLayers: l.numLayers, numKvHeads: l.numKvHeads, headDim: l.headDim, dtype: l.dtype };
+/** The recorded facts of a layout (a KvLayout's per-layer dtypes when it is 'mixed'). */
+function pickShape(l: ContextKvShape | KvLayout): ContextKvShape {
+  const shape: ContextKvShape = { numLayers: l.numLayers, numKvHeads: l.numKvHeads, headDim: l.headDim, dtype: l.dtype };
+  if (l.dtype === 'mixed') shape.layerDtypes = 'layers' in l ? kvLayerDtypes(l) : l.layerDtypes;
+  return shape;
 }
+
+/** Every layer's dtype of a recorded shape. */
+function layerDtypesOf(kv: ContextKvShape): KvDtype[] {
+  return kv.dtype === 'mixed' ? kv.layerDtypes! : Array.from({ length: kv.numLayers }, () => kv.dtype as KvDtype);
+}
+
+const KV_DTYPES: readonly string[] = ['uint8', 'uint16', 'float32'];
 
 function checkShape(file: string, v: unknown): ContextKvShape {
   if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new FormatError(file, 'header.kv is not an object');
   const o = v as Record<string, unknown>;
   for (const k of ['numLayers', 'numKvHeads', 'headDim'])
     if (!Number.isSafeInteger(o[k]) || (o[k] as number) < 1 || (o[k] as number) > 1 << 20) throw new FormatError(file, `header.kv.${k} is not a positive integer`);
-  if (o.dtype !== 'uint8' && o.dtype !== 'float32') throw new FormatError(file, "header.kv.dtype is neither 'uint8' nor 'float32'");
-  return { numLayers: o.numLayers as number, numKvHeads: o.numKvHeads as number, headDim: o.headDim as number, dtype: o.dtype };
+  const shape: ContextKvShape = { numLayers: o.numLayers as number, numKvHeads: o.numKvHeads as number, headDim: o.headDim as number, dtype: o.dtype as ContextKvShape['dtype'] };
+  if (o.dtype === 'mixed') {
+    const d = o.layerDtypes;
+    if (!Array.isArray(d) || d.length !== shape.numLayers || d.some((x) => !KV_DTYPES.includes(x)))
+      throw new FormatError(file, `header.kv.layerDtypes is not a list of ${shape.numLayers} of ${KV_DTYPES.join(', ')} (the dtype is 'mixed')`);
+    shape.layerDtypes = d as KvDtype[];
+  } else if (!KV_DTYPES.includes(o.dtype as string)) throw new FormatError(file, `header.kv.dtype is not one of ${KV_DTYPES.join(', ')}, 'mixed'`);
+  return shape;
 }

@@ -85,7 +85,8 @@ export function qparamsProblem(p: unknown): string | undefined {
 /**
  * Checks ranges.json: an object whose `activations` (when present) maps point names to ranges and
  * `kvCache` (when present) is a list of {k, v} ranges ({@link qparamsProblem}: a 16-bit range says
- * `bits: 16` and may have a zero point up to 65535, an 8-bit one up to 255); `kCacheOffset` (when
+ * `bits: 16` and may have a zero point up to 65535, an 8-bit one up to 255) or null (a float layer
+ * beside quantized ones, src/ir/kv-quant.ts); `kCacheOffset` (when
  * present) holds `numLayers` lists of `width` numbers.
  * @throws FormatError naming `path` and the field
  */
@@ -99,7 +100,8 @@ export function checkRanges(path: string, r: unknown, numLayers: number, width: 
     if (problem) throw bad(`activations['${n}'] ${problem}`);
   }
   for (const [i, l] of ((r.kvCache ?? []) as unknown[]).entries()) {
-    if (!isObject(l)) throw bad(`kvCache[${i}] must be {k, v}, got ${describe(l)}`);
+    if (l === null) continue; // a float layer
+    if (!isObject(l)) throw bad(`kvCache[${i}] must be {k, v} or null, got ${describe(l)}`);
     for (const which of ['k', 'v'] as const) {
       const problem = qparamsProblem(l[which]);
       if (problem) throw bad(`kvCache[${i}].${which} ${problem}`);

@@ -11,7 +11,8 @@
  * | adapter.<name>            | adapter   | safetensors: one LoRA adapter's A/B codes and scales   |
  *
  * The header (formats/hef.proto HefHeader) carries the config, the quantization scheme, the KV-cache
- * layout with per-layer KV8 parameters, both graphs' I/O tables and the LoRA adapters (name, rank,
+ * layout with per-layer KV8/KV16 parameters (a float layer of a 'mixed' layout: neither k nor v), both
+ * graphs' I/O tables and the LoRA adapters (name, rank,
  * scaling, per-module A8 of A·x, the section holding the tensors).
  */
 import { writeHef, openHef, type HefFile } from './hef.js';
@@ -22,6 +23,7 @@ import { EdgeLLMError, FormatError } from '../src/core/errors.js';
 import { Sha256 } from '../src/core/digest.js';
 import type { Executable, ExecutableAdapter, GraphPart, KvLayout, MappedWeights } from '../src/ir/executable.js';
 import type { PrecisionTable } from '../src/ir/precision.js';
+import type { QdqParams } from '../src/ir/quant.js';
 import type { Tensor } from '../src/ir/tensor.js';
 import type { ValueSpec, ElemType } from './onnx.js';
 import { VERSION, artifactTimestamp } from '../src/core/version.js';
@@ -77,7 +79,7 @@ export function writeExecutable(path: string, exe: Executable): void {
       edgellmVersion: VERSION,
       configJson: JSON.stringify(exe.config),
       quant: exe.quant,
-      kvCache: { numLayers: l.numLayers, numKvHeads: l.numKvHeads, headDim: l.headDim, maxContext: l.maxContext, dtype: l.dtype, layers: l.layers },
+      kvCache: { numLayers: l.numLayers, numKvHeads: l.numKvHeads, headDim: l.headDim, maxContext: l.maxContext, dtype: l.dtype, layers: l.layers.map((x) => x ?? {}) },
       prefill: graph(exe.prefill, 'graph.prefill'),
       decode: graph(exe.decode, 'graph.decode'),
       sourceSha256: exe.sourceSha256,
@@ -100,6 +102,12 @@ export function writeExecutable(path: string, exe: Executable): void {
     sections,
   );
 }
+
+/** KV-cache dtypes a header may state (src/ir/executable.ts KvLayout.dtype). */
+const KV_DTYPES: readonly string[] = ['uint8', 'uint16', 'float32', 'mixed'];
+
+/** Header QParams -> QdqParams: `bits: 16` for the uint16 grid, absent for uint8 (proto3 reads an unset `bits` as 0). */
+const qparamsIn = (q: any): QdqParams => ({ scale: q.scale, zeroPoint: q.zeroPoint, ...(q.bits === 16 ? { bits: 16 as const } : {}) });
 
 /** What a HEF header says, interpreted once: everything of an Executable but the section bytes. */
 export interface ExecutableHeader {
@@ -150,6 +158,9 @@ export function executableHeader(path: string, hef: Pick<HefFile, 'header' | 'se
   if (typeof config !== 'object' || config === null || Array.isArray(config)) throw new FormatError(path, 'header config is not a JSON object');
   need(h.quant, 'quant');
   const kv = need(h.kvCache, 'kv_cache');
+  if (!KV_DTYPES.includes(kv.dtype)) throw new FormatError(path, `header kv_cache dtype '${kv.dtype}' is not one of ${KV_DTYPES.join(', ')}`);
+  if (kv.dtype === 'mixed' && (kv.layers ?? []).length !== kv.numLayers)
+    throw new FormatError(path, `header kv_cache is 'mixed' but lists ${(kv.layers ?? []).length} layers for ${kv.numLayers}`);
   let precision: PrecisionTable | undefined;
   if (h.precisionJson) {
     try {
@@ -174,8 +185,9 @@ export function executableHeader(path: string, hef: Pick<HefFile, 'header' | 'se
       maxContext: kv.maxContext,
       dtype: kv.dtype,
       layers: (kv.layers ?? []).map((x: any, i: number) => {
+        if (kv.dtype === 'mixed' && x.k == null && x.v == null) return null; // a float32 layer
         const [k, v] = [need(x.k, `k in kv_cache layer ${i}`), need(x.v, `v in kv_cache layer ${i}`)];
-        return { k: { scale: k.scale, zeroPoint: k.zeroPoint }, v: { scale: v.scale, zeroPoint: v.zeroPoint }, ...(x.kOffset?.length ? { kOffset: Array.from(x.kOffset as number[]) } : {}) };
+        return { k: qparamsIn(k), v: qparamsIn(v), ...(x.kOffset?.length ? { kOffset: Array.from(x.kOffset as number[]) } : {}) };
       }),
     },
     prefill: graph(h.prefill, 'prefill graph'),

@@ -18,7 +18,7 @@ export type { ElemType, Dim, ValueSpec } from '../src/ir/executable.js';
 export const onnx = onnxProto.onnx;
 
 
-const ELEM: Record<ElemType, number> = { float32: 1, uint8: 2, int32: 6, int64: 7, bool: 9 };
+const ELEM: Record<ElemType, number> = { float32: 1, uint8: 2, uint16: 4, int32: 6, int64: 7, bool: 9 };
 
 export type AttrValue = number | string | number[] | { float: number } | { floats: number[] } | Tensor;
 
@@ -252,7 +252,7 @@ export function withExternalInitializers(
 
 /** ONNX element type name of a DType (for TensorSpec records). */
 export function elemTypeOf(dtype: DType): ElemType {
-  const m: Partial<Record<DType, ElemType>> = { F32: 'float32', I64: 'int64', U8: 'uint8', I32: 'int32', BOOL: 'bool' };
+  const m: Partial<Record<DType, ElemType>> = { F32: 'float32', I64: 'int64', U8: 'uint8', U16: 'uint16', I32: 'int32', BOOL: 'bool' };
   const e = m[dtype];
   if (!e) throw new EdgeLLMError(`no graph I/O element type for ${dtype}`);
   return e;

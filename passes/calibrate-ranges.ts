@@ -9,12 +9,15 @@
  * a recipe's precision table (`precision`, src/ir/precision.ts): an activation point at 8 bits gets
  * uint8 parameters, at 16 bits uint16 ones (scale = range/65535, zero point in [0, 65535], stored with
  * `bits: 16`; src/ir/quant.ts asymmetricQParams), at 32 bits (float) none; every point is observed
- * with its own observer. KV caches are all 8-bit or all float (the KV8 lowering; 16-bit caches are
- * refused by src/ir/recipe.ts refuseUnsupported).
+ * with its own observer. KV caches likewise, layer by layer (K and V of a layer at one width): KV8
+ * uint8 ranges, KV16 uint16 ones (`bits: 16`), a float layer a null entry; no entry at all when every
+ * layer is float (src/ir/kv-quant.ts states the layout of `quant.kvCache`).
  *
  *   precision.activations['model.layers.1.down_proj_in'] = {bits: 16, observer: 'mse'}
  *     → quant.activations['model.layers.1.down_proj_in'] = {scale: 1.56e-4, zeroPoint: 31843, bits: 16}
  *   precision.activations['lm_head_in'] = {bits: 32, …}  → no entry (no QDQ at lm_head's input)
+ *   precision.kvCache[0] = {k: {bits: 16, …}, v: {bits: 16, …}}  → quant.kvCache[0] = {k: {…, bits: 16}, v: {…, bits: 16}}
+ *   precision.kvCache[1] = {k: {bits: 32, …}, v: {bits: 32, …}}  → quant.kvCache[1] = null (other layers quantized)
  */
 import type { Model, QParams, QuantReport } from '../src/ir/model.js';
 import type { PointPrecision, PrecisionTable } from '../src/ir/precision.js';
@@ -22,6 +25,7 @@ import { lowerModel } from '../src/compiler/lower.js';
 import { captureName, kvPoints } from '../src/compiler/io-contract.js';
 import { activationPoints } from '../src/ir/architectures.js';
 import { UsageError } from '../src/core/errors.js';
+import { storedKvRanges, type KvRangeEntry } from '../src/ir/kv-quant.js';
 import { captureWindows } from '../src/engine/capture.js';
 import { windowFeeds } from '../calibration/window-feeds.js';
 import { OBSERVERS, type ObserverKind, type Observer } from '../calibration/observers.js';
@@ -53,19 +57,21 @@ function pointPrecisions(model: Model, opts: CalibrateOptions): { act: Map<strin
   const act = new Map(activationPoints(cfg).map((p): [string, PointPrecision] => [p, t ? t.activations[p] : uniform(opts.activations)]));
   const kv = Array.from({ length: cfg.numLayers }, (_, i) => (t ? t.kvCache[i] : { k: uniform(opts.kvCache), v: uniform(opts.kvCache) }));
   for (const [p, pp] of act) if (!pp) throw new UsageError(`calibrate: the precision table has no entry for activation point '${p}'`);
-  const kvBits = new Set(kv.flatMap((l) => (l ? [l.k.bits, l.v.bits] : [0])));
-  if (kvBits.has(0) || kvBits.has(16) || kvBits.size > 1)
-    throw new UsageError(`calibrate: KV caches must be all 8-bit or all float (32) with one entry per layer, got widths ${[...kvBits].join(', ')}`);
+  kv.forEach((l, i) => {
+    if (!l?.k || !l.v) throw new UsageError(`calibrate: the precision table has no KV-cache entry for layer ${i}`);
+    if (l.k.bits !== l.v.bits) throw new UsageError(`calibrate: layer ${i}'s K cache is ${l.k.bits}-bit and its V cache ${l.v.bits}-bit (a layer's cache has one width)`);
+  });
   return { act, kv };
 }
 
 /**
  * Calibrates static ranges on `windows` (token ids, each evaluated from position 0).
  * @returns a new Model with the ranges (`quant.activations`: QParams of every quantized activation
- *   point, with `bits: 16` for uint16 ones; `quant.kvCache`: one K/V pair per layer, or empty when
- *   the caches are float) and `report.points`; the input is not modified
- * @throws UsageError when `opts.precision` lacks an activation point, or asks for 16-bit or partly
- *   float KV caches
+ *   point, with `bits: 16` for uint16 ones; `quant.kvCache`: per layer a K/V pair, `bits: 16` for
+ *   KV16, or null for a float layer; empty when every layer's cache is float) and `report.points`;
+ *   the input is not modified
+ * @throws UsageError when `opts.precision` lacks an activation point or a layer's KV entry, or gives
+ *   a layer's K and V caches different widths
  */
 export async function calibrateRanges(model: Model, windows: readonly number[][], opts: CalibrateOptions, ctx: RunContext): Promise<Model> {
   const cfg = model.config;
@@ -94,7 +100,8 @@ export async function calibrateRanges(model: Model, windows: readonly number[][]
     return p;
   };
   for (const [p, pp] of act) if (pp.bits !== 32) activations[p] = qparamsOf(p);
-  const kvCache = kv[0]?.k.bits === 8 ? kvPts.map((p) => ({ k: qparamsOf(p.k), v: qparamsOf(p.v) })) : [];
+  const anyKv = kv.some((l) => l.k.bits !== 32);
+  const kvCache = anyKv ? storedKvRanges(kvPts.map((p, i): KvRangeEntry => (kv[i].k.bits === 32 ? null : { k: qparamsOf(p.k), v: qparamsOf(p.v) }))) : [];
   const report: QuantReport = { linears: model.report?.linears ?? {}, points: reportPoints };
   const { precision: _table, ...recorded } = opts;
   return {

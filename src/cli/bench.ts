@@ -10,6 +10,7 @@ import { TextTokenizer } from '../../formats/tokenizer.js';
 import { VERSION } from '../core/version.js';
 import { int, outputPathCheck, addLoadFlags, loadFlags } from './common.js';
 import type { Executable } from '../ir/executable.js';
+import { schemeWidth } from '../ir/quant-scheme.js';
 import { writeFileAtomicSync } from '../core/atomic.js';
 import { defaultThreads } from '../engine/session.js';
 
@@ -101,7 +102,7 @@ export function registerBench(program: Command): void {
       else
         process.stdout.write(
           [
-            `model      ${file} (${kind}, ${(result.fileBytes / MiB).toFixed(2)} MiB; ${exe.quant.weightBits < 16 ? `W${exe.quant.weightBits}` : "float weights"} ${exe.quant.activationScheme === 'none' ? '' : 'A8 '}KV ${exe.kvLayout.dtype})`,
+            `model      ${file} (${kind}, ${(result.fileBytes / MiB).toFixed(2)} MiB; ${exe.quant.weightBits < 16 ? `W${exe.quant.weightBits}` : "float weights"} ${schemeWidth(exe.quant.activationScheme) ? `A${schemeWidth(exe.quant.activationScheme)} ` : ''}KV ${exe.kvLayout.dtype})`,
             ...(backend.adapters.length ? [`adapter    ${o.adapter ?? 'none (base model)'} (${backend.adapters.length} in the executable: LoRA branches in the graphs)`] : []),
             `backend    ${backend.name}, ${result.threads} threads of ${result.cpus} cpus, prefill chunk ${result.prefillLen}, context ${result.maxContext}`,
             `load       ${loadMs.toFixed(0)} ms  (read ${readMs.toFixed(0)} ms, sessions ${(loadMs - readMs).toFixed(0)} ms${kind !== 'hef' ? '' : load.verify ? ', weights verified while copied' : ', weights not verified'})`,

@@ -3,17 +3,20 @@
  * and the runtime, the calibration runs and the passes feed or read. Batch 1; S = tokens per call,
  * P = past_sequence_length, T = P + S:
  *
- * | name                          | dtype            | shape                      |
- * | ----------------------------- | ---------------- | -------------------------- |
- * | input_ids                     | int64            | [1, S]                     |
- * | logit_positions               | int64            | [R]: rows of S to compute logits for (compiled graphs) |
- * | past_key_values.{i}.key/value | float32 or uint8 | [1, P, kv_heads, head_dim] |
- * | logits                        | float32          | [1, S, vocab] ([1, R, vocab] with logit_positions) |
- * | new_key_values.{i}.key/value  | float32 or uint8 | [1, S, kv_heads, head_dim]: this call's rows only |
+ * | name                          | dtype                     | shape                      |
+ * | ----------------------------- | ------------------------- | -------------------------- |
+ * | input_ids                     | int64                     | [1, S]                     |
+ * | logit_positions               | int64                     | [R]: rows of S to compute logits for (compiled graphs) |
+ * | past_key_values.{i}.key/value | float32, uint8 or uint16  | [1, P, kv_heads, head_dim] |
+ * | logits                        | float32                   | [1, S, vocab] ([1, R, vocab] with logit_positions) |
+ * | new_key_values.{i}.key/value  | float32, uint8 or uint16  | [1, S, kv_heads, head_dim]: this call's rows only |
  * | lora.<linear>.A / .B          | float32          | [r, in] / [out, r]         |
  * | lora.<linear>.act_scale / _zero_point | float32 / uint8 | [] (with static A8)  |
  * | capture.<point>               | float32          | the point's activation (calibration graphs) |
  * | hidden_states / hidden_states_out | float32      | [1, S, hidden] (one-layer graphs of GPTQ)  |
+ *
+ * Layer i's cache dtype is its width (src/ir/kv-quant.ts): uint8 KV8 codes, uint16 KV16 codes or
+ * float32; layers of one graph may differ (the executable's KV layout states each, src/ir/executable.ts).
  *
  * The KV cache is sequence-major ([position, kv_head, head_dim] per layer), so the first P positions of
  * a cache preallocated to the context capacity are one contiguous prefix: the runtime feeds that
@@ -55,8 +58,9 @@ export const LEGACY_PRESENT_KEY = 'present.0.key';
 export const kvCacheDims = (numKvHeads: number, headDim: number, length: number): number[] => [1, length, numKvHeads, headDim];
 
 /**
- * Initializer names of layer i's KV-cache quantization: the KV8 scale (float32 []) and zero point
- * (uint8 []) of K and V, and the K-cache centering offset c (float32 [1, 1, kv_heads, head_dim]).
+ * Initializer names of layer i's KV-cache quantization: the KV8/KV16 scale (float32 []) and zero point
+ * (uint8 [] for KV8, uint16 [] for KV16) of K and V, and the K-cache centering offset c (float32
+ * [1, 1, kv_heads, head_dim]).
  * They are not stored with the weights: the runtime builds them from the executable's KV layout
  * (src/compiler/kv-layout.ts {@link kvLayoutInitializers}), the one place a HEF states them.
  */

@@ -6,7 +6,8 @@
  *
  * with RoPE on q and k, the new K/V appended to the layer's cache, GQA attention (query head
  * h = kv·groups + j reads KV head kv) under an additive causal mask, and a static A8 point at every
- * linear input. The cache is sequence-major ([1, T, kv_heads, head_dim], io-contract.ts). With QuaRot's online rotations (model.online), R3 rotates q and k after RoPE (before
+ * linear input. The cache is sequence-major ([1, T, kv_heads, head_dim], io-contract.ts), each
+ * layer's at its own width (uint8 KV8, uint16 KV16 or float32: src/ir/kv-quant.ts). With QuaRot's online rotations (model.online), R3 rotates q and k after RoPE (before
  * the KV cache) and R4 the down_proj input (before its A8 point); see {@link onlineRotation}. With
  * K-cache centering (model.quant.kCacheOffset) the cache holds K − c.
  */
@@ -56,12 +57,12 @@ export function lowerDecoderLayer(L: Lowering, i: number, x: string, shared: Lay
   const kOffset = model.quant.kCacheOffset?.[i];
   if (kOffset) kc = L.kCenter(kc, i, kOffset, `${P}/attn/k_center`); // the cache holds K − c
   const v = L.reshape(L.linear(a, vS, `${P}/attn/v_proj`), [0, 0, nKv, hd], `${P}/attn/v_heads`);
-  const kvq = model.quant.kvCache[i];
+  const kvq = L.kvQdq(i); // KV8, KV16 or float (null), this layer's own width
   const kp = kvPoints(i);
-  const kAll = L.cacheAppend(kc, kv.pastKey, kv.newKey, kp.k, kvq?.k, `${P}/attn/k_cache`); // [1, T, nKv, hd]
-  const vAll = L.cacheAppend(v, kv.pastValue, kv.newValue, kp.v, kvq?.v, `${P}/attn/v_cache`);
-  g.output(kv.newKey, L.kvType, [1, shared.seqDim, nKv, hd]);
-  g.output(kv.newValue, L.kvType, [1, shared.seqDim, nKv, hd]);
+  const kAll = L.cacheAppend(kc, kv.pastKey, kv.newKey, kp.k, kvq && { params: kvq.k, bits: kvq.bits }, `${P}/attn/k_cache`); // [1, T, nKv, hd]
+  const vAll = L.cacheAppend(v, kv.pastValue, kv.newValue, kp.v, kvq && { params: kvq.v, bits: kvq.bits }, `${P}/attn/v_cache`);
+  g.output(kv.newKey, L.kvType(i), [1, shared.seqDim, nKv, hd]);
+  g.output(kv.newValue, L.kvType(i), [1, shared.seqDim, nKv, hd]);
   const q5 = L.reshape(L.transpose(q, [0, 2, 1, 3], `${P}/attn/q_bhsd`), [1, nKv, groups, -1, hd], `${P}/attn/q_groups`); // [1, nKv, g, S, hd]
   const kT5 = g.node('Unsqueeze', [L.transpose(kAll, [0, 2, 3, 1], `${P}/attn/k_T`), g.ints([2])], { name: `${P}/attn/k_groups` }); // [1, nKv, 1, hd, T]
   const scores = g.node('MatMul', [q5, kT5], { name: `${P}/attn/QK` }); // [1, nKv, g, S, T]

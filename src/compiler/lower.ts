@@ -2,10 +2,11 @@
  * Lowers a Model to an ONNX graph: one lowering for the three modes.
  *
  * - fp32 (reference): float MatMuls, float KV cache.
- * - quantized: every weight-quantized linear becomes com.microsoft MatMulNBits (4-bit, zero point 8),
- *   every static A8 point a QuantizeLinear/DequantizeLinear pair (uint8, per-tensor), and the KV
- *   cache is held as uint8: new K (after RoPE) and V are quantized, concatenated to the past and
- *   dequantized for attention.
+ * - quantized: every weight-quantized linear becomes com.microsoft MatMulNBits (4- or 8-bit, zero
+ *   point 2^(bits−1)), every static activation point a QuantizeLinear/DequantizeLinear pair (uint8,
+ *   or com.microsoft uint16; per-tensor), and each layer's KV cache is held at its width — uint8
+ *   (KV8), uint16 (KV16) or float32 (src/ir/kv-quant.ts): new K (after RoPE) and V are quantized,
+ *   concatenated to the past and dequantized for attention.
  * - calibration capture: extra outputs `capture.<point>` holding the float activation at every
  *   quantization point (before its QDQ), for the observers in calibration/.
  *
@@ -20,6 +21,7 @@ import { lmHead, allLinears, layerLinears } from '../ir/architectures.js';
 import type { Tensor } from '../ir/tensor.js';
 import { UnsupportedModelError } from '../core/errors.js';
 import { Lowering } from './lowering.js';
+import { hasKvRanges } from '../ir/kv-quant.js';
 import { lowerDecoderLayer, type LayerInputs } from './lower-layer.js';
 import { kvNames, INPUT_IDS, LOGITS, LOGIT_POSITIONS, HIDDEN_STATES, HIDDEN_STATES_OUT } from './io-contract.js';
 
@@ -33,7 +35,7 @@ export interface LowerOptions {
   capture?: boolean;
   /** apply the model's static A8 ranges; default: when the model has them */
   activationQuant?: boolean;
-  /** hold the KV cache as uint8 with the model's KV8 ranges; default: when the model has them */
+  /** hold each layer's KV cache at the width of the model's KV ranges (KV8 uint8, KV16 uint16); default: when the model has them */
   kvQuant?: boolean;
   /** graph name */
   name?: string;
@@ -66,7 +68,7 @@ function newLowering(model: Model, opts: Omit<LowerOptions, 'seqLen'>): Lowering
   return new Lowering(g, model, {
     capture: opts.capture ?? false,
     actQuant: (opts.activationQuant ?? true) && Object.keys(model.quant.activations).length > 0,
-    kvQuant: (opts.kvQuant ?? true) && model.quant.kvCache.length === cfg.numLayers,
+    kvQuant: (opts.kvQuant ?? true) && hasKvRanges(model),
     lora: opts.lora ?? true,
   });
 }
@@ -106,8 +108,8 @@ function positionsAndMask(L: Lowering, pastKey: string, tokens: string, seqDim: 
 function kvInputs(L: Lowering, i: number): void {
   const { numKvHeads: nKv, headDim: hd } = L.model.config;
   const n = kvNames(i);
-  L.g.input(n.pastKey, L.kvType, [1, 'past_sequence_length', nKv, hd]);
-  L.g.input(n.pastValue, L.kvType, [1, 'past_sequence_length', nKv, hd]);
+  L.g.input(n.pastKey, L.kvType(i), [1, 'past_sequence_length', nKv, hd]);
+  L.g.input(n.pastValue, L.kvType(i), [1, 'past_sequence_length', nKv, hd]);
 }
 
 /**

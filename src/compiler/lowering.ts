@@ -1,18 +1,19 @@
 /**
  * The building blocks of the lowering (src/compiler/lower.ts): one {@link Lowering} per graph holds
  * the builder, the model and the mode flags, and emits the recurring pieces — RMSNorm, RoPE, a
- * linear (float Gemm or 4/8-bit MatMulNBits), a static A8 or A16 QDQ point, a KV-cache append —
- * with path-style node names.
+ * linear (float Gemm or 4/8-bit MatMulNBits), a static A8 or A16 QDQ point, a KV-cache append at
+ * the layer's width (KV8, KV16 or float) — with path-style node names.
  */
 import { GraphBuilder, type ElemType } from '../../formats/onnx.js';
 import type { Model, QParams } from '../ir/model.js';
-import { activationQdq } from '../ir/quant.js';
+import { activationQdq, type QdqBits } from '../ir/quant.js';
+import { kvCacheQdq, kvDtypeOf, type KvCacheQdq } from '../ir/kv-quant.js';
 import { actPointName, lmHead, sharesQuantizedEmbedding, type LinearSpec, type LinearInput } from '../ir/architectures.js';
 import { toFloat32, type Tensor } from '../ir/tensor.js';
 import { UnsupportedModelError } from '../core/errors.js';
 import { captureName, kvQuantNames, loraInputNames, loraPoint } from './io-contract.js';
 
-/** onnx.proto TensorProto.DataType UINT16 (the Cast target of a 16-bit point's zero point). */
+/** onnx.proto TensorProto.DataType UINT16 (the Cast target of a 16-bit activation point's zero point). */
 const ONNX_UINT16 = 4;
 
 /** Mode flags of one lowering. */
@@ -21,7 +22,7 @@ export interface LoweringFlags {
   capture: boolean;
   /** apply the model's static A8 ranges */
   actQuant: boolean;
-  /** hold the KV cache as uint8 with the model's KV8 ranges */
+  /** hold each layer's KV cache at the width of the model's KV ranges (uint8 KV8, uint16 KV16, float32 where a layer has none) */
   kvQuant: boolean;
   /** add the LoRA branch (graph inputs `lora.<linear>.*`) to the linears the model's adapters target; default true */
   lora?: boolean;
@@ -30,7 +31,6 @@ export interface LoweringFlags {
 
 export class Lowering {
   private readonly weightCache = new Map<string, Tensor>();
-  readonly kvType: ElemType;
   /** linear -> LoRA rank of its graph inputs (the largest over the model's adapters); empty: no LoRA */
   readonly loraRanks = new Map<string, number>();
 
@@ -39,7 +39,6 @@ export class Lowering {
     readonly model: Model,
     readonly flags: LoweringFlags,
   ) {
-    this.kvType = flags.kvQuant ? 'uint8' : 'float32';
     if (flags.lora ?? true)
       for (const a of model.adapters ?? []) for (const m of a.modules) this.loraRanks.set(m.linear, Math.max(m.rank, this.loraRanks.get(m.linear) ?? 0));
   }
@@ -129,18 +128,32 @@ export class Lowering {
   }
 
   /**
-   * The KV8 scale and zero point of a cache point (`model.layers.{i}.k_cache` / `.v_cache`) as
-   * initializers named by io-contract's `kvQuantNames`: the values the KV layout states
-   * (src/compiler/kv-layout.ts), not graph constants.
+   * How layer `layer`'s KV cache executes in this graph (src/ir/kv-quant.ts kvCacheQdq): KV8, KV16,
+   * or null (float32) for a float layer or when the graph holds no quantized cache (flags.kvQuant off).
+   * @throws UnsupportedModelError as kvCacheQdq (ranges of another width than the precision table)
    */
-  private kvQParams(p: QParams, point: string): [string, string] {
+  kvQdq(layer: number): KvCacheQdq | null {
+    return this.flags.kvQuant ? kvCacheQdq(this.model, layer, 'lowering') : null;
+  }
+
+  /** Element type of layer `layer`'s `past_key_values` / `new_key_values`: uint8, uint16 or float32. */
+  kvType(layer: number): ElemType {
+    return kvDtypeOf(this.kvQdq(layer));
+  }
+
+  /**
+   * The KV8/KV16 scale (float32 []) and zero point (uint8 [] or uint16 []) of a cache point
+   * (`model.layers.{i}.k_cache` / `.v_cache`) as initializers named by io-contract's `kvQuantNames`:
+   * the values the KV layout states (src/compiler/kv-layout.ts kvLayoutInitializers), not graph constants.
+   */
+  private kvQParams(p: QParams, bits: QdqBits, point: string): [string, string] {
     const m = /^model\.layers\.(\d+)\.(k|v)_cache$/.exec(point);
     if (!m) throw new UnsupportedModelError(`lowering: '${point}' is not a KV-cache point`);
     const n = kvQuantNames(Number(m[1]));
     const [scale, zeroPoint] = m[2] === 'k' ? [n.kScale, n.kZeroPoint] : [n.vScale, n.vZeroPoint];
     return [
       this.g.weight(scale, () => ({ dtype: 'F32', shape: [], data: Float32Array.of(p.scale) })),
-      this.g.weight(zeroPoint, () => ({ dtype: 'U8', shape: [], data: Uint8Array.of(p.zeroPoint) })),
+      this.g.weight(zeroPoint, () => (bits === 16 ? { dtype: 'U16', shape: [], data: Uint16Array.of(p.zeroPoint) } : { dtype: 'U8', shape: [], data: Uint8Array.of(p.zeroPoint) })),
     ];
   }
 
@@ -282,21 +295,26 @@ export class Lowering {
 
   /**
    * The cache step of K or V: this call's rows `fresh` [1, S, kv, hd] become the graph output
-   * `rows` (uint8 through the KV8 QuantizeLinear, or float) and are appended to the past cache
-   * [1, P, kv, hd] (sequence-major, io-contract.ts); returns the float cache [1, T, kv, hd] that
-   * attention reads (DequantizeLinear of the uint8 cache with KV8).
+   * `rows` and are appended to the past cache [1, P, kv, hd] (sequence-major, io-contract.ts);
+   * returns the float cache [1, T, kv, hd] that attention reads. At the layer's width (`q`: K's or
+   * V's params and the layer's bits, from {@link kvQdq}):
+   * - KV8: ai.onnx QuantizeLinear (uint8 rows), Concat, DequantizeLinear (opset 17);
+   * - KV16: com.microsoft QuantizeLinear (uint16 rows), Concat, com.microsoft DequantizeLinear — the
+   *   contrib ops take uint16 at opset 17 (onnxruntime docs/ContribOperators.md, T2: int8, uint8,
+   *   int16, uint16), with the same y = saturate(round½even(x / scale) + zero_point);
+   * - float (q null): Identity rows, Concat.
    */
-  cacheAppend(fresh: string, past: string, rows: string, point: string, p: QParams | undefined, name: string): string {
+  cacheAppend(fresh: string, past: string, rows: string, point: string, q: { params: QParams; bits: QdqBits } | null, name: string): string {
     const g = this.g;
     this.capture(fresh, point);
-    if (!this.flags.kvQuant) {
+    if (!q) {
       g.node('Identity', [fresh], { name: `${name}/Rows`, outputNames: [rows] });
       return g.node('Concat', [past, rows], { name: `${name}/Concat`, attrs: { axis: 1 } });
     }
-    if (!p) throw new UnsupportedModelError(`lowering: no KV8 range for '${point}'`);
-    const [s, z] = this.kvQParams(p, point);
-    g.node('QuantizeLinear', [fresh, s, z], { name: `${name}/QuantizeLinear`, outputNames: [rows] });
+    const domain = q.bits === 16 ? { domain: 'com.microsoft' } : {};
+    const [s, z] = this.kvQParams(q.params, q.bits, point);
+    g.node('QuantizeLinear', [fresh, s, z], { name: `${name}/QuantizeLinear`, outputNames: [rows], ...domain });
     const all = g.node('Concat', [past, rows], { name: `${name}/Concat`, attrs: { axis: 1 } });
-    return g.node('DequantizeLinear', [all, s, z], { name: `${name}/DequantizeLinear` });
+    return g.node('DequantizeLinear', [all, s, z], { name: `${name}/DequantizeLinear`, ...domain });
   }
 }

@@ -22,8 +22,9 @@ export type RecipeWeightBits = (typeof WEIGHT_BITS)[number];
 
 /**
  * Activation and KV-cache widths: 8 (static asymmetric uint8 QDQ, the default), 16 (static
- * asymmetric uint16 QDQ: activation points; a 16-bit KV cache is recorded but refused until its
- * lowering exists) or 32 (float, not quantized).
+ * asymmetric uint16 QDQ, com.microsoft QuantizeLinear/DequantizeLinear: activation points, and KV
+ * caches that hold uint16 codes) or 32 (float, not quantized). Each activation point and each
+ * layer's KV cache (K and V together) has its own.
  */
 export const POINT_BITS = [8, 16, 32] as const;
 export type PointBits = (typeof POINT_BITS)[number];

@@ -5,9 +5,17 @@
  */
 import type { Model, ModelConfig } from './model.js';
 import { activationPoints, allLinears, lmHead, sharesQuantizedEmbedding, type LinearSpec } from './architectures.js';
-import { blobBytes, numGroups } from './quant.js';
+import { blobBytes, numGroups, qdqBitsOf } from './quant.js';
+import { kvRanges } from './kv-quant.js';
 import { formatLinearPrecision, type LinearPrecision, type ObserverName, type PointPrecision, type PrecisionTable } from './precision.js';
 import { DEFAULT_SETTINGS } from './recipe.js';
+
+/**
+ * Static asymmetric per-tensor QDQ (ONNX QuantizeLinear/DequantizeLinear semantics) at 8 bits (uint8),
+ * 16 bits (uint16, com.microsoft QDQ), or at several widths ('mixed': the precision table, HEF
+ * `precision_json` / HAR manifest `precision`, gives each point's).
+ */
+export type PointScheme = 'static-asymmetric-per-tensor-u8' | 'static-asymmetric-per-tensor-u16' | 'static-asymmetric-per-tensor-mixed';
 
 export interface QuantSchemeSummary {
   /** bits of the decoder linears (the most common width when a recipe mixes them; 32: float) */
@@ -16,9 +24,17 @@ export interface QuantSchemeSummary {
   weightGroupSize: number;
   weightScheme: 'symmetric' | 'none';
   weightMethod: string;
-  activationScheme: 'static-asymmetric-per-tensor-u8' | 'none';
-  /** '+k-centered': the K cache holds K − c (passes/k-centering.ts) */
-  kvScheme: 'static-asymmetric-per-tensor-u8' | 'static-asymmetric-per-tensor-u8+k-centered' | 'none';
+  /**
+   * the width(s) of the quantized activation points: u8, u16, or mixed (8 and 16); float points do
+   * not count (a u8 model may keep some points float); 'none' when no point is quantized
+   */
+  activationScheme: PointScheme | 'none';
+  /**
+   * the width of every layer's KV cache: u8 (KV8), u16 (KV16), or mixed (layers at different widths,
+   * float layers included); 'none' when every layer is float. '+k-centered': the quantized K caches
+   * hold K − c (passes/k-centering.ts)
+   */
+  kvScheme: PointScheme | `${PointScheme}+k-centered` | 'none';
   /** lm_head: 4 or 8 (group-wise) or 32 (float), and its group size (0 when float) */
   lmHeadBits: number;
   lmHeadGroupSize: number;
@@ -47,12 +63,38 @@ export function quantSchemeOf(model: Model): QuantSchemeSummary {
     weightGroupSize: main ? main.groupSize : 0,
     weightScheme: lin.length ? 'symmetric' : 'none',
     weightMethod: lin.length ? [...new Set(lin.map((l) => l.method))].join('+') : 'none',
-    activationScheme: Object.keys(model.quant.activations).length ? 'static-asymmetric-per-tensor-u8' : 'none',
-    kvScheme: !model.quant.kvCache.length ? 'none' : model.quant.kCacheOffset ? 'static-asymmetric-per-tensor-u8+k-centered' : 'static-asymmetric-per-tensor-u8',
+    activationScheme: pointScheme(Object.values(model.quant.activations).map(qdqBitsOf)),
+    kvScheme: kvSchemeOf(model),
     lmHeadBits: head ? head.bits : 32,
     lmHeadGroupSize: head ? head.groupSize : 0,
     embeddingShared: sharesQuantizedEmbedding(model),
   };
+}
+
+/** The scheme of points quantized at `widths` (8, 16; 32 for a float layer of a KV cache): one width, several ('mixed'), or none. */
+function pointScheme(widths: number[]): PointScheme | 'none' {
+  const w = new Set(widths);
+  if (!w.size) return 'none';
+  if (w.size > 1) return 'static-asymmetric-per-tensor-mixed';
+  return w.has(16) ? 'static-asymmetric-per-tensor-u16' : 'static-asymmetric-per-tensor-u8';
+}
+
+/** The KV scheme of a model's ranges (src/ir/kv-quant.ts: per layer KV8, KV16 or null = float). */
+function kvSchemeOf(model: Pick<Model, 'quant'>): QuantSchemeSummary['kvScheme'] {
+  const ranges = kvRanges(model);
+  if (!ranges.length) return 'none';
+  const s = pointScheme(ranges.map((e) => (e ? qdqBitsOf(e.k) : 32)));
+  return s !== 'none' && model.quant.kCacheOffset ? `${s}+k-centered` : s;
+}
+
+/**
+ * The width label of a point scheme ({@link QuantSchemeSummary} activationScheme / kvScheme, as a
+ * HEF header holds it): '8', '16', 'mix' (several widths), or '' ('none', or a scheme this version
+ * does not know), e.g. for `W4A8KV8` or `W4A16KVmix`.
+ */
+export function schemeWidth(scheme: string): string {
+  const m = /^static-asymmetric-per-tensor-(u8|u16|mixed)(\+|$)/.exec(scheme);
+  return !m ? '' : m[1] === 'mixed' ? 'mix' : m[1].slice(1);
 }
 
 /**
@@ -75,9 +117,10 @@ export type PrecisionSource = Pick<Model, 'config' | 'passes' | 'precision'> & {
 
 /**
  * A model's per-module precision table: the recipe's (`model.precision`) when it was quantized with
- * one, else the uniform one its quantization state implies — each linear as quantized (float when not),
- * activation points and KV caches 8-bit when calibrated (32, float, when not), with the observer its
- * calibrate pass recorded.
+ * one, else the one its quantization state implies — each linear as quantized (float when not),
+ * activation points and KV caches at their ranges' width (8, or 16 for ranges with `bits: 16`) when
+ * calibrated (32, float, when not: no range, or a null KV entry), with the observer its calibrate pass
+ * recorded.
  */
 export function precisionOf(model: PrecisionSource): PrecisionTable {
   if (model.precision) return model.precision;
@@ -89,7 +132,15 @@ export function precisionOf(model: PrecisionSource): PrecisionTable {
     const q = model.quant.linears[s.name];
     linears[s.name] = q ? { bits: q.bits, groupSize: q.groupSize, method: q.method as LinearPrecision['method'] } : { bits: 32, groupSize: 0, method: 'none' };
   }
-  return { linears, ...uniformPoints(cfg, (p) => p in model.quant.activations, model.quant.kvCache.length > 0, observer) };
+  const point = (bits: number): PointPrecision => ({ bits: bits as PointPrecision['bits'], observer });
+  const ranges = kvRanges(model);
+  const kvBits = (i: number) => (ranges.length ? (ranges[i] ? qdqBitsOf(ranges[i]!.k) : 32) : 32);
+  const act = model.quant.activations;
+  return {
+    linears,
+    activations: Object.fromEntries(activationPoints(cfg).map((p) => [p, point(act[p] ? qdqBitsOf(act[p]) : 32)])),
+    kvCache: Array.from({ length: cfg.numLayers }, (_, i) => ({ k: point(kvBits(i)), v: point(kvBits(i)) })),
+  };
 }
 
 /**

@@ -9,10 +9,11 @@
  *   block in the low nibble when k is even, 8 bits: one byte per element; scales float
  *   [N·n_blocks]; MatMulNBits' default zero point is 2^(b−1), so none is stored).
  * - Activations and KV cache: static asymmetric per-tensor, 8-bit (ONNX QuantizeLinear, uint8) or,
- *   per activation point, 16-bit (uint16):
+ *   per activation point and per layer's KV cache, 16-bit (uint16):
  *   q = saturate(roundHalfEven(x/scale) + zeroPoint), x' = (q − zeroPoint)·scale,
  *   scale = range/(2^bits − 1), zeroPoint ∈ [0, 2^bits − 1]; {@link activationQdq} says how a
- *   model executes one activation point (its width, or float).
+ *   model executes one activation point (its width, or float), src/ir/kv-quant.ts kvCacheQdq one
+ *   layer's KV cache.
  */
 import type { Model, QParams } from './model.js';
 import type { PointBits } from './precision.js';
@@ -220,7 +221,8 @@ export function quantizeRtnW4(W: Float32Array, N: number, K: number, groupSize: 
 export type QdqBits = 8 | 16;
 
 /**
- * QParams of a static QDQ point as stored (model.quant.activations, ranges.json): `bits` absent for
+ * QParams of a static QDQ point as stored (model.quant.activations and .kvCache, ranges.json, the
+ * HEF header's KV layout): `bits` absent for
  * the uint8 grid (every range written before 16-bit points existed), 16 for uint16, whose zero
  * point may exceed 255.
  */

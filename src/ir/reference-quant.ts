@@ -10,8 +10,8 @@
  * Points, per decoder layer i (names as src/ir/architectures.ts actPointName and
  * src/compiler/io-contract.ts kvPoints give them):
  *   model.layers.{i}.attn_in       rmsnorm(x)·γ_in, the q/k/v input             A8, A16 or float
- *   model.layers.{i}.k_cache       K after RoPE, after online R3, minus c_i     KV8 (the cache holds the codes)
- *   model.layers.{i}.v_cache       V (v_proj output)                            KV8
+ *   model.layers.{i}.k_cache       K after RoPE, after online R3, minus c_i     KV8, KV16 or float (the cache holds the codes)
+ *   model.layers.{i}.v_cache       V (v_proj output)                            KV8, KV16 or float
  *   model.layers.{i}.o_proj_in     the attention output                          A8, A16 or float
  *   model.layers.{i}.mlp_in        rmsnorm(h)·γ_post, the gate/up input          A8, A16 or float
  *   model.layers.{i}.down_proj_in  silu(gate)·up, after online R4               A8, A16 or float
@@ -21,22 +21,25 @@
  *
  * The graphs switch the same way: activation QDQ when model.quant.activations has entries, each
  * point at the width src/ir/quant.ts activationQdq gives it (the lowering's rule: uint8, uint16 for
- * a range stored with `bits: 16`, or none where the precision table makes the point float); KV8
- * when model.quant.kvCache has one entry per layer, centering whenever model.quant.kCacheOffset is
- * set. Out of scope: the LoRA branch and its intermediate A8 point (the
+ * a range stored with `bits: 16`, or none where the precision table makes the point float); the KV
+ * cache when model.quant.kvCache has one entry per layer, each layer at the width
+ * src/ir/kv-quant.ts kvCacheQdq gives it (uint8, uint16 for ranges with `bits: 16`, float for a null
+ * entry), centering whenever model.quant.kCacheOffset is set. Out of scope: the LoRA branch and its intermediate A8 point (the
  * reference computes the base model, which is what the graphs compute with zero adapter feeds).
  */
 import { ShapeMismatchError } from '../core/errors.js';
 import { actPointName, type LinearInput } from './architectures.js';
 import type { Model, QParams } from './model.js';
 import { activationQdq, dequantizeLinear, quantizeLinear, type QdqBits } from './quant.js';
+import { hasKvRanges, kvCacheQdq } from './kv-quant.js';
 
 /**
  * How much of a model's quantization the reference forward applies:
  * - 'weights' (default): the 4-bit weights are dequantized; activations stay float64 and the KV
  *   cache float64 ("weights only", the W4 emulation level; A8/KV8 ranges are ignored);
  * - 'static': also every static activation point at its width (A8, A16; float points untouched) and
- *   the KV8 cache (K-cache centering included), emulating the compiled graphs' QDQ pairs in float32
+ *   the KV cache at each layer's width (KV8, KV16; float layers untouched; K-cache centering
+ *   included), emulating the compiled graphs' QDQ pairs in float32
  *   (see src/ir/reference-quant.ts).
  */
 export type ReferenceQuantization = 'weights' | 'static';
@@ -64,11 +67,11 @@ export function kvPointNames(i: number): { k: string; v: string } {
   return { k: `model.layers.${i}.k_cache`, v: `model.layers.${i}.v_cache` };
 }
 
-/** The static activation and KV8 QDQ points of one model, applied in place to float64 activations. */
+/** The static activation and KV-cache QDQ points of one model, applied in place to float64 activations. */
 export class StaticQdq {
   /** activation QDQ on: the model has activation ranges */
   readonly activations: boolean;
-  /** KV8 on: one K/V range pair per layer */
+  /** KV quantization on: one entry per layer (a K/V range pair, or null for a float layer) */
   readonly kvCache: boolean;
 
   constructor(
@@ -76,7 +79,7 @@ export class StaticQdq {
     private readonly onQdq?: (r: QdqRecord) => void,
   ) {
     this.activations = Object.keys(model.quant.activations).length > 0;
-    this.kvCache = model.quant.kvCache.length === model.config.numLayers;
+    this.kvCache = hasKvRanges(model);
   }
 
   /**
@@ -92,11 +95,16 @@ export class StaticQdq {
     if (qdq) this.qdq(x, qdq.params, qdq.bits, point);
   }
 
-  /** KV8 fake quantization of layer i's new K or V rows, in place on x: [T, kv_heads·head_dim]. */
+  /**
+   * KV8 / KV16 fake quantization of layer i's new K or V rows, in place on x: [T, kv_heads·head_dim],
+   * at the layer's width (a float layer is left as it is).
+   * @throws EdgeLLMError (UnsupportedModelError) as src/ir/kv-quant.ts kvCacheQdq: ranges of another
+   *   width than the precision table gives the layer, or K and V ranges of different widths
+   */
   cache(x: Float64Array, layer: number, which: 'k' | 'v'): void {
     if (!this.kvCache) return;
-    const kv = this.model.quant.kvCache[layer];
-    this.qdq(x, which === 'k' ? kv.k : kv.v, 8, kvPointNames(layer)[which]);
+    const q = kvCacheQdq(this.model, layer, 'referenceForward');
+    if (q) this.qdq(x, which === 'k' ? q.k : q.v, q.bits, kvPointNames(layer)[which]);
   }
 
   /**

@@ -22,7 +22,7 @@
  *
  * Activation and KV-cache quantization: ignored by default (`quantization: 'weights'`). With
  * `quantization: 'static'` every static activation point (A8 or A16, float points skipped) and the
- * KV8 cache of the model are applied as the compiled graphs apply them (src/ir/reference-quant.ts):
+ * KV cache (KV8 or KV16 per layer) are applied as the compiled graphs apply them (src/ir/reference-quant.ts):
  * the float64 value entering a QDQ point is rounded to float32 and quantized with the ONNX
  * QuantizeLinear definition of src/ir/quant.ts at the point's width, and
  * the graphs' float32 constants are used (RoPE tables, eps, 1/sqrt(head_dim), K offsets). Between
@@ -42,7 +42,7 @@ import { StaticQdq, type QdqRecord, type ReferenceQuantization } from './referen
 export type { QdqRecord, ReferenceQuantization } from './reference-quant.js';
 
 export interface ReferenceOptions {
-  /** 'weights' (default): dequantized W4/W8 only; 'static': also the static A8/A16 points and the KV8 cache ({@link ReferenceQuantization}) */
+  /** 'weights' (default): dequantized W4/W8 only; 'static': also the static A8/A16 points and the KV8/KV16 cache ({@link ReferenceQuantization}) */
   quantization?: ReferenceQuantization;
   /**
    * 'static' only: called at every QDQ point, in execution order, with the float32 values entering
@@ -55,8 +55,8 @@ export interface ReferenceOptions {
  * Reference logits of one sequence starting at position 0 (no KV cache).
  * @param model any Model whose weights are fp (F32/F16/BF16) or 4/8-bit weight-quantized; with
  *   `quantization: 'static'` its activation ranges (model.quant.activations, 8 or 16 bits; points
- *   the precision table makes float have none), KV8 ranges
- *   (model.quant.kvCache) and K-cache offsets (model.quant.kCacheOffset) are applied too
+ *   the precision table makes float have none), KV ranges (model.quant.kvCache: 8 or 16 bits per
+ *   layer, null for a float layer) and K-cache offsets (model.quant.kCacheOffset) are applied too
  * @param tokens token ids, each in [0, vocabSize)
  * @param opts see {@link ReferenceOptions}; default: weights only
  * @returns logits, Float32Array [tokens.length, vocabSize] row-major
@@ -108,7 +108,7 @@ function staticQdq(model: Model, opts: ReferenceOptions): StaticQdq | null {
 
 /**
  * The forward pass proper; logits as Float64Array [T, vocabSize]. With `qdq` (the 'static' mode)
- * the A8/KV8 points are applied and the graphs' float32 constants used (fl32 = Math.fround).
+ * the static activation and KV points are applied and the graphs' float32 constants used (fl32 = Math.fround).
  */
 function forward64(model: Model, tokens: number[], weights: WeightCache, qdq: StaticQdq | null): Float64Array {
   const cfg = model.config;
@@ -151,7 +151,7 @@ function forward64(model: Model, tokens: number[], weights: WeightCache, qdq: St
       applyOnlineRotation(k, model.online.r3, weights);
     }
     if (qdq) {
-      // the cache holds KV8 codes of K − c (K after RoPE and R3) and of V; attention reads them dequantized
+      // the cache holds the KV8/KV16 codes of K − c (K after RoPE and R3) and of V; attention reads them dequantized
       qdq.center(k, l);
       qdq.cache(k, l, 'k');
       qdq.cache(v, l, 'v');

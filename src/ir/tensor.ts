@@ -5,12 +5,12 @@
 import { ShapeMismatchError } from '../core/errors.js';
 
 /** Safetensors dtype names; the canonical dtype vocabulary of edgellm. */
-export type DType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
+export type DType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'U16' | 'I8' | 'U8' | 'BOOL';
 
 export type TypedArray =
   | Float64Array
   | Float32Array
-  | Uint16Array // F16 and BF16 raw bits
+  | Uint16Array // U16, and F16 / BF16 raw bits
   | BigInt64Array
   | Int32Array
   | Int16Array
@@ -35,6 +35,7 @@ export const DTYPES: Readonly<Record<DType, DTypeInfo>> = {
   I64: { bytes: 8, onnx: 7, array: BigInt64Array },
   I32: { bytes: 4, onnx: 6, array: Int32Array },
   I16: { bytes: 2, onnx: 5, array: Int16Array },
+  U16: { bytes: 2, onnx: 4, array: Uint16Array },
   I8: { bytes: 1, onnx: 3, array: Int8Array },
   U8: { bytes: 1, onnx: 2, array: Uint8Array },
   BOOL: { bytes: 1, onnx: 9, array: Uint8Array },

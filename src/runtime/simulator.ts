@@ -104,7 +104,7 @@ export class SimulatorBackend implements ExecutionBackend {
 
   /**
    * Builds the session(s) over the executable's weights (memory-mapped where the executable says so)
-   * plus the KV8 parameters and K offsets its KV layout states (src/compiler/kv-layout.ts
+   * plus the KV8/KV16 parameters and K offsets its KV layout states (src/compiler/kv-layout.ts
    * kvLayoutInitializers: the layout is their one source).
    * @throws EdgeLLMError when onnxruntime rejects a graph or the executable was compiled by an earlier
    *   edgellm; FormatError when a graph needs a weight the executable lacks
@@ -241,7 +241,8 @@ export class SimulatorBackend implements ExecutionBackend {
     ctx.cache.append(
       Array.from({ length: L }, (_, i) => {
         const n = kvNames(i);
-        return [res[n.newKey].data as Uint8Array | Float32Array, res[n.newValue].data as Uint8Array | Float32Array] as const;
+        type Rows = Uint8Array | Uint16Array | Float32Array; // the layer's KV dtype (uint8 KV8, uint16 KV16, float32)
+        return [res[n.newKey].data as Rows, res[n.newValue].data as Rows] as const;
       }),
       tokens.length,
     );

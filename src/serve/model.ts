@@ -6,6 +6,7 @@
  */
 import type { ModelSession } from '../runtime/session.js';
 import type { Executable } from '../ir/executable.js';
+import { schemeWidth } from '../ir/quant-scheme.js';
 import { UnknownModelError } from './errors.js';
 
 export interface ServedModel {
@@ -65,6 +66,9 @@ export function humanCount(n: number): string {
   return String(n);
 }
 
+/** `prefix + width`, or '' for no width. */
+const prefixed = (prefix: string, width: string) => (width ? prefix + width : '');
+
 /** Ollama's `details` object of a model (docs/api.md, "List Local Models"). */
 export function ollamaDetails(m: ServedModel): Record<string, unknown> {
   const exe = m.exe;
@@ -76,6 +80,6 @@ export function ollamaDetails(m: ServedModel): Record<string, unknown> {
     family,
     families: [family],
     parameter_size: exe ? humanCount(parameterCount(exe)) : '',
-    quantization_level: q ? `W${q.weightBits}${q.activationScheme === 'none' ? '' : 'A8'}${q.kvScheme === 'none' ? '' : 'KV8'}` : '',
+    quantization_level: q ? `W${q.weightBits}${prefixed('A', schemeWidth(q.activationScheme))}${prefixed('KV', schemeWidth(q.kvScheme))}` : '', // e.g. W4A8KV8, W4A16KV16, W4A8KVmix
   };
 }

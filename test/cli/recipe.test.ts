@@ -111,9 +111,11 @@ describe('quantize --recipe errors', () => {
     expect(refused(har, '--recipe', f)).toMatch(new RegExp(`^error: ${f.replace(/[.]/g, '\\.')}: overrides\\['model\\.layers\\.9\\.mlp'\\]: 'model\\.layers\\.9\\.mlp' matches no module of this model`));
   });
 
-  it('16-bit KV caches: parsed and validated, refused until the KV16 lowering exists', () => {
-    const f = write('kv16.yaml', 'overrides:\n  model.layers.0: {kv_bits: 16}\n');
-    expect(refused(har, '--recipe', f)).toBe(`error: ${f}: overrides['model.layers.0'].kv_bits: 16-bit KV caches are not supported yet (model.layers.0.k_cache); use 8 or 32 (float)`);
+  it("a layer's K and V caches at different widths (16-bit KV caches are accepted: test/passes/kv-precision.test.ts)", () => {
+    const f = write('kv16-k-only.yaml', 'overrides:\n  model.layers.0.k_cache: {kv_bits: 16}\n');
+    expect(refused(har, '--recipe', f)).toMatch(
+      new RegExp(`^error: ${f.replace(/[.]/g, '\\.')}: overrides\\['model\\.layers\\.0\\.k_cache'\\]\\.kv_bits: layer 0's K cache gets 16 bits and its V cache 8: a layer's KV cache has one width`),
+    );
   });
 
   it('a precision flag beside a recipe, naming both', () => {

@@ -46,8 +46,8 @@ describe('KV layout as the one source of KV8 parameters', () => {
     expect(fromLayout.size).toBe(5 * exe.config.numLayers); // k/v scale + zero point + K offset per layer
     for (const n of fromLayout.keys()) expect(exe.weights.has(n)).toBe(false);
     const n0 = kvQuantNames(0);
-    expect(fromLayout.get(n0.kScale)!.data[0]).toBe(exe.kvLayout.layers[0].k.scale);
-    expect(fromLayout.get(n0.vZeroPoint)!.data[0]).toBe(exe.kvLayout.layers[0].v.zeroPoint);
+    expect(fromLayout.get(n0.kScale)!.data[0]).toBe(exe.kvLayout.layers[0]!.k.scale);
+    expect(fromLayout.get(n0.vZeroPoint)!.data[0]).toBe(exe.kvLayout.layers[0]!.v.zeroPoint);
   });
 
   it('a HEF holds them once: in the header KV layout, not in the weights section', () => {
@@ -68,9 +68,9 @@ describe('KV layout as the one source of KV8 parameters', () => {
     const again = await lastLogits(exe);
     expect(again).toEqual(base); // same layout, same graph: bit-exact
     const scaled = structuredClone(exe.kvLayout);
-    scaled.layers[0].k.scale *= 3;
+    scaled.layers[0]!.k.scale *= 3;
     const shifted = structuredClone(exe.kvLayout);
-    shifted.layers[1].kOffset = shifted.layers[1].kOffset!.map((c) => c + 0.5);
+    shifted.layers[1]!.kOffset = shifted.layers[1]!.kOffset!.map((c) => c + 0.5);
     for (const kvLayout of [scaled, shifted]) {
       const other = await lastLogits({ ...exe, kvLayout });
       // a coarser K grid (3x the step) or a K offset that no longer matches the calibrated range moves

@@ -31,7 +31,7 @@ import { withoutLora, hasLoraInputs, loraInputsOf } from '../../src/compiler/lor
 import { CheckedSession } from '../../src/engine/session.js';
 import { silentContext } from '../../src/core/context.js';
 import { EdgeLLMError } from '../../src/core/errors.js';
-import type { Executable } from '../../src/ir/executable.js';
+import { kvLayerDtype, type Executable } from '../../src/ir/executable.js';
 import type { Model } from '../../src/ir/model.js';
 
 type ModelProto = onnxProto.onnx.IModelProto;
@@ -88,8 +88,8 @@ async function trace(s: CheckedSession, exe: Executable, ids: number[], chunks: 
     if (s.inputNames.includes(LOGIT_POSITIONS)) feeds[LOGIT_POSITIONS] = new ort.Tensor('int64', BigInt64Array.from({ length: n }, (_, i) => BigInt(i)), [n]);
     const dims = kvCacheDims(l.numKvHeads, l.headDim, at);
     for (let i = 0; i < l.numLayers; i++) {
-      feeds[kvNames(i).pastKey] = new ort.Tensor(l.dtype, cache[2 * i] as any, dims);
-      feeds[kvNames(i).pastValue] = new ort.Tensor(l.dtype, cache[2 * i + 1] as any, dims);
+      feeds[kvNames(i).pastKey] = new ort.Tensor(kvLayerDtype(l, i), cache[2 * i] as any, dims);
+      feeds[kvNames(i).pastValue] = new ort.Tensor(kvLayerDtype(l, i), cache[2 * i + 1] as any, dims);
     }
     const r = await s.run(feeds);
     const rows = Array.from({ length: l.numLayers }, (_, i) => [r[kvNames(i).newKey].data, r[kvNames(i).newValue].data] as (Float32Array | Uint8Array)[]).flat();

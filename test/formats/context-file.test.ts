@@ -1,5 +1,6 @@
 /**
- * formats/context-file: write -> read round trip on generated caches (both dtypes), and every
+ * formats/context-file: write -> read round trip on generated caches (uint8, uint16, float32 and
+ * mixed per-layer layouts), and every
  * corruption refused with a FormatError naming the file: each single flipped byte (all of them, for a
  * small file), truncation, another model, another KV layout.
  */
@@ -16,22 +17,27 @@ const dir = makeTempDir('edgellm-ctxfile-');
 afterAll(() => removeDir(dir));
 const MODEL = 'ab'.repeat(32);
 
-function layout(dtype: 'uint8' | 'float32'): KvLayout {
+function layout(dtype: 'uint8' | 'uint16' | 'float32'): KvLayout {
   return { numLayers: 2, numKvHeads: 2, headDim: 4, maxContext: 64, dtype, layers: [] };
 }
 
+const qp = { scale: 0.01, zeroPoint: 3 };
+const qp16 = { scale: 1e-4, zeroPoint: 40000, bits: 16 as const };
+/** Three layers: KV16, float32, KV8. */
+const MIXED: KvLayout = { numLayers: 3, numKvHeads: 2, headDim: 4, maxContext: 64, dtype: 'mixed', layers: [{ k: qp16, v: qp16 }, null, { k: qp, v: qp }] };
+
 function randomFile(file: string, l: KvLayout, n: number, seed: number) {
   const r = mulberry32(seed);
-  const bytes = () => Uint8Array.from({ length: kvSnapshotLayerBytes(l, n) }, () => Math.floor(r() * 256));
-  const snapshot = { length: n, adapter: 'wiki', layers: Array.from({ length: l.numLayers }, () => ({ key: bytes(), value: bytes() })) };
+  const bytes = (i: number) => Uint8Array.from({ length: kvSnapshotLayerBytes(l, n, i) }, () => Math.floor(r() * 256));
+  const snapshot = { length: n, adapter: 'wiki', layers: Array.from({ length: l.numLayers }, (_, i) => ({ key: bytes(i), value: bytes(i) })) };
   const tokens = Array.from({ length: n }, () => Math.floor(r() * 50000));
   writeContextFile(file, { model: MODEL, tokens, kv: l, snapshot, edgellm: '0.1.0', meta: { messages: [{ role: 'user', content: 'hi' }] } });
   return { snapshot, tokens };
 }
 
 describe('context files', () => {
-  it('round-trips tokens, adapter, KV bytes and metadata (uint8 and float32 layouts)', () => {
-    for (const dtype of ['uint8', 'float32'] as const) {
+  it('round-trips tokens, adapter, KV bytes and metadata (uint8, uint16 and float32 layouts)', () => {
+    for (const dtype of ['uint8', 'uint16', 'float32'] as const) {
       const f = path.join(dir, `${dtype}.ctx`);
       const { snapshot, tokens } = randomFile(f, layout(dtype), 7, 3);
       const c = readContextFile(f);
@@ -46,6 +52,19 @@ describe('context files', () => {
     const e = path.join(dir, 'empty.ctx');
     randomFile(e, layout('uint8'), 0, 4);
     expect(readContextFile(e).tokens).toEqual([]);
+  });
+
+  it('a mixed layout records each layer dtype and sizes each layer by it (2, 4 and 1 bytes an element)', () => {
+    const f = path.join(dir, 'mixed.ctx');
+    const { snapshot } = randomFile(f, MIXED, 5, 9);
+    expect(snapshot.layers.map((l) => l.key.byteLength)).toEqual([5 * 8 * 2, 5 * 8 * 4, 5 * 8]);
+    const c = readContextFile(f);
+    expect(c.kv).toEqual({ numLayers: 3, numKvHeads: 2, headDim: 4, dtype: 'mixed', layerDtypes: ['uint16', 'float32', 'uint8'] });
+    expect(c.snapshot.layers).toEqual(snapshot.layers);
+    checkContextFits(f, c, MODEL, MIXED);
+    const other: KvLayout = { ...MIXED, layers: [{ k: qp, v: qp }, null, { k: qp, v: qp }] }; // layer 0 KV8 instead of KV16
+    expect(() => checkContextFits(f, c, MODEL, other)).toThrow(/KV layout differs: layerDtypes uint16,float32,uint8, the model has uint8,float32,uint8/);
+    expect(() => checkContextFits(f, c, MODEL, { ...layout('uint16'), numLayers: 3 })).toThrow(/KV layout differs: dtype mixed, the model has uint16/);
   });
 
   it('refuses every single flipped byte, truncation and junk, naming the file', () => {

@@ -48,11 +48,24 @@ describe('readExecutable: header sub-messages and names', () => {
     expect(exe.prefill.seqLen).toBe(4);
   });
 
+  it('reads KV16 parameters (bits 16, zero points above 255) and a mixed layout whose float layer has neither k nor v', () => {
+    const q16 = { scale: Math.fround(1e-4), zeroPoint: 40000, bits: 16 }; // the header's scale is a float
+    const kv16 = readExecutable(write((h) => void (h.kvCache = { ...h.kvCache, dtype: 'uint16', layers: [{ k: q16, v: q16, kOffset: [1, 2, 3, 4] }] })));
+    expect(kv16.kvLayout).toMatchObject({ dtype: 'uint16', layers: [{ k: q16, v: q16, kOffset: [1, 2, 3, 4] }] });
+    const mixed = readExecutable(write((h) => void (h.kvCache = { ...h.kvCache, numLayers: 3, dtype: 'mixed', layers: [{ k: q16, v: q16 }, {}, { k: qp, v: qp }] })));
+    expect(mixed.kvLayout.layers).toEqual([{ k: q16, v: q16 }, null, { k: qp, v: qp }]);
+    // 8-bit parameters stay without `bits` (as every HEF before KV16 wrote them)
+    expect(Object.keys(mixed.kvLayout.layers[2]!.k).sort()).toEqual(['scale', 'zeroPoint']);
+  });
+
   it.each([
     ['no kv_cache', (h: any) => void delete h.kvCache, /header has no kv_cache/],
     ['a kv_cache layer without k', (h: any) => void delete h.kvCache.layers[0].k, /header has no k in kv_cache layer 0/],
     ['a kv_cache layer without v', (h: any) => void (h.kvCache.layers = [{ k: qp, v: qp }, { k: qp }]), /header has no v in kv_cache layer 1/],
     ['no quant', (h: any) => void delete h.quant, /header has no quant/],
+    ['an unknown kv_cache dtype', (h: any) => void (h.kvCache.dtype = 'int4'), /header kv_cache dtype 'int4' is not one of uint8, uint16, float32, mixed/],
+    ['a mixed kv_cache without an entry per layer', (h: any) => void (h.kvCache = { ...h.kvCache, numLayers: 2, dtype: 'mixed' }), /header kv_cache is 'mixed' but lists 1 layers for 2/],
+    ['a mixed kv_cache layer with k but no v', (h: any) => void (h.kvCache = { ...h.kvCache, dtype: 'mixed', layers: [{ k: qp }] }), /header has no v in kv_cache layer 0/],
     ['no prefill graph', (h: any) => void delete h.prefill, /header has no prefill graph/],
     ['no decode graph', (h: any) => void delete h.decode, /header has no decode graph/],
     ['a config that is JSON null', (h: any) => void (h.configJson = 'null'), /header config is not a JSON object/],

@@ -2,7 +2,7 @@
  * Quantizing with a recipe as `edgellm quantize --recipe` does (parse, resolve, refuse what cannot
  * run, the pass plan of passes/pipeline.ts), with the calibrate pass given the table's per-point
  * widths and observers; and a model's graph run with every QDQ point's input and codes exposed
- * (the 8-bit points' uint8 codes, the 16-bit points' uint16 ones, the KV8 rows).
+ * (the 8-bit points' uint8 codes, the 16-bit points' uint16 ones, the KV8 / KV16 rows).
  */
 import * as ort from 'onnxruntime-node';
 import { parseRecipe } from '../../formats/recipe.js';
@@ -17,6 +17,7 @@ import { silentContext } from '../../src/core/context.js';
 import { activationPoints } from '../../src/ir/architectures.js';
 import { activationQdq, type QdqBits } from '../../src/ir/quant.js';
 import type { Model, QParams } from '../../src/ir/model.js';
+import { kvCacheQdq, kvDtypeOf } from '../../src/ir/kv-quant.js';
 
 /** Points at 16 (layer 0, every down_proj input) and 32 (lm_head_in, layer 3's o_proj_in), the rest 8; four observers. */
 export const MIXED_POINTS = `overrides:
@@ -28,6 +29,16 @@ export const MIXED_POINTS = `overrides:
   model.layers.4.attn_in: {observer: minmax}
   model.layers.1.v_cache: {observer: minmax}
 `;
+
+/** KV caches of layers 0 and 4 at 16 bits, layer 2 float, layers 1 and 3 at the default 8; layer 1's V cache observed with minmax. */
+export const MIXED_KV = `overrides:
+  model.layers.0: {kv_bits: 16}
+  model.layers.2: {kv_bits: 32}
+  model.layers.4: {kv_bits: 16}
+  model.layers.1.v_cache: {observer: minmax}
+`;
+/** The KV width of each layer of {@link MIXED_KV} on stories260K (5 layers). */
+export const MIXED_KV_BITS = [16, 8, 32, 8, 16];
 
 /** onnx.proto TensorProto.DataType of the codes' element types. */
 const ELEM = { 8: 2, 16: 4 } as const;
@@ -76,8 +87,10 @@ export async function runQdqGraph(model: Model, windows: number[][]): Promise<Qd
     if (q) points.set(p, { output: `/quant/${p}/QuantizeLinear/output_0`, ...q });
   }
   for (let i = 0; i < cfg.numLayers; i++) {
-    points.set(kvPoints(i).k, { output: kvNames(i).newKey, params: model.quant.kvCache[i].k, bits: 8 });
-    points.set(kvPoints(i).v, { output: kvNames(i).newValue, params: model.quant.kvCache[i].v, bits: 8 });
+    const q = kvCacheQdq(model, i, 'test'); // float layers have no QuantizeLinear
+    if (!q) continue;
+    points.set(kvPoints(i).k, { output: kvNames(i).newKey, params: q.k, bits: q.bits });
+    points.set(kvPoints(i).v, { output: kvNames(i).newValue, params: q.v, bits: q.bits });
   }
   const proto = g.toModelProto(true);
   for (const [p, s] of points)
@@ -87,8 +100,11 @@ export async function runQdqGraph(model: Model, windows: number[][]): Promise<Qd
   try {
     for (const w of windows) {
       const feeds: Record<string, ort.Tensor> = { [INPUT_IDS]: new ort.Tensor('int64', BigInt64Array.from(w.map(BigInt)), [1, w.length]) };
-      for (let i = 0; i < cfg.numLayers; i++)
-        for (const n of [kvNames(i).pastKey, kvNames(i).pastValue]) feeds[n] = new ort.Tensor('uint8', new Uint8Array(0), kvCacheDims(cfg.numKvHeads, cfg.headDim, 0));
+      for (let i = 0; i < cfg.numLayers; i++) {
+        const type = kvDtypeOf(kvCacheQdq(model, i, 'test'));
+        const empty = type === 'uint8' ? new Uint8Array(0) : type === 'uint16' ? new Uint16Array(0) : new Float32Array(0);
+        for (const n of [kvNames(i).pastKey, kvNames(i).pastValue]) feeds[n] = new ort.Tensor(type, empty, kvCacheDims(cfg.numKvHeads, cfg.headDim, 0));
+      }
       const res = await session.run(feeds, [LOGITS, ...[...points.keys()].map(captureName), ...[...points.values()].map((s) => s.output)]);
       const samples = new Map<string, QdqSample>();
       for (const [p, s] of points)

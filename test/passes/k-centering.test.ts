@@ -92,7 +92,7 @@ describe('K-cache centering on stories260K', () => {
     const hef = path.join(dir, 'm.hef');
     writeExecutable(hef, exe);
     const read = readExecutable(hef);
-    expect(read.kvLayout.layers.map((l) => l.kOffset)).toEqual(centered.quant.kCacheOffset);
+    expect(read.kvLayout.layers.map((l) => l!.kOffset)).toEqual(centered.quant.kCacheOffset);
     const ids = [1, 403, 261, 275, 285, 301, 260, 396, 288, 290, 352, 344, 339, 365, 267, 406, 295, 360, 281, 273, 310, 298];
     const run = async (e: typeof exe) => {
       const b = await SimulatorBackend.load(e);

@@ -85,6 +85,32 @@ describe('KvCache', () => {
     expect(c.length).toBe(5);
   });
 
+  it('holds uint16 (KV16) caches, and layers at different widths side by side (mixed), each in its own type', () => {
+    const q16 = { scale: 1e-4, zeroPoint: 30000, bits: 16 as const };
+    const mixed: KvLayout = { ...layout, dtype: 'mixed', layers: [{ k: q16, v: q16 }, null, { k: { scale: 0.1, zeroPoint: 9 }, v: { scale: 0.1, zeroPoint: 9 } }] };
+    const c = KvCache.empty(mixed);
+    const r = [
+      [Uint16Array.from({ length: ROW }, (_, j) => 65535 - j), Uint16Array.from({ length: ROW }, (_, j) => 300 + j)],
+      [Float32Array.from({ length: ROW }, (_, j) => j / 4), Float32Array.from({ length: ROW }, (_, j) => -j)],
+      [Uint8Array.from({ length: ROW }, (_, j) => 250 + j / 2), Uint8Array.from({ length: ROW }, (_, j) => j)],
+    ] as const;
+    c.append(r, 1);
+    expect(c.past(0).map((t) => t.type)).toEqual(['uint16', 'uint16']);
+    expect(c.past(1)[0].type).toBe('float32');
+    expect(c.past(2)[1].type).toBe('uint8');
+    expect(Array.from(c.past(0)[0].data as Uint16Array)).toEqual(Array.from(r[0][0])); // codes above 255 kept
+    const f = c.fork();
+    f.append(r, 1);
+    expect(c.length).toBe(1);
+    expect(Array.from(f.past(0)[1].data as Uint16Array)).toEqual([...r[0][1], ...r[0][1]]);
+    const snap = { length: c.length, adapter: null, layers: c.snapshot() };
+    expect(snap.layers.map((l) => l.key.byteLength)).toEqual([2 * ROW, 4 * ROW, ROW]);
+    const back = KvCache.restore(mixed, snap);
+    for (let i = 0; i < 3; i++) for (const kv of [0, 1]) expect(back.past(i)[kv].data).toEqual(c.past(i)[kv].data);
+    // rows of another element type than the layer's are refused (a Float32Array would be silently converted by set)
+    expect(() => c.append([r[1], r[1], r[2]], 1)).toThrow(/layer 0 K rows are float32, the layer holds uint16/);
+  });
+
   it('holds float32 caches the same way', () => {
     const f32: KvLayout = { ...layout, dtype: 'float32' };
     const c = KvCache.empty(f32);
