@@ -75,7 +75,8 @@ function newLowering(model: Model, opts: Omit<LowerOptions, 'seqLen'>): Lowering
 
 /**
  * Query positions P..T−1 (P read from the past cache `pastKey`, S from `tokens` axis 1), the RoPE
- * tables at those positions and the additive causal mask [S, T].
+ * tables at those positions, the additive causal mask [S, T] and the attention scores' reshape
+ * targets (which need T).
  */
 function positionsAndMask(L: Lowering, pastKey: string, tokens: string, seqDim: Dim, maxContext: number): LayerInputs {
   const { g, model } = L;
@@ -102,7 +103,16 @@ function positionsAndMask(L: Lowering, pastKey: string, tokens: string, seqDim: 
   g.weight('rope.sin_cache', () => ({ dtype: 'F32', shape: [maxContext, hd / 2], data: tables().sin }));
   const at = (table: string, name: string) =>
     g.node('Unsqueeze', [g.node('Gather', [table, pos], { name: `${name}/Gather`, attrs: { axis: 0 } }), g.ints([0, 2])], { name }); // [1, S, 1, hd/2]
-  return { cos: at('rope.cos_cache', '/model/rope/cos'), sin: at('rope.sin_cache', '/model/rope/sin'), mask, seqDim };
+  const { numHeads: nH, numKvHeads: nKv } = model.config;
+  const shape = (dims: number[], name: string) => g.node('Concat', [g.ints(dims), total], { name, attrs: { axis: 0 } });
+  return {
+    cos: at('rope.cos_cache', '/model/rope/cos'),
+    sin: at('rope.sin_cache', '/model/rope/sin'),
+    mask,
+    seqDim,
+    scoresGroups: shape([1, nKv, nH / nKv, -1], '/model/attn_shape/scores_groups'),
+    scoresRows: shape([1, nKv, -1], '/model/attn_shape/scores_rows'),
+  };
 }
 
 function kvInputs(L: Lowering, i: number): void {

@@ -86,7 +86,7 @@ export class SimulatorBackend implements ExecutionBackend {
   get name(): string {
     return `simulator (onnxruntime-node, cpu, ${this.precision})`;
   }
-  /** adapter name ('' = none) -> its `lora.*` feeds, built on first use */
+  /** adapter name -> its `lora.*` feeds, built on first use */
   private readonly loraCache = new Map<string, Record<string, ort.Tensor>>();
   private selected: string | null = null;
   private disposed = false;
@@ -158,14 +158,14 @@ export class SimulatorBackend implements ExecutionBackend {
       throw new EdgeLLMError(`no LoRA adapter '${name}' in this executable (it has: ${this.adapters.length ? this.adapters.join(', ') : 'none'})`);
   }
 
-  /** The `lora.*` feeds of adapter `name` (null: zeros, the base model), cached. */
-  private loraFeedsFor(name: string | null): Record<string, ort.Tensor> {
-    let f = this.loraCache.get(name ?? '');
+  /** The `lora.*` feeds of adapter `name` for the LoRA session, cached. */
+  private loraFeedsFor(name: string): Record<string, ort.Tensor> {
+    let f = this.loraCache.get(name);
     if (!f) {
-      const a = name === null ? null : this.exe.adapters!.find((x) => x.name === name)!;
+      const a = this.exe.adapters!.find((x) => x.name === name)!;
       f = {};
       for (const [n, v] of loraFeeds(this.exe, a, this.exe.prefill.inputs)) f[n] = new ort.Tensor(v.type, v.data, v.dims);
-      this.loraCache.set(name ?? '', f);
+      this.loraCache.set(name, f);
     }
     return f;
   }
@@ -225,10 +225,11 @@ export class SimulatorBackend implements ExecutionBackend {
    * Returns the logits of the rows `rows` of the call, float32 [rows.length, vocab].
    */
   private async step(ctx: SimContext, tokens: number[], rows: number[]): Promise<Float32Array> {
-    let session = this.baseSession;
-    if (ctx.adapter !== null && this.buildLoraSession) session = await (this.loraSession ??= this.buildLoraSession());
+    const adapter = ctx.adapter;
+    if (adapter !== null && !this.buildLoraSession) throw new EdgeLLMError(`adapter '${adapter}': the executable's graphs have no LoRA inputs (recompile the HAR)`);
+    const session = adapter === null ? this.baseSession : await (this.loraSession ??= this.buildLoraSession!());
     const feeds: Record<string, ort.Tensor> = {
-      ...(session === this.baseSession ? {} : this.loraFeedsFor(ctx.adapter)),
+      ...(adapter === null ? {} : this.loraFeedsFor(adapter)),
       [INPUT_IDS]: new ort.Tensor('int64', BigInt64Array.from(tokens, BigInt), [1, tokens.length]),
       [LOGIT_POSITIONS]: new ort.Tensor('int64', BigInt64Array.from(rows, BigInt), [rows.length]),
     };
