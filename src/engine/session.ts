@@ -18,6 +18,7 @@ import { MappedDigest, verifyMappedWeights } from '../../formats/hef-executable.
 import type onnxProto from 'onnx-proto';
 import { decodeModel, onnx, withExternalInitializers } from '../../formats/onnx.js';
 import type { MappedWeights } from '../ir/executable.js';
+import type { Tensor } from '../ir/tensor.js';
 import { writeFully } from '../core/atomic.js';
 import { alignUp } from '../core/align.js';
 
@@ -155,6 +156,27 @@ function residentCopy(mapped: MappedWeights): string | null {
   }
 }
 
+/**
+ * Writes `tensors` to `file` at 4 KiB-aligned offsets (ORT maps external data only there) and returns
+ * their external-data references.
+ */
+function writeExtra(file: string, tensors: ReadonlyMap<string, Tensor>): Map<string, { dtype: Tensor['dtype']; shape: number[]; offset: number; byteLength: number }> {
+  const refs = new Map<string, { dtype: Tensor['dtype']; shape: number[]; offset: number; byteLength: number }>();
+  const fd = fs.openSync(file, 'w');
+  try {
+    let at = 0;
+    for (const [name, t] of tensors) {
+      const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+      writeFully(fd, bytes, at);
+      refs.set(name, { dtype: t.dtype, shape: [...t.shape], offset: at, byteLength: bytes.byteLength });
+      at = alignUp(at + bytes.byteLength, 4096);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return refs;
+}
+
 /** Removes /dev/shm/.edgellm-ort-<pid>-* directories whose process no longer runs. */
 function removeStaleResidentCopies(): void {
   let names: string[];
@@ -234,7 +256,10 @@ export class CheckedSession {
    * the model file's directory and resolves symbolic links, so the file is hard-linked into a
    * temporary directory beside the model file (the system temporary directory first; beside the
    * file itself when that is another filesystem); the directory is removed once the session exists.
-   * @param model the graph with every initializer but the mapped ones attached
+   * @param model the graph with every initializer but the mapped ones (and `extra`) attached
+   * @param extra initializers built at load (e.g. src/runtime/w8-exact.ts's nibble tables): written
+   *   once to a file beside the mapping (tmpfs with `resident`) and mapped like the others, so neither
+   *   the ModelProto nor JavaScript keeps their bytes
    * @returns null when no hard link can be made (another filesystem and a read-only directory): the
    *   caller then loads the weights into memory
    * A deferred sha256 check of the weights (`mapped.unverified`) is done here: in passing while the
@@ -242,7 +267,13 @@ export class CheckedSession {
    * @throws EdgeLLMError naming `label` when onnxruntime rejects the graph; FormatError naming the
    *   file when the deferred check fails
    */
-  static async createMapped(model: onnxProto.onnx.IModelProto, mapped: MappedWeights, label: string, opts: SessionOptions = {}): Promise<CheckedSession | null> {
+  static async createMapped(
+    model: onnxProto.onnx.IModelProto,
+    mapped: MappedWeights,
+    label: string,
+    opts: SessionOptions = {},
+    extra?: ReadonlyMap<string, Tensor>,
+  ): Promise<CheckedSession | null> {
     let dir = opts.resident ?? true ? residentCopy(mapped) : null;
     if (!dir) {
       verifyMappedWeights(mapped); // a deferred check not done in passing
@@ -250,7 +281,8 @@ export class CheckedSession {
     }
     if (!dir) return null;
     try {
-      const m = withExternalInitializers(model, mapped.tensors, 'weights.bin');
+      let m = withExternalInitializers(model, mapped.tensors, 'weights.bin');
+      if (extra?.size) m = withExternalInitializers(m, writeExtra(path.join(dir, 'extra.bin'), extra), 'extra.bin');
       const file = path.join(dir, 'model.onnx');
       fs.writeFileSync(file, onnx.ModelProto.encode(onnx.ModelProto.create(m)).finish());
       try {

@@ -20,6 +20,7 @@ import * as ort from 'onnxruntime-node';
 import type { ExecutionBackend, KvContext } from './backend.js';
 import { CheckedSession, type SessionOptions } from '../engine/session.js';
 import type onnxProto from 'onnx-proto';
+import type { Tensor } from '../ir/tensor.js';
 import type { Executable, GraphPart, KvLayout, KvSnapshot } from '../ir/executable.js';
 import { INPUT_IDS, LOGITS, LOGIT_POSITIONS, LEGACY_PRESENT_KEY, kvNames } from '../compiler/io-contract.js';
 import { KvCache } from './kv-cache.js';
@@ -29,6 +30,7 @@ import { kvLayoutInitializers } from '../compiler/kv-layout.js';
 import { EdgeLLMError } from '../core/errors.js';
 import { loraFeeds } from '../compiler/lora-feeds.js';
 import { hasLoraInputs, withoutLora } from '../compiler/lora-strip.js';
+import { splitW8MatMuls, weightReader } from './w8-exact.js';
 
 interface SimContext extends KvContext {
   readonly adapter: string | null;
@@ -60,6 +62,12 @@ export type ExecutionPrecision = 'exact' | 'fast';
 export interface SimulatorOptions extends SessionOptions {
   /** default 'exact' */
   precision?: ExecutionPrecision;
+  /**
+   * how `exact` runs 8-bit linears: 'nibbles' (default: two 4-bit MatMulNBits on the codes' nibbles,
+   * src/runtime/w8-exact.ts) or 'native' (8-bit MatMulNBits, whose CPU kernel dequantizes the whole
+   * matrix every call); `fast` always runs them natively at accuracy level 4
+   */
+  w8?: 'nibbles' | 'native';
 }
 
 /** Sets `accuracy_level` on every MatMulNBits node of the graph (in place). */
@@ -114,15 +122,21 @@ export class SimulatorBackend implements ExecutionBackend {
     const weights = new Map([...exe.weights, ...kvLayoutInitializers(exe.kvLayout)]);
     const mapped = exe.mappedWeights;
     const level = (opts.precision ?? 'exact') === 'fast' ? 4 : 0;
-    const build = async (proto: onnxProto.onnx.IModelProto, label: string): Promise<CheckedSession> => {
-      setAccuracyLevel(proto, level);
+    const exactW8 = level === 0 && (opts.w8 ?? 'nibbles') === 'nibbles';
+    const build = async (graph: onnxProto.onnx.IModelProto, label: string): Promise<CheckedSession> => {
+      setAccuracyLevel(graph, level);
+      // exact W8: two 4-bit MatMulNBits on the codes' nibbles (w8-exact.ts), not the slow 8-bit kernel
+      const split = exactW8 ? splitW8MatMuls(graph, weightReader(weights, mapped)) : { model: graph, weights: new Map<string, Tensor>() };
+      const proto = split.model;
       if (mapped) {
-        const s = await CheckedSession.createMapped(withInitializers(proto, weights, label, new Set(mapped.tensors.keys())), mapped, label, opts);
+        // the nibble tables are mapped too (written beside the mapping), not inlined in the ModelProto
+        const elsewhere = new Set([...mapped.tensors.keys(), ...split.weights.keys()]);
+        const s = await CheckedSession.createMapped(withInitializers(proto, weights, label, elsewhere), mapped, label, opts, split.weights);
         if (s) return s;
         verifyMappedWeights(mapped);
         for (const [n, t] of readMappedWeights(mapped)) weights.set(n, t); // cannot map: read them once
       }
-      return CheckedSession.create(withInitializers(proto, weights, label), label, opts);
+      return CheckedSession.create(withInitializers(proto, new Map([...weights, ...split.weights]), label), label, opts);
     };
     const graph = decodeModel(exe.prefill.onnx, 'graph.prefill');
     const base = await build(withoutLora(graph), 'graph.prefill');
