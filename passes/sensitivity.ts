@@ -17,10 +17,11 @@
  *     token changes, so K-cache centering and the ranges are measured again on the candidate.
  *   - an activation point's candidate (A8 → A16): Q with that point's range calibrated at 16 bits on
  *     the calibration windows (passes/calibrate-ranges.ts; ranges are observed on float activations,
- *     so a point's range does not depend on the other points' widths).
+ *     so a point's range does not depend on the other points' widths); a layer's KV cache (KV8 →
+ *     KV16, K and V together: a layer's cache has one width) likewise.
  * Each candidate model is compiled and run like the baseline; gain = baseline KLD − its KLD. What
- * a candidate costs is the bytes its weights add (src/ir/quant-scheme.ts linearBytes; activation
- * points: 0).
+ * a candidate costs is the bytes its weights add (src/ir/quant-scheme.ts linearBytes), or its KV
+ * cache's second byte per value at `maxContext` (activation points: 0).
  *
  * The promotions measured this way are what `quantize --recipe` would produce for that module when
  * it is the only promotion; several promotions interact (later layers see other inputs), which the
@@ -60,7 +61,7 @@ export interface SensitivityOptions {
   /** measure Q and F with this adapter of Q's selected (null: the base model) */
   adapter?: string | null;
   /** which promotions to measure (default all three) */
-  promotions?: { g16?: boolean; w8?: boolean; a16?: boolean };
+  promotions?: { g16?: boolean; w8?: boolean; a16?: boolean; kv16?: boolean };
   /** onnxruntime intra-op threads of each candidate's session */
   threads?: number;
 }
@@ -128,6 +129,13 @@ function withPoint16(q: Model, point: string, range: QParams): Model {
   return { ...q, quant: { ...q.quant, activations: { ...q.quant.activations, [point]: range } }, ...(precision ? { precision } : {}) };
 }
 
+/** `q` with layer `layer`'s KV cache at 16 bits with ranges `range`, its precision table (if any) saying so. */
+function withKv16(q: Model, layer: number, range: { k: QParams; v: QParams }): Model {
+  const kvCache = q.quant.kvCache.map((kv, l) => (l === layer ? range : kv));
+  const precision = q.precision && { ...q.precision, kvCache: q.precision.kvCache.map((kv, l) => (l === layer ? { k: { ...kv.k, bits: 16 as const }, v: { ...kv.v, bits: 16 as const } } : kv)) };
+  return { ...q, quant: { ...q.quant, kvCache }, ...(precision ? { precision } : {}) };
+}
+
 /**
  * `m` with what the pipeline measures after the weights done again on it: K-cache centering (when
  * `m` has it) and the ranges of every point at its width in `table` (passes/k-centering.ts,
@@ -159,7 +167,7 @@ export async function measureSensitivity(quantized: Model, reference: Model, opt
   const cfg = quantized.config;
   const V = cfg.vocabSize;
   const adapter = opts.adapter ?? null;
-  const which = { g16: opts.promotions?.g16 ?? true, w8: opts.promotions?.w8 ?? true, a16: opts.promotions?.a16 ?? true };
+  const which = { g16: opts.promotions?.g16 ?? true, w8: opts.promotions?.w8 ?? true, a16: opts.promotions?.a16 ?? true, kv16: opts.promotions?.kv16 ?? true };
   if (adapter !== null && !(quantized.adapters ?? []).some((a) => a.name === adapter))
     throw new UsageError(`--adapter ${adapter}: the model has no such adapter (it has: ${(quantized.adapters ?? []).map((a) => a.name).join(', ') || 'none'})`);
   const table: PrecisionTable = precisionOf(quantized);
@@ -176,7 +184,7 @@ export async function measureSensitivity(quantized: Model, reference: Model, opt
   ctx.log(`analyze: baseline KLD ${baseline.mean.toFixed(5)} ± ${baseline.stderr.toFixed(5)} nats/token on ${windows.length} windows`);
 
   // candidate models, built as they are measured
-  const pending: { spec?: LinearSpec; point?: string; to: string; from: string; settings: PromotionSettings; bytes: number; build: () => Promise<Model> }[] = [];
+  const pending: { spec?: LinearSpec; point?: string; kind?: 'kv'; to: string; from: string; settings: PromotionSettings; bytes: number; build: () => Promise<Model> }[] = [];
   const specs = allLinears(cfg);
   const promos = new Map(specs.map((s) => [s.name, linearPromotions(table.linears[s.name] ?? { bits: 32, groupSize: 0, method: 'none' }, which)]));
   const packed = new Map<string, PackedWeights>(); // `${linear}|${to}` -> its weights
@@ -240,14 +248,30 @@ export async function measureSensitivity(quantized: Model, reference: Model, opt
         build: async () => withPoint16(quantized, point, wide.quant.activations[point]),
       });
   }
-  if (!pending.length) throw new UsageError('analyze: nothing to promote (no W4 linear, no A8 activation point)');
+  const kv8 = table.kvCache.flatMap((kv, layer) => (kv.k.bits === 8 && kv.v.bits === 8 ? [layer] : []));
+  if (which.kv16 && kv8.length) {
+    const wideKv = { activations: table.activations, kvCache: table.kvCache.map((kv, l) => (kv8.includes(l) ? { k: { ...kv.k, bits: 16 as const }, v: { ...kv.v, bits: 16 as const } } : kv)) };
+    const wide = await calibrateRanges({ ...quantized, adapters: undefined }, opts.calibration, { observer: 'mse', activations: true, kvCache: true, precision: wideKv }, ctx);
+    const perValue = cfg.numKvHeads * cfg.headDim * maxContext; // values of one layer's K (or V) at the compiled context
+    for (const layer of kv8)
+      pending.push({
+        point: `model.layers.${layer}.{k,v}_cache`,
+        kind: 'kv',
+        from: 'KV8',
+        to: 'KV16',
+        settings: { kv_bits: 16 },
+        bytes: 2 * perValue, // one more byte per value, K and V
+        build: async () => withKv16(quantized, layer, wide.quant.kvCache[layer]),
+      });
+  }
+  if (!pending.length) throw new UsageError('analyze: nothing to promote (no W4 linear, no A8 activation point, no KV8 cache)');
 
   const candidates: SensitivityCandidate[] = [];
   const bar = ctx.progress('analyze', pending.length);
   for (const p of pending) {
     bar.status?.(`${p.spec?.name ?? p.point} ${p.to}`);
     const k = await kldOf(await p.build());
-    candidates.push({ module: p.spec?.name ?? p.point!, kind: p.spec ? 'linear' : 'activation', settings: p.settings, from: p.from, to: p.to, bytes: p.bytes, kld: k.mean, gain: baseline.mean - k.mean });
+    candidates.push({ module: p.spec?.name ?? p.point!, kind: p.spec ? 'linear' : (p.kind ?? 'activation'), settings: p.settings, from: p.from, to: p.to, bytes: p.bytes, kld: k.mean, gain: baseline.mean - k.mean });
     bar.tick();
   }
   bar.done();

@@ -25,22 +25,25 @@ import { int, outputPathCheck, defaultCalibration, calibrationWindows } from './
 export function addSensitivityFlags(cmd: Command): Command {
   return cmd
     .option('--analyze-windows <n>', 'calibration windows the KLD of every candidate is measured on (the first N)', int('--analyze-windows'), 16)
-    .option('--promotions <list>', 'candidates to measure: g16 (W4 g32 → W4 g16), w8 (W4 → W8), a16 (A8 → A16), comma-separated', 'g16,w8,a16');
+    .option('--promotions <list>', 'candidates to measure: g16 (W4 g32 → W4 g16), w8 (W4 → W8), a16 (A8 → A16), kv16 (a layer\'s KV8 cache → KV16), comma-separated', 'g16,w8,a16,kv16');
 }
 
+const KINDS = ['g16', 'w8', 'a16', 'kv16'];
+type PromotionKinds = { g16: boolean; w8: boolean; a16: boolean; kv16: boolean };
+
 /** The promotion kinds of `--promotions`. @throws UsageError for an unknown one */
-export function promotionKinds(list: string): { g16: boolean; w8: boolean; a16: boolean } {
+export function promotionKinds(list: string): PromotionKinds {
   const kinds = String(list)
     .split(',')
     .map((s) => s.trim().toLowerCase())
     .filter(Boolean);
-  for (const k of kinds) if (!['g16', 'w8', 'a16'].includes(k)) throw new UsageError(`--promotions ${list}: unknown kind '${k}' (expected g16, w8, a16)`);
-  if (!kinds.length) throw new UsageError('--promotions: name at least one of g16, w8, a16');
-  return { g16: kinds.includes('g16'), w8: kinds.includes('w8'), a16: kinds.includes('a16') };
+  for (const k of kinds) if (!KINDS.includes(k)) throw new UsageError(`--promotions ${list}: unknown kind '${k}' (expected ${KINDS.join(', ')})`);
+  if (!kinds.length) throw new UsageError(`--promotions: name at least one of ${KINDS.join(', ')}`);
+  return { g16: kinds.includes('g16'), w8: kinds.includes('w8'), a16: kinds.includes('a16'), kv16: kinds.includes('kv16') };
 }
 
 /** Checks the flags of {@link addSensitivityFlags} (before any heavy work). @throws UsageError */
-export function checkSensitivityFlags(o: { analyzeWindows: number; promotions: string }): { g16: boolean; w8: boolean; a16: boolean } {
+export function checkSensitivityFlags(o: { analyzeWindows: number; promotions: string }): PromotionKinds {
   if (o.analyzeWindows < 1) throw new UsageError(`--analyze-windows ${o.analyzeWindows}: must be >= 1`);
   return promotionKinds(o.promotions);
 }

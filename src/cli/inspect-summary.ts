@@ -124,16 +124,10 @@ export async function inspectArtifact(file: string): Promise<InspectInfo> {
   const config = manifest.config as ModelConfig;
   const weightBytes = files.get('weights.safetensors')?.length ?? 0;
   const quantScheme = (manifest.quantScheme ?? {}) as Record<string, unknown>;
-  const kvLayout: KvLayout = {
-    numLayers: config.numLayers,
-    numKvHeads: config.numKvHeads,
-    headDim: config.headDim,
-    maxContext: config.maxPositionEmbeddings,
-    dtype: quantScheme.kvScheme === 'none' ? 'float32' : 'uint8',
-    layers: [],
-  };
-  const kvBytes = kvCacheBytes(kvLayout);
-  const precision = precisionGroups(harPrecision(file, manifest, files.get('ranges.json')), config, kvLayout.maxContext, { sharedEmbedding: quantScheme.embeddingShared === true });
+  const maxContext = config.maxPositionEmbeddings;
+  const precision = precisionGroups(harPrecision(file, manifest, files.get('ranges.json')), config, maxContext, { sharedEmbedding: quantScheme.embeddingShared === true });
+  // every layer's cache at its own width (KV8, KV16 or float), as the precision table counts it
+  const kvBytes = precision.filter((g) => g.kind === 'kv').reduce((n, g) => n + g.bytes, 0);
   return {
     file,
     kind,

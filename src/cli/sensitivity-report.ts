@@ -33,7 +33,7 @@ export interface RankedCandidate extends SensitivityCandidate {
    * with a positive gain, −Infinity for a free one with a negative gain, 0 for a free one with none
    */
   gainPerKiB: number;
-  /** the kind of promotion: 'W8' (linear, wider weights), 'g16' (linear, finer groups), 'A16' (activation point) */
+  /** the kind of promotion: 'W8' (linear, wider weights), 'g16' (linear, finer groups), 'A16' (activation point), 'KV16' (a layer's KV cache) */
   category: string;
   /** among the {@link TOP_MARKED} best with a positive gain */
   top: boolean;
@@ -47,6 +47,7 @@ export function promotionCategory(c: SensitivityCandidate): string {
   if (s.weight_bits !== undefined) return `W${s.weight_bits}`;
   if (s.group_size !== undefined) return `g${s.group_size}`;
   if (s.act_bits !== undefined) return `A${s.act_bits}`;
+  if (s.kv_bits !== undefined) return `KV${s.kv_bits}`;
   return c.kind;
 }
 
@@ -136,8 +137,8 @@ export function escapeXml(s: string): string {
 const esc = escapeXml;
 
 /** Colors of the promotion categories in both charts (others: gray). */
-const COLORS: Record<string, string> = { W8: '#1f77b4', g16: '#2ca02c', A16: '#ff7f0e' };
-const DESCRIPTIONS: Record<string, string> = { W8: 'linear → W8', g16: 'linear → g16', A16: 'activation → A16' };
+const COLORS: Record<string, string> = { W8: '#1f77b4', g16: '#2ca02c', A16: '#ff7f0e', KV16: '#9467bd' };
+const DESCRIPTIONS: Record<string, string> = { W8: 'linear → W8', g16: 'linear → g16', A16: 'activation → A16', KV16: 'KV cache → KV16' };
 const color = (cat: string) => COLORS[cat] ?? '#7f7f7f';
 
 /** Round tick values covering [lo, hi] (about `n` of them). */

@@ -3,11 +3,13 @@
  * promotions under a device-memory budget (`edgellm analyze`, `quantize --auto-precision`).
  *
  * A *candidate* promotes one module alone from the recipe it was quantized with: a linear from W4 g32
- * to W4 g16 (finer scales) or to W8 (same group size), an activation point from A8 to A16. Its
+ * to W4 g16 (finer scales) or to W8 (same group size), an activation point from A8 to A16, a layer's
+ * KV cache (K and V, module `model.layers.N.{k,v}_cache`) from KV8 to KV16. Its
  * sensitivity is measured (passes/sensitivity.ts) as the mean KL-divergence from the fp32 model, in
  * nats per token, on calibration windows with that candidate alone applied; its *gain* is the
- * baseline's KLD minus that, its *cost* the device bytes it adds (weights; activation points cost no
- * device memory: their QDQ parameters are two numbers).
+ * baseline's KLD minus that, its *cost* the device bytes it adds (weights; a KV cache's second byte
+ * per value at the compiled context; activation points cost no device memory: their QDQ parameters
+ * are two numbers).
  *
  * The choice ({@link choosePromotions}) is a multiple-choice knapsack solved greedily by gain per
  * byte, as AutoRound's AutoScheme and TensorRT Model Optimizer's AutoQuantize rank per-layer formats
@@ -27,14 +29,15 @@ export interface PromotionSettings {
   weight_bits?: RecipeWeightBits;
   group_size?: number;
   act_bits?: PointBits;
+  kv_bits?: PointBits;
 }
 
 /** One measured promotion of one module. */
 export interface SensitivityCandidate {
   /** the module (a recipe glob that matches exactly it), e.g. `model.layers.3.mlp.down_proj` */
   module: string;
-  kind: 'linear' | 'activation';
-  /** what the promotion sets in a recipe override, e.g. {weight_bits: 8} or {group_size: 16} or {act_bits: 16} */
+  kind: 'linear' | 'activation' | 'kv';
+  /** what the promotion sets in a recipe override, e.g. {weight_bits: 8}, {group_size: 16}, {act_bits: 16} or {kv_bits: 16} */
   settings: PromotionSettings;
   /** the precision before and after, as inspect prints it ("W4 g32 gptq" → "W8 g32 gptq", "A8" → "A16") */
   from: string;

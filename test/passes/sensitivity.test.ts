@@ -2,8 +2,8 @@
  * The sensitivity analysis (passes/sensitivity.ts) on stories260K: every candidate promotion is
  * measured, and what it measures is what `quantize --recipe` with that one promotion produces —
  * checked where the two must agree exactly: lm_head (the last linear: nothing quantized after it
- * sees its output, and GPTQ solves it on the same Hessian) and an activation point (ranges are
- * observed on float activations, so one point's width changes nothing else). There the candidate's
+ * sees its output, and GPTQ solves it on the same Hessian), an activation point and a layer's KV
+ * cache (ranges are observed on float activations, so one point's width changes nothing else). There the candidate's
  * KLD must equal the KLD src/eval/kld.ts measures on the recipe-quantized model, up to float64
  * summation order (1e-9 nats: the two sum the same float64 per-token terms in different orders).
  */
@@ -57,13 +57,14 @@ describe('measureSensitivity on stories260K (16 calibration windows of 96 tokens
     report = await measureSensitivity(q, base, { calibration: windows, measure }, silentContext);
   }, 300_000);
 
-  it('measures g16 and W8 for every W4 g32 linear, W8 for the g16 lm_head, A16 for every A8 point, in model order', () => {
+  it('measures g16 and W8 for every W4 g32 linear, W8 for the g16 lm_head, A16 for every A8 point, KV16 for every KV8 layer, in model order', () => {
     const expected: string[] = [];
     for (const s of allLinears(base.config)) {
       if (s.role !== 'lm_head') expected.push(`${s.name} W4 g16 gptq`);
       expected.push(`${s.name} W8 g${s.role === 'lm_head' ? 16 : 32} gptq`);
     }
     for (const p of activationPoints(base.config)) expected.push(`${p} A16`);
+    for (let l = 0; l < base.config.numLayers; l++) expected.push(`model.layers.${l}.{k,v}_cache KV16`);
     expect(report.candidates.map((c) => `${c.module} ${c.to}`)).toEqual(expected);
     expect(report.windows).toBe(3);
     expect(report.seqLen).toBe(SEQ);
@@ -79,6 +80,8 @@ describe('measureSensitivity on stories260K (16 calibration windows of 96 tokens
     // down_proj 64 × 172: 6 groups of 32 (the last ragged, padded) → 16 + 16 extra bytes each
     expect(by('model.layers.0.mlp.down_proj', 'W8 g32 gptq').bytes).toBe(64 * 6 * 16);
     for (const c of report.candidates.filter((x) => x.kind === 'activation')) expect(c.bytes).toBe(0);
+    // a layer's K and V at 512 tokens × 4 KV heads × head_dim 8: one more byte a value
+    expect(by('model.layers.0.{k,v}_cache', 'KV16').bytes).toBe(2 * 512 * 4 * 8);
   });
 
   it('the baseline KLD is that of the model as quantized, and every gain is baseline − KLD', async () => {
@@ -91,6 +94,12 @@ describe('measureSensitivity on stories260K (16 calibration windows of 96 tokens
     const c = report.candidates.find((x) => x.module === 'lm_head')!;
     expect(Math.abs(c.kld - (await kldOf(m)))).toBeLessThan(KLD_TOL);
     expect(c.gain).toBeGreaterThan(0); // the head is the most sensitive linear of this model
+  }, 120_000);
+
+  it("one layer's KV cache at KV16: the candidate is exactly that recipe", async () => {
+    const m = await quantizeWithRecipe(base, 'overrides:\n  model.layers.2.{k,v}_cache: {kv_bits: 16}\n', windows);
+    const c = report.candidates.find((x) => x.module === 'model.layers.2.{k,v}_cache')!;
+    expect(Math.abs(c.kld - (await kldOf(m)))).toBeLessThan(KLD_TOL);
   }, 120_000);
 
   it('one activation point at A16: the candidate is exactly that recipe', async () => {
@@ -110,7 +119,7 @@ describe('measureSensitivity with an adapter selected (the wiki LoRA, 8 windows 
     const wiki = loadPeftAdapter(WIKI_ADAPTER, base.config);
     const q = await addLora(await quantizeWithRecipe(base, 'defaults: {}\n', windows), wiki, { name: 'wiki', bits: 8, groupSize: 32 }, windows, silentContext);
     const measure = windows.slice(0, 2);
-    const r = await measureSensitivity(q, base, { calibration: windows, measure, adapter: 'wiki', promotions: { g16: false, w8: false, a16: true } }, silentContext);
+    const r = await measureSensitivity(q, base, { calibration: windows, measure, adapter: 'wiki', promotions: { g16: false, w8: false, a16: true, kv16: false } }, silentContext);
     expect(r.adapter).toBe('wiki');
     expect(r.candidates.map((c) => c.to)).toEqual(activationPoints(base.config).map(() => 'A16'));
     const expected = await kldFrom(q, { ...base, adapters: q.adapters }, measure, 'wiki');
