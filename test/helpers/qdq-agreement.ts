@@ -32,11 +32,17 @@ export const boundaryDistance = (x: number, scale: number) => {
 
 let hefCount = 0;
 
-/** The HEF's logits of each window (from position 0, one call) on the simulator at 'exact'. */
+/**
+ * The HEF's logits of each window (from position 0, one call) on the simulator at 'exact', its W8
+ * linears on the native 8-bit kernel: the graph the probe runs (runQdqGraph), so the codes the probe
+ * exposes are the HEF's. (The default exact path runs W8 as a pair of 4-bit kernels,
+ * src/runtime/w8-exact.ts, equal to the native one up to float reassociation:
+ * test/runtime/w8-exact.test.ts.)
+ */
 export async function hefLogits(model: Model, windows: number[][], dir: string): Promise<Float32Array[]> {
   const file = path.join(dir, `qdq-agreement-${hefCount++}.hef`);
   writeExecutable(file, compile(model, { prefillLen: Math.max(...windows.map((w) => w.length)) }));
-  const b = await SimulatorBackend.load(readExecutable(file), { precision: 'exact' });
+  const b = await SimulatorBackend.load(readExecutable(file), { precision: 'exact', w8: 'native' });
   const out: Float32Array[] = [];
   for (const w of windows) out.push(await b.forward(b.newContext(), w));
   await b.dispose();
