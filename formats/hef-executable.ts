@@ -335,14 +335,16 @@ export function verifyMappedWeights(m: MappedWeights): void {
 }
 
 /**
- * Reads mapped weights into memory (for a backend that cannot map them).
- * @throws FormatError when the file is shorter than a tensor's range says
+ * Reads mapped weights into memory (for a backend that cannot map them): all of them, or `names`.
+ * @throws FormatError when the file is shorter than a tensor's range says, or a name is not mapped
  */
-export function readMappedWeights(m: MappedWeights): Map<string, Tensor> {
+export function readMappedWeights(m: MappedWeights, names: Iterable<string> = m.tensors.keys()): Map<string, Tensor> {
   const out = new Map<string, Tensor>();
   const fd = fs.openSync(m.file, 'r');
   try {
-    for (const [name, t] of m.tensors) {
+    for (const name of names) {
+      const t = m.tensors.get(name);
+      if (!t) throw new FormatError(m.file, `the weights section holds no tensor '${name}'`);
       const bytes = new Uint8Array(t.byteLength);
       readExactly(fd, bytes, t.offset, m.file, `tensor '${name}'`);
       out.set(name, { dtype: t.dtype, shape: [...t.shape], data: typedArrayOf(t.dtype, bytes, t.byteLength / DTYPES[t.dtype].bytes) });

@@ -233,25 +233,19 @@ export async function measureSensitivity(quantized: Model, reference: Model, opt
       });
     }
   }
-  const a8 = Object.entries(table.activations).filter(([, p]) => p.bits === 8);
-  if (which.a16 && a8.length) {
-    const all16 = { activations: Object.fromEntries(Object.entries(table.activations).map(([n, p]) => [n, p.bits === 8 ? { ...p, bits: 16 as const } : p])), kvCache: table.kvCache };
+  // every 8-bit point's 16-bit range in one calibration (ranges are observed on float activations,
+  // so a point's range does not depend on the other points' widths)
+  const a8 = which.a16 ? Object.entries(table.activations).flatMap(([n, p]) => (p.bits === 8 ? [n] : [])) : [];
+  const kv8 = which.kv16 ? table.kvCache.flatMap((kv, layer) => (kv.k.bits === 8 && kv.v.bits === 8 ? [layer] : [])) : [];
+  if (a8.length || kv8.length) {
+    const wideTable = {
+      activations: Object.fromEntries(Object.entries(table.activations).map(([n, p]) => [n, a8.includes(n) ? { ...p, bits: 16 as const } : p])),
+      kvCache: table.kvCache.map((kv, l) => (kv8.includes(l) ? { k: { ...kv.k, bits: 16 as const }, v: { ...kv.v, bits: 16 as const } } : kv)),
+    };
     // base ranges are calibrated without adapters (passes/lora/add.ts adds them after quantize)
-    const wide = await calibrateRanges({ ...quantized, adapters: undefined }, opts.calibration, { observer: 'mse', activations: true, kvCache: true, precision: all16 }, ctx);
-    for (const [point] of a8)
-      pending.push({
-        point,
-        from: 'A8',
-        to: 'A16',
-        settings: { act_bits: 16 },
-        bytes: 0,
-        build: async () => withPoint16(quantized, point, wide.quant.activations[point]),
-      });
-  }
-  const kv8 = table.kvCache.flatMap((kv, layer) => (kv.k.bits === 8 && kv.v.bits === 8 ? [layer] : []));
-  if (which.kv16 && kv8.length) {
-    const wideKv = { activations: table.activations, kvCache: table.kvCache.map((kv, l) => (kv8.includes(l) ? { k: { ...kv.k, bits: 16 as const }, v: { ...kv.v, bits: 16 as const } } : kv)) };
-    const wide = await calibrateRanges({ ...quantized, adapters: undefined }, opts.calibration, { observer: 'mse', activations: true, kvCache: true, precision: wideKv }, ctx);
+    const wide = await calibrateRanges({ ...quantized, adapters: undefined }, opts.calibration, { observer: 'mse', activations: true, kvCache: true, precision: wideTable }, ctx);
+    for (const point of a8)
+      pending.push({ point, from: 'A8', to: 'A16', settings: { act_bits: 16 }, bytes: 0, build: async () => withPoint16(quantized, point, wide.quant.activations[point]) });
     const perValue = cfg.numKvHeads * cfg.headDim * maxContext; // values of one layer's K (or V) at the compiled context
     for (const layer of kv8)
       pending.push({

@@ -62,22 +62,12 @@ export async function analyzeModel(
 
 /** Checks a budget's syntax (before any heavy work). @throws UsageError */
 export function checkBudget(budget: string): void {
-  try {
-    parseBudget(budget, 0);
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
+  parseBudget(budget, 0);
 }
 
 /** The choice under `budget` (`+10%`, `+64KiB`, `1.1GiB`). @throws UsageError for a bad budget */
 export function chooseForBudget(report: SensitivityReport, budget: string): PromotionChoice {
-  let bytes: number;
-  try {
-    bytes = parseBudget(budget, report.baselineBytes);
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-  return choosePromotions(report, bytes);
+  return choosePromotions(report, parseBudget(budget, report.baselineBytes));
 }
 
 const kib = (b: number) => `${(b / 1024).toFixed(1)} KiB`;

@@ -38,6 +38,11 @@ export function kvLayoutOf(model: Model, maxContext: number): KvLayout {
   return { numLayers: c.numLayers, numKvHeads: c.numKvHeads, headDim: c.headDim, maxContext, dtype, layers: dtype === 'float32' ? [] : layers() };
 }
 
+/** A KV cache point's zero point as its graph initializer: uint8 [] (KV8) or uint16 [] (`bits: 16`, KV16). */
+export function kvZeroPoint(p: { zeroPoint: number; bits?: number }): Tensor {
+  return p.bits === 16 ? { dtype: 'U16', shape: [], data: Uint16Array.of(p.zeroPoint) } : { dtype: 'U8', shape: [], data: Uint8Array.of(p.zeroPoint) };
+}
+
 /**
  * The graph initializers a KV layout defines, by name (src/compiler/io-contract.ts `kvQuantNames`):
  * per quantized layer, K and V scale float32 [] and zero point uint8 [] (KV8) or uint16 [] (KV16);
@@ -46,14 +51,13 @@ export function kvLayoutOf(model: Model, maxContext: number): KvLayout {
 export function kvLayoutInitializers(l: KvLayout): Map<string, Tensor> {
   const out = new Map<string, Tensor>();
   if (l.dtype === 'float32') return out;
-  const zp = (p: KvLayerQuant['k']): Tensor => (p.bits === 16 ? { dtype: 'U16', shape: [], data: Uint16Array.of(p.zeroPoint) } : { dtype: 'U8', shape: [], data: Uint8Array.of(p.zeroPoint) });
   l.layers.forEach((p, i) => {
     if (!p) return;
     const n = kvQuantNames(i);
     out.set(n.kScale, { dtype: 'F32', shape: [], data: Float32Array.of(p.k.scale) });
-    out.set(n.kZeroPoint, zp(p.k));
+    out.set(n.kZeroPoint, kvZeroPoint(p.k));
     out.set(n.vScale, { dtype: 'F32', shape: [], data: Float32Array.of(p.v.scale) });
-    out.set(n.vZeroPoint, zp(p.v));
+    out.set(n.vZeroPoint, kvZeroPoint(p.v));
     if (p.kOffset) out.set(n.kOffset, { dtype: 'F32', shape: [1, 1, l.numKvHeads, l.headDim], data: Float32Array.from(p.kOffset) });
   });
   return out;

@@ -12,6 +12,7 @@ import { actPointName, lmHead, sharesQuantizedEmbedding, type LinearSpec, type L
 import { toFloat32, type Tensor } from '../ir/tensor.js';
 import { UnsupportedModelError } from '../core/errors.js';
 import { captureName, kvQuantNames, loraInputNames, loraPoint } from './io-contract.js';
+import { kvZeroPoint } from './kv-layout.js';
 
 /** onnx.proto TensorProto.DataType UINT16 (the Cast target of a 16-bit activation point's zero point). */
 const ONNX_UINT16 = 4;
@@ -153,7 +154,7 @@ export class Lowering {
     const [scale, zeroPoint] = m[2] === 'k' ? [n.kScale, n.kZeroPoint] : [n.vScale, n.vZeroPoint];
     return [
       this.g.weight(scale, () => ({ dtype: 'F32', shape: [], data: Float32Array.of(p.scale) })),
-      this.g.weight(zeroPoint, () => (bits === 16 ? { dtype: 'U16', shape: [], data: Uint16Array.of(p.zeroPoint) } : { dtype: 'U8', shape: [], data: Uint8Array.of(p.zeroPoint) })),
+      this.g.weight(zeroPoint, () => kvZeroPoint({ zeroPoint: p.zeroPoint, bits })),
     ];
   }
 

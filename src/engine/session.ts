@@ -160,8 +160,8 @@ function residentCopy(mapped: MappedWeights): string | null {
  * Writes `tensors` to `file` at 4 KiB-aligned offsets (ORT maps external data only there) and returns
  * their external-data references.
  */
-function writeExtra(file: string, tensors: ReadonlyMap<string, Tensor>): Map<string, { dtype: Tensor['dtype']; shape: number[]; offset: number; byteLength: number }> {
-  const refs = new Map<string, { dtype: Tensor['dtype']; shape: number[]; offset: number; byteLength: number }>();
+function writeExtra(file: string, tensors: ReadonlyMap<string, Tensor>): MappedWeights['tensors'] {
+  const refs: MappedWeights['tensors'] = new Map();
   const fd = fs.openSync(file, 'w');
   try {
     let at = 0;

@@ -23,6 +23,7 @@
  * This module holds the data and the choice only (no I/O, no measurement).
  */
 import type { PointBits, RecipeText, RecipeWeightBits } from './precision.js';
+import { UsageError } from '../core/errors.js';
 
 /** What a promotion sets on its module: a subset of a recipe entry's keys (src/ir/recipe.ts RecipeSettings). */
 export interface PromotionSettings {
@@ -130,21 +131,21 @@ export function promotionRecipe(chosen: readonly SensitivityCandidate[], base: R
  * A budget from the command line: `+10%` (relative to `baselineBytes`), `+64KiB` (added bytes) or an
  * absolute device memory (`1.1GiB`, `400KiB`, `123456`); units B, KB/MB/GB (10^3) and KiB/MiB/GiB (2^10).
  * @returns the bytes the promotions may add over the baseline
- * @throws Error with a one-line message for a malformed budget or one below the baseline
+ * @throws UsageError (one line, exit code 2) for a malformed budget or one below the baseline
  */
 export function parseBudget(text: string, baselineBytes: number): number {
   const m = /^\s*(\+)?\s*(\d+(?:\.\d+)?)\s*(%|B|KB|MB|GB|KiB|MiB|GiB)?\s*$/i.exec(text);
-  if (!m) throw new Error(`--budget ${text}: expected +N% (over the default recipe), +SIZE (added bytes) or SIZE (total device memory), e.g. +10%, +64KiB, 1.1GiB`);
+  if (!m) throw new UsageError(`--budget ${text}: expected +N% (over the default recipe), +SIZE (added bytes) or SIZE (total device memory), e.g. +10%, +64KiB, 1.1GiB`);
   const [, plus, num, unitRaw] = m;
   const v = Number(num);
   const unit = (unitRaw ?? 'B').toLowerCase();
   if (unit === '%') {
-    if (!plus) throw new Error(`--budget ${text}: a percentage is relative: write +${num}%`);
+    if (!plus) throw new UsageError(`--budget ${text}: a percentage is relative: write +${num}%`);
     return Math.floor((baselineBytes * v) / 100);
   }
   const mult: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30 };
   const bytes = Math.floor(v * mult[unit]);
   if (plus) return bytes;
-  if (bytes < baselineBytes) throw new Error(`--budget ${text}: ${bytes} bytes is below the default recipe's device memory (${baselineBytes} bytes)`);
+  if (bytes < baselineBytes) throw new UsageError(`--budget ${text}: ${bytes} bytes is below the default recipe's device memory (${baselineBytes} bytes)`);
   return bytes - baselineBytes;
 }

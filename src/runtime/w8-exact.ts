@@ -23,11 +23,11 @@
  * the HEF are not read by the session, so they stay unmapped). A tied embedding's
  * GatherBlockQuantized keeps reading the 8-bit table (an 8-bit gather is fast).
  */
-import * as fs from 'node:fs';
 import type onnxProto from 'onnx-proto';
 import type { Tensor } from '../ir/tensor.js';
 import { FormatError } from '../core/errors.js';
 import type { MappedWeights } from '../ir/executable.js';
+import { readMappedWeights } from '../../formats/hef-executable.js';
 
 const INT = 2; // onnx.AttributeProto.AttributeType.INTS = 7, INT = 2
 
@@ -39,25 +39,13 @@ function intAttr(n: onnxProto.onnx.INodeProto, name: string): number | undefined
 /** A reader of one initializer of the executable (in memory, or read from the mapped file). */
 export type WeightReader = (name: string) => Tensor;
 
-/** Reads initializer `name` from the executable's in-memory weights, or else from its mapped file. */
+/** Reads initializer `name` from the executable's in-memory weights, or else from its mapped file (formats/hef-executable.ts readMappedWeights). */
 export function weightReader(weights: ReadonlyMap<string, Tensor>, mapped: MappedWeights | undefined): WeightReader {
   return (name) => {
     const t = weights.get(name);
     if (t) return t;
-    const m = mapped?.tensors.get(name);
-    if (!m || !mapped) throw new FormatError('weights', `graph reads weight '${name}', which the weights section does not hold`);
-    const bytes = new Uint8Array(m.byteLength);
-    const fd = fs.openSync(mapped.file, 'r');
-    try {
-      for (let at = 0; at < bytes.length; ) {
-        const n = fs.readSync(fd, bytes, at, bytes.length - at, m.offset + at);
-        if (n <= 0) throw new FormatError(mapped.file, `tensor '${name}' ends past the end of the file`);
-        at += n;
-      }
-    } finally {
-      fs.closeSync(fd);
-    }
-    return { dtype: m.dtype, shape: [...m.shape], data: m.dtype === 'F32' ? new Float32Array(bytes.buffer) : bytes };
+    if (!mapped) throw new FormatError('weights', `graph reads weight '${name}', which the weights section does not hold`);
+    return readMappedWeights(mapped, [name]).get(name)!;
   };
 }
 
