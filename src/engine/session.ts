@@ -260,6 +260,9 @@ export class CheckedSession {
    * @param extra initializers built at load (e.g. src/runtime/w8-exact.ts's nibble tables): written
    *   once to a file beside the mapping (tmpfs with `resident`) and mapped like the others, so neither
    *   the ModelProto nor JavaScript keeps their bytes
+   * @param aliases further initializers over bytes already in the mapping (name -> offset, length,
+   *   dtype and shape; e.g. src/runtime/gather-tables.ts's own view of a tied embedding table): mapped
+   *   on their own by ORT, copied once
    * @returns null when no hard link can be made (another filesystem and a read-only directory): the
    *   caller then loads the weights into memory
    * A deferred sha256 check of the weights (`mapped.unverified`) is done here: in passing while the
@@ -273,6 +276,7 @@ export class CheckedSession {
     label: string,
     opts: SessionOptions = {},
     extra?: ReadonlyMap<string, Tensor>,
+    aliases?: MappedWeights['tensors'],
   ): Promise<CheckedSession | null> {
     let dir = opts.resident ?? true ? residentCopy(mapped) : null;
     if (!dir) {
@@ -281,7 +285,7 @@ export class CheckedSession {
     }
     if (!dir) return null;
     try {
-      let m = withExternalInitializers(model, mapped.tensors, 'weights.bin');
+      let m = withExternalInitializers(model, aliases?.size ? new Map([...mapped.tensors, ...aliases]) : mapped.tensors, 'weights.bin');
       if (extra?.size) m = withExternalInitializers(m, writeExtra(path.join(dir, 'extra.bin'), extra), 'extra.bin');
       const file = path.join(dir, 'model.onnx');
       fs.writeFileSync(file, onnx.ModelProto.encode(onnx.ModelProto.create(m)).finish());

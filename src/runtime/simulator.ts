@@ -31,6 +31,7 @@ import { EdgeLLMError } from '../core/errors.js';
 import { loraFeeds } from '../compiler/lora-feeds.js';
 import { hasLoraInputs, withoutLora } from '../compiler/lora-strip.js';
 import { splitW8MatMuls, weightReader } from './w8-exact.js';
+import { ownGatherTables } from './gather-tables.js';
 
 interface SimContext extends KvContext {
   readonly adapter: string | null;
@@ -129,9 +130,11 @@ export class SimulatorBackend implements ExecutionBackend {
       const split = exactW8 ? splitW8MatMuls(graph, weightReader(weights, mapped)) : { model: graph, weights: new Map<string, Tensor>() };
       const proto = split.model;
       if (mapped) {
-        // the nibble tables are mapped too (written beside the mapping), not inlined in the ModelProto
-        const elsewhere = new Set([...mapped.tensors.keys(), ...split.weights.keys()]);
-        const s = await CheckedSession.createMapped(withInitializers(proto, weights, label, elsewhere), mapped, label, opts, split.weights);
+        // the nibble tables are mapped too (written beside the mapping), not inlined in the ModelProto;
+        // a tied embedding's gather reads its own view of lm_head's table (gather-tables.ts)
+        const own = ownGatherTables(proto, mapped);
+        const elsewhere = new Set([...mapped.tensors.keys(), ...split.weights.keys(), ...own.aliases.keys()]);
+        const s = await CheckedSession.createMapped(withInitializers(own.model, weights, label, elsewhere), mapped, label, opts, split.weights, own.aliases);
         if (s) return s;
         verifyMappedWeights(mapped);
         for (const [n, t] of readMappedWeights(mapped)) weights.set(n, t); // cannot map: read them once
