@@ -6,7 +6,6 @@ import { cliContext } from './progress.js';
 import { loadArtifact } from './load-artifact.js';
 import { SimulatorBackend } from '../runtime/simulator.js';
 import { benchmark, DEFAULT_BENCH } from '../eval/bench.js';
-import { TextTokenizer } from '../../formats/tokenizer.js';
 import { VERSION } from '../core/version.js';
 import { int, outputPathCheck, addLoadFlags, loadFlags } from './common.js';
 import type { Executable } from '../ir/executable.js';
@@ -55,12 +54,11 @@ export function registerBench(program: Command): void {
       const loadMs = performance.now() - t0;
       const readMs = t1 - t0;
       const rssAfterLoad = process.memoryUsage().rss;
-      const tok = new TextTokenizer(exe.tokenizer);
       let r;
       try {
         r = await benchmark(
           backend,
-          { runs: o.runs, warmup: o.warmup, promptTokens: o.promptTokens, decodeTokens: o.decodeTokens, seed: o.seed, bosTokenId: tok.bosTokenId, contextDepth: o.contextDepth },
+          { runs: o.runs, warmup: o.warmup, promptTokens: o.promptTokens, decodeTokens: o.decodeTokens, seed: o.seed, bosTokenId: exe.config.bosTokenId, contextDepth: o.contextDepth },
           ctx.progress('bench', o.warmup + o.runs),
         );
       } finally {

@@ -22,7 +22,11 @@ export interface BenchOptions {
   /** unmeasured runs first (default 1) */
   warmup: number;
   seed: number;
-  /** first prompt token (BOS) when the tokenizer has one */
+  /**
+   * first prompt token (BOS), e.g. config.json's bos_token_id; null: none. `edgellm bench` takes it from
+   * the model's config and never loads the tokenizer (llama-bench's prompts are token ids too), so its
+   * peak RSS is the model's and the runtime's alone
+   */
   bosTokenId?: number | null;
   /**
    * tokens of context already in the cache before the prompt (llama-bench `-d`): TTFT and decode
