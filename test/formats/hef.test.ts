@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { gunzipSync, gzipSync } from 'node:zlib';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -93,6 +94,49 @@ describe('HEF round trip', () => {
     }
   });
 
+  it('stores a gzip section compressed, reads it back decompressed, and still reads version 1 files', () => {
+    const file = path.join(dir, 'gzip.hef');
+    const text = new TextEncoder().encode(JSON.stringify({ model: { vocab: Object.fromEntries(Array.from({ length: 2000 }, (_, i) => [`tok${i}`, i])) } }));
+    writeHef(file, sampleHeader, [...sampleSections().filter((s) => s.name !== 'tokenizer.json'), { name: 'tokenizer.json', kind: 'tokenizer', data: text, encoding: 'gzip' }]);
+    const hef = verifyHef(file);
+    try {
+      const entry = hef.sections.get('tokenizer.json')!;
+      expect(entry.encoding).toBe('gzip');
+      expect(entry.length).toBeLessThan(text.byteLength / 2); // stored compressed (27.8 KB of JSON in 9.7 KB)
+      const stored = fs.readFileSync(file).subarray(entry.offset, entry.offset + entry.length);
+      expect(Buffer.from(entry.sha256).equals(sha256(stored))).toBe(true); // the digest is of the stored bytes
+      expect(new Uint8Array(gunzipSync(stored))).toEqual(text);
+      expect(hef.readSection('tokenizer.json')).toEqual(text);
+      expect(hef.sections.get('weights')!.encoding).toBe('');
+    } finally {
+      hef.close();
+    }
+    // a version 1 file (no encodings) reads as before; one claiming an encoding is refused
+    writeHef(path.join(dir, 'plain.hef'), sampleHeader, sampleSections());
+    const v1 = Buffer.from(fs.readFileSync(path.join(dir, 'plain.hef')));
+    v1.writeUInt32LE(1, 8);
+    fs.writeFileSync(path.join(dir, 'v1.hef'), v1);
+    const old = verifyHef(path.join(dir, 'v1.hef'));
+    expect(old.version).toBe(1);
+    expect(old.readSection('graph.decode')).toEqual(sampleSections()[2].data);
+    old.close();
+    const v1gzip = Buffer.from(fs.readFileSync(file));
+    v1gzip.writeUInt32LE(1, 8);
+    fs.writeFileSync(path.join(dir, 'v1-gzip.hef'), v1gzip);
+    expectFormatError(() => openHef(path.join(dir, 'v1-gzip.hef')), path.join(dir, 'v1-gzip.hef'), /section 'tokenizer.json' has encoding 'gzip' \(format version 1 allows none\)/);
+  });
+
+  it('a gzip section whose stream is corrupt but whose sha256 matches: one line naming the section', () => {
+    const file = path.join(dir, 'badgzip.hef');
+    // a gzip stream cut short, written as a plain section, then relabelled gzip by rewriting the header
+    const truncated = gzipSync(new TextEncoder().encode('{"x": 1}'.repeat(100))).subarray(0, 20);
+    writeHef(file, sampleHeader, [{ name: 'tokenizer.json', kind: 'tokenizer', data: truncated, encoding: '' }]);
+    const hef = openHef(file);
+    hef.sections.get('tokenizer.json')!.encoding = 'gzip';
+    expectFormatError(() => hef.readSection('tokenizer.json'), file, /section 'tokenizer.json' does not decompress \(gzip\)/);
+    hef.close();
+  });
+
   it('writes identical bytes for identical input', () => {
     const a = path.join(dir, 'det-a.hef');
     const b = path.join(dir, 'det-b.hef');
@@ -108,7 +152,7 @@ describe('HEF round trip', () => {
     const bytes = fs.readFileSync(file);
     expect(bytes.subarray(0, 8).toString('latin1')).toBe('EDGEHEF\0');
     expect(new Uint8Array(bytes.subarray(0, 8))).toEqual(HEF_MAGIC);
-    expect(bytes.readUInt32LE(8)).toBe(1);
+    expect(bytes.readUInt32LE(8)).toBe(2);
     const headerLength = bytes.readUInt32LE(12);
     const headerBytes = bytes.subarray(48, 48 + headerLength);
     expect(sha256(headerBytes).equals(bytes.subarray(16, 48))).toBe(true);
@@ -238,9 +282,9 @@ describe('HEF reader rejects', () => {
 
   it('a bumped format version, naming found and supported versions', () => {
     const bytes = Buffer.from(good);
-    bytes.writeUInt32LE(2, 8);
-    const file = variant('v2.hef', bytes);
-    expectFormatError(() => openHef(file), file, /unsupported HEF format version 2 \(this edgellm reads version 1\)/);
+    bytes.writeUInt32LE(3, 8);
+    const file = variant('v3.hef', bytes);
+    expectFormatError(() => openHef(file), file, /unsupported HEF format version 3 \(this edgellm reads versions 1 and 2\)/);
   });
 
   it('a header length past the end of the file, and a corrupt header', () => {
