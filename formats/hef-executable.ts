@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import { encodeSafetensors, decodeSafetensors, SafetensorsFile, typedArrayOf, readExactly, type PageAlignment } from './safetensors.js';
 import { DTYPES } from '../src/ir/tensor.js';
 import { EdgeLLMError, FormatError } from '../src/core/errors.js';
-import { Sha256 } from '../src/core/digest.js';
+import { Sha256, sha256FileRangeInWorker } from '../src/core/digest.js';
 import type { Executable, ExecutableAdapter, GraphPart, KvLayout, MappedWeights } from '../src/ir/executable.js';
 import type { PrecisionTable } from '../src/ir/precision.js';
 import type { QdqParams } from '../src/ir/quant.js';
@@ -218,9 +218,9 @@ export function executableHeader(path: string, hef: Pick<HefFile, 'header' | 'se
 
 /**
  * When the sha256 of a mapped weights section is checked: `now` (streamed through sha256 while
- * reading the HEF), `deferred` (by whoever reads the bytes first: the backend hashes them in passing
- * while it copies them to RAM, src/engine/session.ts, or calls {@link verifyMappedWeights}; so a load
- * reads the weights once) or `skip` (`--no-verify`; `edgellm verify FILE` checks everything).
+ * reading the HEF), `deferred` (by the backend that maps them: on a worker thread while its
+ * onnxruntime session is created, over its RAM copy, src/engine/session.ts; or by
+ * {@link verifyMappedWeights} before they are read into memory; so the check adds no time to a load) or `skip` (`--no-verify`; `edgellm verify FILE` checks everything).
  */
 export type WeightsVerification = 'now' | 'deferred' | 'skip';
 
@@ -333,6 +333,22 @@ export function verifyMappedWeights(m: MappedWeights): void {
     fs.closeSync(fd);
   }
   d.finish();
+}
+
+/**
+ * The deferred sha256 check of mapped weights on a worker thread (a no-op when none is pending), for
+ * a load that creates its onnxruntime session meanwhile: hashes the pending range of `copy` (a copy
+ * of `m.file` holding the range at the same offsets, e.g. the backend's RAM-backed copy, so the bytes
+ * checked are the bytes mapped), or of `m.file` itself. Clears `m.unverified` once it matches.
+ * @throws (rejects with) FormatError naming `m.file` for a short file or a sha256 mismatch
+ */
+export async function verifyMappedWeightsInWorker(m: MappedWeights, copy: string = m.file): Promise<void> {
+  const u = m.unverified;
+  if (!u) return;
+  const { digest, done } = await sha256FileRangeInWorker(copy, u.offset, u.length);
+  if (done !== u.length) throw new FormatError(m.file, `${u.label}: ${done} of its ${u.length} bytes were checked (the file ends first)`);
+  if (!digest.equals(u.sha256)) throw new FormatError(m.file, `${u.label} is corrupt: sha256 mismatch`);
+  delete m.unverified;
 }
 
 /**

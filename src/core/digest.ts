@@ -6,6 +6,7 @@
  * (eval reports). The two directory digests differ for the same directory; see each one.
  */
 import { createHash } from 'node:crypto';
+import { Worker } from 'node:worker_threads';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { UsageError } from './errors.js';
@@ -66,6 +67,48 @@ export function sha256File(file: string): string {
   const h = new Sha256();
   hashFile(h, file);
   return h.digestHex();
+}
+
+/** Read block of {@link sha256FileRangeInWorker}'s worker. */
+const WORKER_BLOCK = 1 << 20;
+
+/** The worker of {@link sha256FileRangeInWorker} (CommonJS, evaluated: no separate file to build or resolve). */
+const RANGE_WORKER = `
+const { parentPort, workerData } = require('node:worker_threads');
+const fs = require('node:fs');
+const { createHash } = require('node:crypto');
+const { file, offset, length, block } = workerData;
+const h = createHash('sha256');
+const fd = fs.openSync(file, 'r');
+const buf = Buffer.allocUnsafe(Math.max(1, Math.min(block, length)));
+let done = 0;
+try {
+  while (done < length) {
+    const n = fs.readSync(fd, buf, 0, Math.min(buf.length, length - done), offset + done);
+    if (n === 0) break;
+    h.update(buf.subarray(0, n));
+    done += n;
+  }
+} finally {
+  fs.closeSync(fd);
+}
+parentPort.postMessage({ done, digest: h.digest() });
+`;
+
+/**
+ * sha256 of bytes [offset, offset + length) of `file`, computed on a worker thread (streamed in
+ * 1 MiB blocks: the worker's memory stays small), so the caller's thread (e.g. one blocked in
+ * onnxruntime's session creation) goes on.
+ * @returns the digest and the bytes hashed (fewer than `length` when the file ends first)
+ * @throws (rejects with) the worker's error, e.g. ENOENT
+ */
+export function sha256FileRangeInWorker(file: string, offset: number, length: number): Promise<{ digest: Buffer; done: number }> {
+  return new Promise((resolve, reject) => {
+    const w = new Worker(RANGE_WORKER, { eval: true, workerData: { file, offset, length, block: WORKER_BLOCK } });
+    w.once('message', (m: { digest: Uint8Array; done: number }) => resolve({ digest: Buffer.from(m.digest), done: m.done }));
+    w.once('error', reject);
+    w.once('exit', (code) => code !== 0 && reject(new Error(`sha256 worker exited with code ${code}`)));
+  });
 }
 
 /** A directory's `*.safetensors` file names, sorted (JavaScript's default string order). */

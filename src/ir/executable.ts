@@ -133,7 +133,7 @@ export interface MappedWeights {
   /**
    * The file range (the HEF's weights section) whose sha256 is still to be checked, when the reader
    * left the check to the first one to read the bytes (formats/hef-executable.ts readExecutable
-   * `verify: 'deferred'`): hashed in passing while the backend copies them, or by
+   * `verify: 'deferred'`): hashed by the backend on a worker thread while its session is created, or by
    * verifyMappedWeights; cleared once checked. Absent: checked already, or not to be checked.
    */
   unverified?: { offset: number; length: number; sha256: Uint8Array; label: string };

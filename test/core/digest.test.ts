@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { Sha256, artifactSha256, modelSha256, sha256, sha256File, sha256Hex, weightListingSha256 } from '../../src/core/digest.js';
+import { Sha256, artifactSha256, modelSha256, sha256, sha256File, sha256FileRangeInWorker, sha256Hex, weightListingSha256 } from '../../src/core/digest.js';
 import { UsageError } from '../../src/core/errors.js';
 import { ROOT, STORIES, TINYSTORIES as TINY } from '../helpers/paths.js';
 import { suiteTempDir, fileWriter, withTempDirSync } from '../helpers/tmp.js';
@@ -22,6 +22,22 @@ describe('sha256 of bytes', () => {
     const h = new Sha256();
     for (const [a, b] of [[0, 1], [1, 4096], [4096, 4096], [4096, 10_000]]) h.update(data.subarray(a, b));
     expect(h.digest().equals(sha256(data))).toBe(true);
+  });
+});
+
+describe('sha256 of a file range on a worker thread', () => {
+  it('equals node:crypto over the slice (blocks of 1 MiB crossed), reports a short file, rejects a missing one', async () => {
+    const data = Uint8Array.from({ length: (3 << 20) + 12_345 }, (_, i) => (i * 131 + (i >> 9)) & 0xff);
+    const file = write('range.bin', data);
+    const offset = 4096 + 7;
+    const length = (2 << 20) + 999;
+    const r = await sha256FileRangeInWorker(file, offset, length);
+    expect(r.done).toBe(length);
+    expect(r.digest.toString('hex')).toBe(ref(data.subarray(offset, offset + length)));
+    const short = await sha256FileRangeInWorker(file, data.length - 10, 100);
+    expect(short.done).toBe(10);
+    expect(short.digest.toString('hex')).toBe(ref(data.subarray(data.length - 10)));
+    await expect(sha256FileRangeInWorker(path.join(dir, 'missing.bin'), 0, 1)).rejects.toThrow(/ENOENT/);
   });
 });
 

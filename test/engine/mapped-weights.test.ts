@@ -46,7 +46,7 @@ describe('memory-mapped HEF weights', () => {
     if (fs.existsSync('/dev/shm')) expect(fs.readdirSync('/dev/shm').filter((n) => n.startsWith(`.edgellm-ort-${process.pid}-`))).toEqual([]);
   });
 
-  it("check a deferred weights sha256 while they are copied (or read once), refuse a flipped byte, and skip it only when told", async () => {
+  it("check a deferred weights sha256 (on a worker thread, while the session is created), refuse a flipped byte, and skip it only when told", async () => {
     const hef = path.join(dir, 'deferred.hef');
     writeExecutable(hef, compile(loadHfModel(STORIES), { prefillLen: 4, maxContext: 64 }));
     const good = readExecutable(hef, { mapWeights: true, verify: 'deferred' });
