@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import { encodeSafetensors, decodeSafetensors, SafetensorsFile, typedArrayOf, readExactly, type PageAlignment } from './safetensors.js';
 import { DTYPES } from '../src/ir/tensor.js';
 import { EdgeLLMError, FormatError } from '../src/core/errors.js';
-import { Sha256, sha256FileRangeInWorker } from '../src/core/digest.js';
+import { sha256FileRangeInWorker } from '../src/core/digest.js';
 import type { Executable, ExecutableAdapter, GraphPart, KvLayout, MappedWeights } from '../src/ir/executable.js';
 import type { PrecisionTable } from '../src/ir/precision.js';
 import type { QdqParams } from '../src/ir/quant.js';
@@ -218,9 +218,10 @@ export function executableHeader(path: string, hef: Pick<HefFile, 'header' | 'se
 
 /**
  * When the sha256 of a mapped weights section is checked: `now` (streamed through sha256 while
- * reading the HEF), `deferred` (by the backend that maps them: on a worker thread while its
- * onnxruntime session is created, over its RAM copy, src/engine/session.ts; or by
- * {@link verifyMappedWeights} before they are read into memory; so the check adds no time to a load) or `skip` (`--no-verify`; `edgellm verify FILE` checks everything).
+ * reading the HEF), `deferred` ({@link verifyMappedWeights}, by the backend that maps them: on a
+ * worker thread while its onnxruntime session is created, over its RAM copy, src/engine/session.ts;
+ * or before it reads them into memory; so the check adds no time to a load) or `skip`
+ * (`--no-verify`; `edgellm verify FILE` checks everything).
  */
 export type WeightsVerification = 'now' | 'deferred' | 'skip';
 
@@ -281,68 +282,14 @@ function mapWeightsSection(path: string, hef: HefFile, verify: WeightsVerificati
   }
 }
 
-/** Chunk of {@link MappedDigest} reads (16 MiB). */
-const DIGEST_CHUNK = 1 << 24;
-
 /**
- * The deferred sha256 check of mapped weights, fed the range's bytes in order (in passing, by a
- * reader that needs them anyway). {@link MappedDigest.finish} throws on a mismatch and clears
- * `m.unverified`.
- */
-export class MappedDigest {
-  private readonly hash = new Sha256();
-  private done = 0;
-  /** the pending check's range */
-  readonly range: NonNullable<MappedWeights['unverified']>;
-  /** @throws EdgeLLMError when `m` has no pending check */
-  constructor(private readonly m: MappedWeights) {
-    if (!m.unverified) throw new EdgeLLMError(`${m.file}: no pending weights check`);
-    this.range = m.unverified;
-  }
-  update(bytes: Uint8Array): void {
-    this.hash.update(bytes);
-    this.done += bytes.byteLength;
-  }
-  /** @throws FormatError naming the file when fewer bytes came than the range holds or the sha256 differs */
-  finish(): void {
-    const u = this.range;
-    if (this.done !== u.length) throw new FormatError(this.m.file, `${u.label}: ${this.done} of its ${u.length} bytes were checked`);
-    if (!this.hash.digest().equals(u.sha256)) throw new FormatError(this.m.file, `${u.label} is corrupt: sha256 mismatch`);
-    delete this.m.unverified;
-  }
-}
-
-/**
- * Checks the deferred sha256 of mapped weights (a no-op when none is pending): streams the range
- * through sha256 in 16 MiB chunks.
- * @throws FormatError naming the file for a short file or a sha256 mismatch
- */
-export function verifyMappedWeights(m: MappedWeights): void {
-  if (!m.unverified) return;
-  const d = new MappedDigest(m);
-  const u = d.range;
-  const fd = fs.openSync(m.file, 'r');
-  try {
-    const buf = new Uint8Array(Math.min(DIGEST_CHUNK, Math.max(u.length, 1)));
-    for (let pos = 0; pos < u.length; pos += buf.length) {
-      const part = buf.subarray(0, Math.min(buf.length, u.length - pos));
-      readExactly(fd, part, u.offset + pos, m.file, u.label);
-      d.update(part);
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  d.finish();
-}
-
-/**
- * The deferred sha256 check of mapped weights on a worker thread (a no-op when none is pending), for
- * a load that creates its onnxruntime session meanwhile: hashes the pending range of `copy` (a copy
- * of `m.file` holding the range at the same offsets, e.g. the backend's RAM-backed copy, so the bytes
+ * The deferred sha256 check of mapped weights (a no-op when none is pending), on a worker thread so
+ * a load can create its onnxruntime session meanwhile: hashes the pending range of `copy` (a copy of
+ * `m.file` holding the range at the same offsets, e.g. the backend's RAM-backed copy, so the bytes
  * checked are the bytes mapped), or of `m.file` itself. Clears `m.unverified` once it matches.
  * @throws (rejects with) FormatError naming `m.file` for a short file or a sha256 mismatch
  */
-export async function verifyMappedWeightsInWorker(m: MappedWeights, copy: string = m.file): Promise<void> {
+export async function verifyMappedWeights(m: MappedWeights, copy: string = m.file): Promise<void> {
   const u = m.unverified;
   if (!u) return;
   const { digest, done } = await sha256FileRangeInWorker(copy, u.offset, u.length);

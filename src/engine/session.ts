@@ -14,7 +14,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { EdgeLLMError, FormatError } from '../core/errors.js';
-import { verifyMappedWeightsInWorker } from '../../formats/hef-executable.js';
+import { verifyMappedWeights } from '../../formats/hef-executable.js';
 import type onnxProto from 'onnx-proto';
 import { decodeModel, onnx, withExternalInitializers } from '../../formats/onnx.js';
 import type { MappedWeights } from '../ir/executable.js';
@@ -281,7 +281,7 @@ export class CheckedSession {
     const dir = (opts.resident ?? true ? residentCopy(mapped) : null) ?? linkedDir(mapped.file);
     if (!dir) return null;
     // the deferred check hashes the weights ORT maps, on another thread; its outcome is awaited below
-    const checked = verifyMappedWeightsInWorker(mapped, path.join(dir, 'weights.bin')).then(
+    const checked = verifyMappedWeights(mapped, path.join(dir, 'weights.bin')).then(
       () => null,
       (e: unknown) => e,
     );

@@ -49,13 +49,13 @@ export function ownGatherTables(
     aliases.set(data + ALIAS, table);
     input[0] = data + ALIAS;
     // scales: a mapped initializer, or a Reshape of one to [V, n_blocks, 1]
-    const reshape = producer.get(scales);
-    const source = reshape?.opType === 'Reshape' ? reshape.input![0] : scales;
+    const reshape = producer.get(scales)?.opType === 'Reshape' ? producer.get(scales) : undefined;
+    const source = reshape ? reshape.input![0] : scales;
     const sc = mapped.tensors.get(source);
     if (sc && table.shape.length === 3) {
       aliases.set(source + ALIAS, { ...sc, shape: [table.shape[0], table.shape[1], 1] });
       input[2] = source + ALIAS;
-      if (reshape && reshape.opType === 'Reshape' && readers.get(scales) === 1) dropped.add(reshape);
+      if (reshape && readers.get(scales) === 1) dropped.add(reshape);
     }
     rewritten.set(n, { ...n, input });
   }

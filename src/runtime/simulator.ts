@@ -136,7 +136,7 @@ export class SimulatorBackend implements ExecutionBackend {
         const elsewhere = new Set([...mapped.tensors.keys(), ...split.weights.keys(), ...own.aliases.keys()]);
         const s = await CheckedSession.createMapped(withInitializers(own.model, weights, label, elsewhere), mapped, label, opts, split.weights, own.aliases);
         if (s) return s;
-        verifyMappedWeights(mapped);
+        await verifyMappedWeights(mapped);
         for (const [n, t] of readMappedWeights(mapped)) weights.set(n, t); // cannot map: read them once
       }
       return CheckedSession.create(withInitializers(proto, new Map([...weights, ...split.weights]), label), label, opts);
